@@ -1,0 +1,224 @@
+"""Datasets: files on disk turned into (image, target) pairs.
+
+The target contract (every dataset here returns it; the README points to it):
+
+    image   tv_tensors.Image, uint8, 3 x H x W (RGB), before transforms
+    target  dict with
+        boxes     tv_tensors.BoundingBoxes, XYXY, float32, N x 4, in pixels; COCO's
+                  convention: x2 = last column + 1, as pycocotools' mask.toBbox gives
+        labels    int64, N, class indices 1..K (0 is the background)
+        masks     tv_tensors.Mask, uint8, N x H x W, values 0 or 1
+        image_id  int, unique within the dataset
+        area      float32, N, pixels in each mask (COCO's area)
+        iscrowd   int64, N, 0 for ordinary instances
+
+N may be 0: an image without instances yields boxes 0 x 4, masks 0 x H x W, and so on.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
+
+from utils import UserError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+PENNFUDAN_URL = "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip"
+PENNFUDAN_IMAGES = 170
+
+
+def read_image(path: Path) -> tv_tensors.Image:
+    """Decode any image PIL reads (grayscale, palette, RGBA, 16-bit) into uint8 RGB, 3 x H x W."""
+    try:
+        with Image.open(path) as img:
+            return tv_tensors.Image(F.pil_to_tensor(img.convert("RGB")))
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise UserError(f"{path}: cannot read the image ({error}); replace or remove the file") from error
+
+
+def read_instance_mask(path: Path) -> np.ndarray:
+    """An instance mask as an H x W integer array: 0 is background, each other value one instance."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("P", "L", "1", "I", "I;16", "I;16B", "I;16L", "F"):
+                raise UserError(
+                    f"{path}: mask is mode {img.mode}; save instance masks as indexed (palette), "
+                    "grayscale or 16-bit PNGs where each instance has its own value and 0 is background"
+                )
+            return np.asarray(img)
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path}: cannot read the mask ({error}); replace or remove the file") from error
+
+
+def masks_to_target(instance_mask: np.ndarray, image_id: int) -> dict[str, Any]:
+    """Split an instance mask into per-instance binary masks with COCO-convention boxes and areas."""
+    height, width = instance_mask.shape
+    instance_ids = np.unique(instance_mask)
+    instance_ids = instance_ids[instance_ids != 0]
+    masks = instance_mask[None] == instance_ids[:, None, None]  # N x H x W bool
+    rows = masks.any(axis=2)  # N x H: which rows each instance touches
+    cols = masks.any(axis=1)  # N x W
+    # First touched index, and one past the last (argmax finds the first True).
+    y1, y2 = rows.argmax(axis=1), height - rows[:, ::-1].argmax(axis=1)
+    x1, x2 = cols.argmax(axis=1), width - cols[:, ::-1].argmax(axis=1)
+    boxes = np.stack([x1, y1, x2, y2], axis=1).astype(np.float32).reshape(-1, 4)
+    n = len(instance_ids)
+    return {
+        "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY", canvas_size=(height, width)),
+        "labels": torch.ones(n, dtype=torch.int64),
+        "masks": tv_tensors.Mask(torch.from_numpy(masks.astype(np.uint8))),
+        "image_id": image_id,
+        "area": torch.from_numpy(masks.sum(axis=(1, 2)).astype(np.float32)),
+        "iscrowd": torch.zeros(n, dtype=torch.int64),
+    }
+
+
+def _files_by_key(folder: Path, suffix: str, exclude_suffix: str | None = None) -> dict[str, Path]:
+    """Image files in `folder` whose stem ends with `suffix`, keyed by the stem without it."""
+    files = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+            continue
+        stem = path.stem
+        if not stem.endswith(suffix) or (exclude_suffix and stem.endswith(exclude_suffix)):
+            continue
+        key = stem[: len(stem) - len(suffix)] if suffix else stem
+        if key in files:
+            raise UserError(f"{path}: {files[key].name} has the same name; keep one of the two")
+        files[key] = path
+    return files
+
+
+class MaskFolderDataset(torch.utils.data.Dataset):
+    """Images and instance-mask PNGs paired by name: `<key><image_suffix>.<ext>` with `<key><mask_suffix>.png`.
+
+    The two folders may be one folder. Every mask value other than 0 is one instance,
+    of class 1. See the module docstring for the target contract.
+    """
+
+    def __init__(
+        self,
+        image_dir: str | Path,
+        mask_dir: str | Path,
+        image_suffix: str = "",
+        mask_suffix: str = "_mask",
+        transforms: Callable | None = None,
+    ) -> None:
+        self.image_dir, self.mask_dir = Path(image_dir), Path(mask_dir)
+        for folder, what in ((self.image_dir, "image"), (self.mask_dir, "mask")):
+            if not folder.is_dir():
+                raise UserError(f"{folder}: {what} folder not found; check --data-path and the dataset layout")
+        if image_suffix == mask_suffix:
+            raise UserError("--image-suffix and --mask-suffix must differ")
+        same_folder = self.image_dir.resolve() == self.mask_dir.resolve()
+        images = _files_by_key(self.image_dir, image_suffix, mask_suffix if same_folder else None)
+        masks = _files_by_key(self.mask_dir, mask_suffix)
+        if not images:
+            raise UserError(f"{self.image_dir}: no images ({', '.join(IMAGE_EXTENSIONS)}) found; check --data-path")
+        for key, path in images.items():
+            if key not in masks:
+                raise UserError(f"{path}: no mask {key}{mask_suffix}.png in {self.mask_dir}; add one or remove it")
+        for key, path in masks.items():
+            if key not in images:
+                raise UserError(
+                    f"{path}: mask without an image {key}{image_suffix}.* in {self.image_dir}; add one or remove it"
+                )
+        self.keys = sorted(images)
+        self.image_paths = [images[k] for k in self.keys]
+        self.mask_paths = [masks[k] for k in self.keys]
+        self.transforms = transforms
+        self.classes = ["background", "object"]
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def __getitem__(self, idx: int) -> tuple[Any, dict[str, Any]]:
+        image = read_image(self.image_paths[idx])
+        instance_mask = read_instance_mask(self.mask_paths[idx])
+        if instance_mask.shape != tuple(image.shape[-2:]):
+            raise UserError(
+                f"{self.mask_paths[idx]}: mask is {instance_mask.shape[1]}x{instance_mask.shape[0]} but its image "
+                f"{self.image_paths[idx].name} is {image.shape[-1]}x{image.shape[-2]}; masks must match their image"
+            )
+        target = masks_to_target(instance_mask, image_id=idx)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def get_height_and_width(self, idx: int) -> tuple[int, int]:
+        """(height, width) of image `idx`, from its header alone: the pixels are not decoded."""
+        try:
+            with Image.open(self.image_paths[idx]) as img:
+                width, height = img.size
+        except (OSError, ValueError) as error:
+            raise UserError(f"{self.image_paths[idx]}: cannot read the image header ({error})") from error
+        return height, width
+
+
+class PennFudanDataset(MaskFolderDataset):
+    """The Penn-Fudan pedestrians: `PNGImages/X.png` with `PedMasks/X_mask.png`, class 1 = person."""
+
+    def __init__(self, root: str | Path, transforms: Callable | None = None) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise UserError(f"{root}: no such folder; pass --download to fetch Penn-Fudan, or point --data-path at it")
+        super().__init__(root / "PNGImages", root / "PedMasks", mask_suffix="_mask", transforms=transforms)
+        self.classes = ["background", "person"]
+
+
+def download_pennfudan(root: str | Path, url: str = PENNFUDAN_URL, timeout: float = 60.0) -> Path:
+    """Download and unzip Penn-Fudan so that `root` holds PNGImages/ and PedMasks/; check all 170 pairs arrived."""
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root.parent, prefix=".pennfudan-") as tmp:
+        archive = Path(tmp) / "PennFudanPed.zip"
+        print(f"Downloading {url} ...", flush=True)
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(archive, "wb") as out:
+                shutil.copyfileobj(response, out)
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise UserError(
+                f"could not download {url} ({reason}); download and unzip it by hand so that "
+                f"{root} holds PNGImages/ and PedMasks/"
+            ) from error
+        try:
+            with zipfile.ZipFile(archive) as zipped:
+                zipped.extractall(Path(tmp) / "unzipped")
+        except zipfile.BadZipFile as error:
+            raise UserError(f"{url}: the download is not a valid zip ({error}); try again") from error
+        found = [p.parent for p in (Path(tmp) / "unzipped").rglob("PNGImages") if (p.parent / "PedMasks").is_dir()]
+        if not found:
+            raise UserError(f"{url}: the zip holds no PNGImages/ and PedMasks/ folders")
+        images = len(list((found[0] / "PNGImages").glob("*.png")))
+        masks = len(list((found[0] / "PedMasks").glob("*_mask.png")))
+        if images != PENNFUDAN_IMAGES or masks != PENNFUDAN_IMAGES:
+            raise UserError(
+                f"{url}: expected {PENNFUDAN_IMAGES} images and {PENNFUDAN_IMAGES} masks, got {images} and {masks}; "
+                "the download is incomplete, try again"
+            )
+        if root.exists():
+            raise UserError(f"{root}: already exists; remove it or choose another --data-path")
+        found[0].rename(root)
+    print(f"Penn-Fudan is in {root} ({images} images)", flush=True)
+    return root
+
+
+def split_indices(num_images: int, test_size: int, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded random split into (train, test) indices, each sorted; the same seed gives the same split."""
+    if not 0 < test_size < num_images:
+        raise UserError(f"--test-size {test_size}: must be at least 1 and below the {num_images} images in the dataset")
+    order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(order[:-test_size]), sorted(order[-test_size:])

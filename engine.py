@@ -1,0 +1,202 @@
+"""One epoch of training, one pass of COCO evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import time
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+import utils
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    return value.to(device, non_blocking=True) if torch.is_tensor(value) else value
+
+
+class TrainingDiverged(utils.UserError):
+    """A loss became NaN or infinite: the learning rate is usually too high."""
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data_loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    epoch: int,
+    print_freq: int = 10,
+    scaler: torch.amp.GradScaler | None = None,
+) -> dict[str, float]:
+    """Train for one epoch; return the mean of each loss (torchvision's names, plus "loss").
+
+    Epoch 0 warms the learning rate up linearly from 1/1000 over its first iterations
+    (at most 1000), as torchvision's reference does. With a `scaler`, the forward pass
+    runs under autocast: float16 on CUDA, bfloat16 on CPU.
+    """
+    model.train()
+    logger = utils.MetricLogger()
+    logger.add_meter("lr", utils.SmoothedValue(window_size=1, fmt="{value:.6f}"))
+
+    warmup = None
+    if epoch == 0:
+        warmup_iters = min(1000, len(data_loader) - 1)
+        if warmup_iters > 0:
+            warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / 1000, total_iters=warmup_iters)
+
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    for iteration, (images, targets) in enumerate(logger.log_every(data_loader, print_freq, f"Epoch: [{epoch}]")):
+        images = [image.to(device, non_blocking=True) for image in images]
+        targets = [{k: _to(v, device) for k, v in t.items()} for t in targets]
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=scaler is not None):
+            loss_dict = model(images, targets)
+            loss = sum(loss_dict.values())
+
+        losses = {name: value.item() for name, value in loss_dict.items()}
+        loss_value = sum(losses.values())
+        if not math.isfinite(loss_value):
+            shown = ", ".join(f"{name} {value:.4g}" for name, value in losses.items())
+            raise TrainingDiverged(
+                f"epoch {epoch} iteration {iteration}: the loss is {loss_value} ({shown}); "
+                f"lower --lr (now {optimizer.param_groups[0]['lr']:g}) and resume from the last checkpoint"
+            )
+
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if warmup is not None:
+            warmup.step()
+
+        logger.update(loss=loss_value, **losses)
+        logger.update(lr=optimizer.param_groups[0]["lr"])
+    return {name: meter.global_avg for name, meter in logger.meters.items() if name != "lr"}
+
+
+# ---------------------------------------------------------------------------
+# Evaluation: ground truth from the targets the loader yields, scored by pycocotools.
+
+
+def _encode(masks: torch.Tensor) -> list[dict[str, Any]]:
+    """N x H x W binary masks to COCO compressed RLEs (counts as str, so json can write them)."""
+    if len(masks) == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(masks.permute(1, 2, 0).numpy().astype(np.uint8)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+def _xywh(boxes: torch.Tensor) -> list[list[float]]:
+    boxes = boxes.clone()
+    boxes[:, 2:] -= boxes[:, :2]
+    return boxes.tolist()
+
+
+def coco_ground_truth(image_id: int, height: int, width: int, target: dict[str, Any]) -> tuple[dict, list[dict]]:
+    """A COCO image record and its annotations, from one target of the contract."""
+    image = {"id": image_id, "height": height, "width": width}
+    annotations = []
+    segmentations = _encode(target["masks"].cpu()) if "masks" in target else [None] * len(target["labels"])
+    for box, label, area, crowd, segmentation in zip(
+        _xywh(target["boxes"].cpu()),
+        target["labels"].tolist(),
+        target["area"].tolist(),
+        target["iscrowd"].tolist(),
+        segmentations,
+        strict=True,
+    ):
+        annotation = {"image_id": image_id, "bbox": box, "category_id": label, "area": area, "iscrowd": crowd}
+        if segmentation is not None:
+            annotation["segmentation"] = segmentation
+        annotations.append(annotation)
+    return image, annotations
+
+
+def coco_detections(image_id: int, output: dict[str, torch.Tensor]) -> tuple[list[dict], list[dict]]:
+    """One image's model output as COCO results: (box results, mask results; empty for box models)."""
+    scores, labels = output["scores"].tolist(), output["labels"].tolist()
+    boxes = [
+        {"image_id": image_id, "category_id": label, "bbox": box, "score": score}
+        for box, label, score in zip(_xywh(output["boxes"].cpu()), labels, scores, strict=True)
+    ]
+    segms = []
+    if "masks" in output:
+        rles = _encode((output["masks"][:, 0] > 0.5).cpu())
+        segms = [
+            {"image_id": image_id, "category_id": label, "segmentation": rle, "score": score}
+            for rle, label, score in zip(rles, labels, scores, strict=True)
+        ]
+    return boxes, segms
+
+
+def coco_stats(images: list[dict], annotations: list[dict], results: list[dict], iou_type: str) -> list[float]:
+    """COCOeval's 12 summary numbers for `results` against the ground truth; prints the summary."""
+    categories = sorted({a["category_id"] for a in annotations} | {r["category_id"] for r in results})
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' "creating index..." chatter
+        gt = COCO()
+        gt.dataset = {
+            "images": images,
+            "annotations": [{**a, "id": i} for i, a in enumerate(annotations, start=1)],
+            "categories": [{"id": c} for c in categories],
+        }
+        gt.createIndex()
+        dt = gt.loadRes([dict(r) for r in results]) if results else COCO()
+        if not results:
+            dt.dataset = {"images": images, "annotations": [], "categories": gt.dataset["categories"]}
+            dt.createIndex()
+    evaluator = COCOeval(gt, dt, iou_type)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+    print(f"IoU metric: {iou_type}")
+    evaluator.summarize()
+    return [float(s) for s in evaluator.stats]
+
+
+@torch.inference_mode()
+def evaluate(
+    model: torch.nn.Module, data_loader: torch.utils.data.DataLoader, device: torch.device
+) -> dict[str, list[float]]:
+    """COCO bbox (and segm, for mask models) stats: {"bbox": [12 floats], "segm": [12 floats]}.
+
+    The ground truth comes from the targets the loader yields (the test transform must
+    not resize), so no image is decoded twice. Stats are pycocotools' own, in its order.
+    """
+    model.eval()
+    logger = utils.MetricLogger()
+    images, annotations, box_results, mask_results = [], [], [], []
+    has_masks = False
+    for batch_images, targets in logger.log_every(data_loader, 100, "Test:"):
+        batch_images = [image.to(device, non_blocking=True) for image in batch_images]
+        start = time.time()
+        outputs = model(batch_images)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        model_time = time.time() - start
+        start = time.time()
+        for image, target, output in zip(batch_images, targets, outputs, strict=True):
+            image_id = int(target["image_id"])
+            record, gt = coco_ground_truth(image_id, image.shape[-2], image.shape[-1], target)
+            boxes, segms = coco_detections(image_id, output)
+            images.append(record)
+            annotations += gt
+            box_results += boxes
+            mask_results += segms
+            has_masks = has_masks or "masks" in output
+        logger.update(model_time=model_time, metric_time=time.time() - start)
+
+    stats = {"bbox": coco_stats(images, annotations, box_results, "bbox")}
+    if has_masks and all("segmentation" in a for a in annotations):
+        stats["segm"] = coco_stats(images, annotations, mask_results, "segm")
+    return stats

@@ -1,0 +1,271 @@
+"""Detection and instance-segmentation models for `num_classes`, with their weights.
+
+`get_model` builds one of MODELS, loads weights (torchvision's COCO weights, none, or a
+local file) and swaps the box and mask predictors for `num_classes`, as the tutorial does.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights, WeightsEnum, detection
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import mobilenet_backbone
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from utils import UserError, load_checkpoint
+
+
+def maskrcnn_mobilenet_v3_large_fpn(
+    *,
+    weights: detection.FasterRCNN_MobileNet_V3_Large_FPN_Weights | None = None,
+    weights_backbone: MobileNet_V3_Large_Weights | None = None,
+    num_classes: int | None = None,
+    trainable_backbone_layers: int | None = None,
+    **kwargs: Any,
+) -> detection.MaskRCNN:
+    """Mask R-CNN on the MobileNetV3-Large FPN of `fasterrcnn_mobilenet_v3_large_fpn`: several times faster on CPU.
+
+    torchvision publishes no COCO Mask R-CNN weights for this backbone, so `weights`
+    are the COCO Faster R-CNN ones: backbone, RPN and box head start trained, the mask
+    head starts from scratch.
+    """
+    if weights is not None:
+        weights_backbone = None
+        num_classes = len(weights.meta["categories"])
+    pretrained = weights is not None or weights_backbone is not None
+    if trainable_backbone_layers is None:
+        trainable_backbone_layers = 3 if pretrained else 6
+    backbone = mobilenet_backbone(
+        backbone_name="mobilenet_v3_large",
+        weights=weights_backbone,
+        fpn=True,
+        norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d,
+        trainable_layers=trainable_backbone_layers,
+    )
+    anchor_sizes = ((32, 64, 128, 256, 512),) * 3  # as torchvision's MobileNet Faster R-CNN
+    anchors = AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes))
+    kwargs = {"rpn_score_thresh": 0.05, **kwargs}
+    model = detection.MaskRCNN(backbone, num_classes or 91, rpn_anchor_generator=anchors, **kwargs)
+    if weights is not None:
+        state = weights.get_state_dict(progress=True, check_hash=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        assert not unexpected and all(k.startswith("roi_heads.mask_") for k in missing), (missing, unexpected)
+    return model
+
+
+# name -> (builder, weights enum of the whole model, weights enum of the backbone)
+MODELS: dict[str, tuple[Callable[..., nn.Module], type[WeightsEnum], type[WeightsEnum]]] = {
+    "maskrcnn_resnet50_fpn": (
+        detection.maskrcnn_resnet50_fpn,
+        detection.MaskRCNN_ResNet50_FPN_Weights,
+        ResNet50_Weights,
+    ),
+    "maskrcnn_resnet50_fpn_v2": (
+        detection.maskrcnn_resnet50_fpn_v2,
+        detection.MaskRCNN_ResNet50_FPN_V2_Weights,
+        ResNet50_Weights,
+    ),
+    "fasterrcnn_resnet50_fpn": (
+        detection.fasterrcnn_resnet50_fpn,
+        detection.FasterRCNN_ResNet50_FPN_Weights,
+        ResNet50_Weights,
+    ),
+    "fasterrcnn_resnet50_fpn_v2": (
+        detection.fasterrcnn_resnet50_fpn_v2,
+        detection.FasterRCNN_ResNet50_FPN_V2_Weights,
+        ResNet50_Weights,
+    ),
+    "fasterrcnn_mobilenet_v3_large_fpn": (
+        detection.fasterrcnn_mobilenet_v3_large_fpn,
+        detection.FasterRCNN_MobileNet_V3_Large_FPN_Weights,
+        MobileNet_V3_Large_Weights,
+    ),
+    "maskrcnn_mobilenet_v3_large_fpn": (
+        maskrcnn_mobilenet_v3_large_fpn,
+        detection.FasterRCNN_MobileNet_V3_Large_FPN_Weights,
+        MobileNet_V3_Large_Weights,
+    ),
+}
+
+# torchvision's original COCO weights for these were trained with FrozenBatchNorm eps = 0.
+_ZERO_EPS_COCO_MODELS = ("maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn")
+
+
+def _resolve_weights(spec: str | None, enum: type[WeightsEnum], flag: str) -> WeightsEnum | Path | None:
+    """`none`/None, a local file (a path that exists or ends in .pth/.pt), or a name in `enum` such as DEFAULT."""
+    if spec is None or spec.lower() == "none":
+        return None
+    if Path(spec).exists() or spec.endswith((".pth", ".pt")):
+        return Path(spec)
+    try:
+        return enum.verify(spec)
+    except (KeyError, ValueError, TypeError):
+        names = ", ".join(["DEFAULT", *(w.name for w in enum), "none", "a path to a .pth file"])
+        raise UserError(f"{flag} {spec}: not a file and not one of {names}") from None
+
+
+def _read_state_dict(path: Path, flag: str) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """A model state dict from a file, and the model_config stored with it (None for a plain state dict)."""
+    data = load_checkpoint(path)
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):  # a checkpoint written by train.py
+        return data["model"], data.get("model_config", {})
+    if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):
+        return data, None
+    raise UserError(f"{flag} {path}: holds neither a state dict nor a checkpoint of train.py")
+
+
+def freeze_like_pretrained(model: nn.Module, name: str, trainable_layers: int, eps: float | None = None) -> None:
+    """Make the backbone what torchvision's builders make when they load weights.
+
+    Its BatchNorm layers become FrozenBatchNorm2d (batches of 2 give useless statistics;
+    the v2 models keep BatchNorm, as torchvision builds them) and its first stages stop
+    learning, leaving `trainable_layers` stages trainable.
+    """
+    body = model.backbone.body
+    for parent in [] if name.endswith("_v2") else list(body.modules()):
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.BatchNorm2d):
+                frozen = FrozenBatchNorm2d(child.num_features, eps=1e-5 if eps is None else eps)
+                setattr(parent, child_name, frozen)
+    if "resnet" in name:
+        trainable = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+        if trainable_layers == 5:
+            trainable.append("bn1")
+        for param_name, param in body.named_parameters():
+            param.requires_grad_(any(param_name.startswith(layer) for layer in trainable))
+    else:  # MobileNetV3: stages begin at the first block and at each strided block
+        blocks = list(body.children())
+        stages = [0] + [i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False)] + [len(blocks) - 1]
+        freeze_before = len(blocks) if trainable_layers == 0 else stages[len(stages) - trainable_layers]
+        for block in blocks[:freeze_before]:
+            block.requires_grad_(False)
+    if eps is not None:
+        for module in model.modules():
+            if isinstance(module, FrozenBatchNorm2d):
+                module.eps = eps
+
+
+def _load_backbone(model: nn.Module, path: Path) -> None:
+    """Load an ImageNet classification state dict (as torchvision publishes it) into the backbone."""
+    state, _ = _read_state_dict(path, "--weights-backbone")
+    body = model.backbone.body
+    wanted = body.state_dict().keys()
+    state = {k.removeprefix("features."): v for k, v in state.items()}  # MobileNet keeps blocks in .features
+    state = {k: v for k, v in state.items() if k in wanted}
+    missing = [k for k in wanted if k not in state and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise UserError(f"--weights-backbone {path}: does not fit this backbone ({missing[0]} and others missing)")
+    body.load_state_dict(state, strict=False)
+
+
+def _replace_predictors(model: nn.Module, num_classes: int) -> None:
+    """New box (and mask) predictors for `num_classes`, as in the tutorial."""
+    box_predictor = model.roi_heads.box_predictor
+    if box_predictor.cls_score.out_features != num_classes:
+        model.roi_heads.box_predictor = FastRCNNPredictor(box_predictor.cls_score.in_features, num_classes)
+    mask_predictor = getattr(model.roi_heads, "mask_predictor", None)
+    if mask_predictor is not None and mask_predictor.mask_fcn_logits.out_channels != num_classes:
+        in_channels = mask_predictor.conv5_mask.in_channels
+        model.roi_heads.mask_predictor = MaskRCNNPredictor(in_channels, 256, num_classes)
+
+
+def get_model(
+    name: str = "maskrcnn_resnet50_fpn",
+    num_classes: int = 2,
+    weights: str | None = "DEFAULT",
+    weights_backbone: str | None = None,
+    trainable_backbone_layers: int | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """A model of MODELS for `num_classes` (background included), with its weights loaded.
+
+    weights: "DEFAULT" or a torchvision weights name (COCO, downloaded once into the torch
+    hub cache), "none", or the path of a local .pth (torchvision's COCO state dict, or a
+    checkpoint of train.py). weights_backbone: the same for the backbone alone, with
+    weights "none". kwargs reach the model (min_size, max_size, ...).
+    """
+    if name not in MODELS:
+        raise UserError(f"--model {name}: unknown; choose one of {', '.join(MODELS)}")
+    builder, weights_enum, backbone_enum = MODELS[name]
+    weights_spec = _resolve_weights(weights, weights_enum, "--weights")
+    backbone_spec = _resolve_weights(weights_backbone, backbone_enum, "--weights-backbone")
+    if weights_spec is not None and backbone_spec is not None:
+        raise UserError("--weights-backbone needs --weights none: whole-model weights already include a backbone")
+    pretrained = weights_spec is not None or backbone_spec is not None
+    layers = trainable_backbone_layers
+    if layers is None:
+        layers = 3 if pretrained else (5 if "resnet" in name else 6)
+
+    try:
+        if isinstance(weights_spec, WeightsEnum):
+            model = builder(weights=weights_spec, trainable_backbone_layers=layers, **kwargs)
+        elif isinstance(backbone_spec, WeightsEnum):
+            model = builder(
+                weights=None,
+                weights_backbone=backbone_spec,
+                num_classes=num_classes,
+                trainable_backbone_layers=layers,
+                **kwargs,
+            )
+        elif isinstance(weights_spec, Path):
+            state, config = _read_state_dict(weights_spec, "--weights")
+            if config is None:  # a plain state dict: torchvision's COCO weights, saved by hand
+                eps = 0.0 if name in _ZERO_EPS_COCO_MODELS else None
+            else:
+                eps = config.get("frozen_bn_eps")
+            source_classes = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
+            model = builder(weights=None, weights_backbone=None, num_classes=source_classes, **kwargs)
+            freeze_like_pretrained(model, name, layers, eps)
+            _load_matching(model, state, weights_spec, name)
+        else:
+            model = builder(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+            if isinstance(backbone_spec, Path):
+                freeze_like_pretrained(model, name, layers)
+                _load_backbone(model, backbone_spec)
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+        raise UserError(
+            f"could not download the weights for {name} ({getattr(error, 'reason', error)}); offline, "
+            "train from scratch with --weights none, or pass --weights PATH to a local .pth "
+            f"(torchvision's file from {torch.hub.get_dir()}/checkpoints on a machine that has it)"
+        ) from error
+    _replace_predictors(model, num_classes)
+    return model
+
+
+def _load_matching(model: nn.Module, state: dict[str, torch.Tensor], path: Path, name: str) -> None:
+    """load_state_dict with a one-line error for a file made for another architecture."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:
+        raise UserError(f"--weights {path}: does not fit --model {name} (shapes differ); pick its --model") from error
+    if name == "maskrcnn_mobilenet_v3_large_fpn":  # Faster R-CNN weights: the mask head starts fresh
+        missing = [k for k in missing if not k.startswith("roi_heads.mask_")]
+    if missing or unexpected:
+        first = (missing or unexpected)[0]
+        raise UserError(f"--weights {path}: does not fit --model {name} ({first} does not match); pick its --model")
+
+
+def get_model_instance_segmentation(num_classes: int) -> nn.Module:
+    """The tutorial's function: COCO-pretrained Mask R-CNN R50-FPN with new heads for `num_classes`."""
+    return get_model("maskrcnn_resnet50_fpn", num_classes, weights="DEFAULT")
+
+
+def model_config(model: nn.Module, name: str) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild `model` without its original flags (plain types only)."""
+    frozen = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    return {
+        "name": name,
+        "num_classes": model.roi_heads.box_predictor.cls_score.out_features,
+        "frozen_bn_eps": frozen[0].eps if frozen else None,
+        "min_size": list(model.transform.min_size),
+        "max_size": model.transform.max_size,
+        "masks": getattr(model.roi_heads, "mask_predictor", None) is not None,
+    }

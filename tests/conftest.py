@@ -1,0 +1,74 @@
+"""Shared fixtures: a small synthetic dataset in Penn-Fudan's layout, written to a temporary folder."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the modules are flat files at the repository root, as in torchvision's references
+
+# (height, width, instance boxes as (value, y1, y2, x1, x2)) per image; the mask values
+# are not contiguous in image 1, image 2 has no instance, image 3 has a one-pixel-wide one.
+LAYOUT = [
+    (96, 128, [(1, 10, 60, 10, 40), (2, 30, 90, 70, 120)]),
+    (112, 96, [(3, 5, 50, 5, 45), (7, 55, 110, 40, 90)]),
+    (96, 112, []),
+    (104, 120, [(1, 20, 80, 50, 51), (2, 10, 60, 70, 110)]),
+    (96, 128, [(1, 40, 95, 5, 60), (2, 0, 30, 80, 128), (3, 50, 90, 70, 110)]),
+    (120, 100, [(1, 10, 110, 10, 50)]),
+    (96, 128, [(1, 5, 45, 20, 60), (2, 50, 95, 60, 125)]),
+    (100, 100, [(1, 20, 80, 20, 80)]),
+    (96, 120, [(1, 10, 90, 5, 35), (2, 10, 90, 45, 75), (3, 10, 90, 85, 115)]),
+    (108, 96, [(1, 30, 100, 10, 85)]),
+]
+# Photographs come in every mode: the dataset must turn each into RGB.
+IMAGE_MODES = {4: "L", 5: "RGBA", 6: "P"}
+
+
+def instance_mask(height: int, width: int, instances: list[tuple[int, int, int, int, int]]) -> np.ndarray:
+    """An instance mask with an ellipse-ish blob (a rectangle for thin ones) per instance."""
+    mask = np.zeros((height, width), np.uint8)
+    yy, xx = np.mgrid[:height, :width]
+    for value, y1, y2, x1, x2 in instances:
+        if x2 - x1 <= 2:
+            mask[y1:y2, x1:x2] = value
+            continue
+        cy, cx, ry, rx = (y1 + y2 - 1) / 2, (x1 + x2 - 1) / 2, (y2 - y1) / 2, (x2 - x1) / 2
+        mask[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1] = value
+    return mask
+
+
+def write_pennfudan(root: Path, layout: list = LAYOUT) -> Path:
+    """Write images and palette masks as PNGImages/FudanPedNNNNN.png and PedMasks/FudanPedNNNNN_mask.png."""
+    rng = np.random.default_rng(0)
+    (root / "PNGImages").mkdir(parents=True)
+    (root / "PedMasks").mkdir()
+    for index, (height, width, instances) in enumerate(layout):
+        mask = instance_mask(height, width, instances)
+        pixels = rng.integers(0, 80, (height, width, 3), dtype=np.uint8)
+        for value in np.unique(mask[mask > 0]):
+            pixels[mask == value] = rng.integers(120, 255, 3, dtype=np.uint8)  # objects stand out
+        image = Image.fromarray(pixels).convert(IMAGE_MODES.get(index, "RGB"))
+        name = f"FudanPed{index:05d}"
+        image.save(root / "PNGImages" / f"{name}.png")
+        palette_mask = Image.fromarray(mask, mode="L").convert("P")
+        palette_mask.putpalette([0, 0, 0] + [255, 0, 0] * 255)
+        palette_mask.save(root / "PedMasks" / f"{name}_mask.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def pennfudan_master(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_pennfudan(tmp_path_factory.mktemp("data") / "PennFudanPed")
+
+
+@pytest.fixture
+def pennfudan(pennfudan_master: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the synthetic dataset that a test may change."""
+    return Path(shutil.copytree(pennfudan_master, tmp_path / "PennFudanPed"))

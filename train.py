@@ -1,0 +1,190 @@
+"""Fine-tune a torchvision detection or instance-segmentation model: the command line.
+
+    python train.py --data-path PennFudanPed --download --epochs 10
+
+This file only wires the other modules together; see README.md for every flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import utils
+from dataset import PennFudanDataset, download_pennfudan, split_indices
+from engine import evaluate, train_one_epoch
+from model import MODELS, get_model, model_config
+from transforms import AUGMENTATIONS, get_transform
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Fine-tune Mask R-CNN or Faster R-CNN", add_help=add_help)
+    add = parser.add_argument
+    add("--data-path", default="PennFudanPed", help="dataset folder (default: %(default)s)")
+    add("--download", action="store_true", help="download Penn-Fudan into --data-path if it does not exist")
+    add("--model", default="maskrcnn_resnet50_fpn", choices=list(MODELS), help="architecture (default: %(default)s)")
+    add("--weights", default="DEFAULT", help="DEFAULT (COCO), a torchvision weights name, none, or a local .pth")
+    add("--weights-backbone", default=None, help="with --weights none: DEFAULT (ImageNet), a name, none, or a .pth")
+    add("--trainable-backbone-layers", type=int, help="backbone stages to train (default: 3 if pretrained)")
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    add("--device", default=default_device, help="cuda, cuda:N or cpu (default: %(default)s)")
+    add("-b", "--batch-size", type=int, default=2, help="images per training batch (default: %(default)s)")
+    add("--epochs", type=int, default=10, help="total epochs to train (default: %(default)s)")
+    add("-j", "--workers", type=int, default=4, help="data loading processes (default: %(default)s)")
+    add("--lr", type=float, default=0.005, help="SGD learning rate (default: %(default)s; from scratch try 0.001)")
+    add("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
+    add("--weight-decay", "--wd", type=float, default=5e-4, help="SGD weight decay (default: %(default)s)")
+    add("--lr-step-size", type=int, default=3, help="epochs between lr decays (default: %(default)s)")
+    add("--lr-gamma", type=float, default=0.1, help="lr decay factor (default: %(default)s)")
+    add("--test-size", type=int, default=50, help="images held out for evaluation (default: %(default)s)")
+    add("--seed", type=int, default=0, help="seeds the split, init and data order (default: %(default)s)")
+    add("--min-size", type=int, default=800, help="shorter image side the model resizes to (default: %(default)s)")
+    add("--max-size", type=int, default=1333, help="longer image side at most (default: %(default)s)")
+    add("--augmentation", default="hflip", choices=AUGMENTATIONS, help="training augmentation (default: %(default)s)")
+    add("--amp", action="store_true", help="mixed precision: float16 on CUDA, bfloat16 on CPU")
+    add("--print-freq", type=int, default=10, help="iterations between progress lines (default: %(default)s)")
+    add("--output-dir", default="output", help="where checkpoints and metrics go (default: %(default)s)")
+    add("--resume", default="", help="checkpoint.pth to continue training from (or to evaluate with --test-only)")
+    add("--test-only", action="store_true", help="only evaluate the --resume checkpoint on the test split")
+    add("--use-deterministic-algorithms", action="store_true", help="reproducible results, at some cost in speed")
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Reject impossible flag values before any work starts."""
+    positive = ("batch_size", "lr", "lr_step_size", "print_freq", "min_size", "max_size", "test_size")
+    for name in positive:
+        if getattr(args, name) <= 0:
+            raise utils.UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be positive")
+    if args.epochs < 0 or args.workers < 0:
+        raise utils.UserError("--epochs and --workers must not be negative")
+    if args.min_size > args.max_size:
+        raise utils.UserError(f"--min-size {args.min_size} is above --max-size {args.max_size}; raise --max-size")
+    if args.test_only and not args.resume:
+        raise utils.UserError("--test-only needs --resume PATH: the checkpoint to evaluate")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise utils.UserError(f"--device {args.device}: CUDA is not available here; use --device cpu")
+
+
+def make_loaders(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any, PennFudanDataset, dict]:
+    """The train and test DataLoaders over a seeded split, the dataset, and the split by file name."""
+    data_path = Path(args.data_path)
+    if not data_path.exists() and args.download:
+        download_pennfudan(data_path)
+    train_data = PennFudanDataset(data_path, get_transform(train=True, augmentation=args.augmentation))
+    test_data = PennFudanDataset(data_path, get_transform(train=False))
+    train_ids, test_ids = split_indices(len(train_data), args.test_size, args.seed)
+    split = {
+        "train": [train_data.image_paths[i].name for i in train_ids],
+        "test": [train_data.image_paths[i].name for i in test_ids],
+    }
+    common = {"num_workers": args.workers, "collate_fn": utils.collate_fn, "pin_memory": device.type == "cuda"}
+    train_loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(train_data, train_ids), batch_size=args.batch_size, shuffle=True, **common
+    )
+    test_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(test_data, test_ids), batch_size=1, **common)
+    return train_loader, test_loader, train_data, split
+
+
+def main(args: argparse.Namespace) -> dict[str, list[float]] | None:
+    check_args(args)
+    if args.use_deterministic_algorithms:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+        torch.use_deterministic_algorithms(True)
+    utils.seed_everything(args.seed)
+    device = torch.device(args.device)
+    output_dir = Path(args.output_dir)
+
+    train_loader, test_loader, dataset, split = make_loaders(args, device)
+    model = get_model(
+        args.model,
+        num_classes=len(dataset.classes),
+        weights=args.weights,
+        weights_backbone=args.weights_backbone,
+        trainable_backbone_layers=args.trainable_backbone_layers,
+        min_size=args.min_size,
+        max_size=args.max_size,
+    ).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step_size, gamma=args.lr_gamma)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda") if args.amp else None
+
+    start_epoch, best_score, history = 0, -math.inf, []
+    if args.resume:
+        checkpoint = utils.load_checkpoint(args.resume)
+        try:
+            model.load_state_dict(checkpoint["model"])
+        except (KeyError, RuntimeError) as error:
+            message = f"--resume {args.resume}: does not fit --model {args.model} with this dataset's classes"
+            raise utils.UserError(message) from error
+        if not args.test_only:
+            if "optimizer" not in checkpoint:
+                raise utils.UserError(f"--resume {args.resume}: holds weights only; resume from checkpoint.pth")
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+            if scaler is not None and "scaler" in checkpoint:
+                scaler.load_state_dict(checkpoint["scaler"])
+            start_epoch = checkpoint["epoch"] + 1
+            best_score = checkpoint["best_score"]
+            history = checkpoint["metrics"]
+            utils.set_rng_state(checkpoint["rng"])
+
+    if args.test_only:
+        return evaluate(model, test_loader, device)
+
+    utils.write_json(vars(args), output_dir / "args.json")
+    utils.write_json(split, output_dir / "split.json")
+    utils.write_jsonl(history, output_dir / "metrics.jsonl")  # drops epochs the checkpoint does not hold
+    config = {**model_config(model, args.model), "class_names": dataset.classes}
+    stats = None
+    print(f"Training {args.model} on {len(train_loader.dataset)} images, testing on {len(test_loader.dataset)}")
+    for epoch in range(start_epoch, args.epochs):
+        start = time.time()
+        losses = train_one_epoch(model, optimizer, train_loader, device, epoch, args.print_freq, scaler)
+        train_seconds = time.time() - start
+        lr = optimizer.param_groups[0]["lr"]
+        lr_scheduler.step()
+        start = time.time()
+        stats = evaluate(model, test_loader, device)
+        eval_seconds = time.time() - start
+
+        history.append(
+            {"epoch": epoch, "lr": lr, **losses, **stats, "train_seconds": train_seconds, "eval_seconds": eval_seconds}
+        )
+        score = stats["segm"][0] if "segm" in stats else stats["bbox"][0]
+        weights = {"model": model.state_dict(), "model_config": config, "args": vars(args), "epoch": epoch}
+        weights["stats"] = stats
+        if score > best_score:
+            best_score = score
+            utils.save_checkpoint(weights, output_dir / "best.pth")
+        checkpoint = {
+            **weights,
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict(),
+            "best_score": best_score,
+            "metrics": history,
+            "rng": utils.get_rng_state(),
+        }
+        if scaler is not None:
+            checkpoint["scaler"] = scaler.state_dict()
+        utils.save_checkpoint(checkpoint, output_dir / "checkpoint.pth")
+        utils.write_jsonl(history, output_dir / "metrics.jsonl")
+    return stats
+
+
+if __name__ == "__main__":
+    arguments = get_args_parser().parse_args()
+    try:
+        main(arguments)
+    except utils.UserError as error:
+        utils.exit_with_user_error(error)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with --resume {Path(arguments.output_dir) / 'checkpoint.pth'}", flush=True)
+        raise SystemExit(130) from None

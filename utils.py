@@ -1,0 +1,262 @@
+"""Logging, checkpoints, seeding and small helpers shared by the other modules.
+
+This module imports nothing from the project, so every other module can import it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import random
+import resource
+import sys
+import tempfile
+import time
+from collections import defaultdict, deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class UserError(Exception):
+    """A mistake the user can fix (a path, a file, a flag): train.py prints it as one line."""
+
+
+def one_line(error: BaseException) -> str:
+    """The user-facing line of an error, also when a DataLoader worker re-raised it.
+
+    A worker re-raises with the whole remote traceback as the message; its last line
+    is "module.UserError: <message>", and only the message is for the user.
+    """
+    text = str(error).strip()
+    last = text.splitlines()[-1] if text else type(error).__name__
+    name = type(error).__name__
+    for prefix in (f"{type(error).__module__}.{name}: ", f"{name}: "):
+        if last.startswith(prefix):
+            return last[len(prefix) :]
+    return last
+
+
+# ---------------------------------------------------------------------------
+# Progress logging (the shape of torchvision's references, written small).
+
+
+class SmoothedValue:
+    """A series of numbers: the median and mean over a window, and the mean over all."""
+
+    def __init__(self, window_size: int = 20, fmt: str = "{median:.4f} ({global_avg:.4f})") -> None:
+        self.window: deque[float] = deque(maxlen=window_size)
+        self.total = 0.0
+        self.count = 0
+        self.fmt = fmt
+
+    def update(self, value: float, n: int = 1) -> None:
+        self.window.append(value)
+        self.count += n
+        self.total += value * n
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.window)) if self.window else 0.0
+
+    @property
+    def avg(self) -> float:
+        return float(np.mean(self.window)) if self.window else 0.0
+
+    @property
+    def global_avg(self) -> float:
+        return self.total / max(self.count, 1)
+
+    @property
+    def value(self) -> float:
+        return self.window[-1] if self.window else 0.0
+
+    def __str__(self) -> str:
+        return self.fmt.format(median=self.median, avg=self.avg, global_avg=self.global_avg, value=self.value)
+
+
+class MetricLogger:
+    """Collects named SmoothedValues and prints a progress line every `print_freq` steps."""
+
+    def __init__(self, delimiter: str = "  ") -> None:
+        self.meters: defaultdict[str, SmoothedValue] = defaultdict(SmoothedValue)
+        self.delimiter = delimiter
+
+    def update(self, **values: float | torch.Tensor) -> None:
+        for name, value in values.items():
+            self.meters[name].update(float(value.item() if isinstance(value, torch.Tensor) else value))
+
+    def add_meter(self, name: str, meter: SmoothedValue) -> None:
+        self.meters[name] = meter
+
+    def __str__(self) -> str:
+        return self.delimiter.join(f"{name}: {meter}" for name, meter in self.meters.items())
+
+    def log_every(self, iterable: Iterable, print_freq: int, header: str = "") -> Iterator:
+        """Yield from `iterable`, printing ETA, meters, step and data time, and peak memory."""
+        total = len(iterable)  # type: ignore[arg-type]
+        width = len(str(total))
+        iter_time = SmoothedValue(fmt="{avg:.4f}")
+        data_time = SmoothedValue(fmt="{avg:.4f}")
+        start = end = time.time()
+        for i, item in enumerate(iterable):
+            data_time.update(time.time() - end)
+            yield item
+            iter_time.update(time.time() - end)
+            if i % print_freq == 0 or i == total - 1:
+                eta = datetime.timedelta(seconds=int(iter_time.global_avg * (total - 1 - i)))
+                print(
+                    self.delimiter.join(
+                        [
+                            f"{header} [{i:>{width}}/{total}]",
+                            f"eta: {eta}",
+                            str(self),
+                            f"time: {iter_time}",
+                            f"data: {data_time}",
+                            f"max mem: {peak_memory_mb():.0f} MB",
+                        ]
+                    ),
+                    flush=True,
+                )
+            end = time.time()
+        elapsed = datetime.timedelta(seconds=int(time.time() - start))
+        print(f"{header} Total time: {elapsed} ({(time.time() - start) / max(total, 1):.4f} s / it)", flush=True)
+
+
+def peak_memory_mb() -> float:
+    """Peak GPU memory allocated by PyTorch when CUDA is in use, else the process's peak RSS."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# ---------------------------------------------------------------------------
+# Data loading and seeding.
+
+
+def collate_fn(batch: list[tuple[Any, Any]]) -> tuple[tuple, tuple]:
+    """Detection batches are lists: images differ in size and targets in length."""
+    return tuple(zip(*batch, strict=True))  # type: ignore[return-value]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (every device) from one number."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Every random generator's state as plain types and tensors, safe for weights_only loading."""
+    numpy_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what get_rng_state() returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
+            "has_gauss": numpy_state["has_gauss"],
+            "gauss": numpy_state["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------
+# Files: written atomically, read safely.
+
+
+def _atomic_write(path: str | Path, write: Any) -> None:
+    """Write through a temporary file in the same folder, then rename it over `path`.
+
+    os.replace is atomic on POSIX, so a kill at any moment leaves either the old file
+    or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as tmp:
+            write(tmp)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """torch.save, atomically; a full disk raises a UserError and leaves the old file intact."""
+    try:
+        _atomic_write(path, lambda f: torch.save(checkpoint, f))
+    except OSError as error:
+        raise UserError(f"could not write checkpoint {path}: {error}; the previous checkpoint is unchanged") from error
+
+
+def load_checkpoint(path: str | Path) -> Any:
+    """torch.load with weights_only=True: tensors and plain types load, code never runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; check the path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle and zip errors have no common base class
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = f"{path}: refused to load it with weights_only=True ({reason}); it is not a plain checkpoint"
+        raise UserError(message) from error
+
+
+def write_json(data: Any, path: str | Path) -> None:
+    """json.dump, atomically."""
+    _atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The complete records of a JSON-lines file; a torn last line (a kill mid-write) is dropped."""
+    records = []
+    if Path(path).is_file():
+        for line in Path(path).read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def write_jsonl(records: list[dict[str, Any]], path: str | Path) -> None:
+    """Rewrite a JSON-lines file atomically (used to append: records are few and small)."""
+    _atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records).encode()))
+
+
+def exit_with_user_error(error: BaseException) -> None:
+    """Print one line to stderr and exit with status 2."""
+    print(f"error: {one_line(error)}", file=sys.stderr)
+    raise SystemExit(2)
