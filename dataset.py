@@ -178,9 +178,9 @@ class PennFudanDataset(MaskFolderDataset):
         self.classes = ["background", "person"]
 
 
-def download_pennfudan(root: str | Path, url: str = PENNFUDAN_URL, timeout: float = 60.0) -> Path:
+def download_pennfudan(root: str | Path, url: str | None = None, timeout: float = 60.0) -> Path:
     """Download and unzip Penn-Fudan so that `root` holds PNGImages/ and PedMasks/; check all 170 pairs arrived."""
-    root = Path(root)
+    root, url = Path(root), url or PENNFUDAN_URL
     root.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root.parent, prefix=".pennfudan-") as tmp:
         archive = Path(tmp) / "PennFudanPed.zip"

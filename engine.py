@@ -64,7 +64,7 @@ def train_one_epoch(
             shown = ", ".join(f"{name} {value:.4g}" for name, value in losses.items())
             raise TrainingDiverged(
                 f"epoch {epoch} iteration {iteration}: the loss is {loss_value} ({shown}); "
-                f"lower --lr (now {optimizer.param_groups[0]['lr']:g}) and resume from the last checkpoint"
+                f"it diverged at lr {optimizer.param_groups[0]['lr']:g}; lower --lr"
             )
 
         optimizer.zero_grad(set_to_none=True)

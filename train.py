@@ -96,6 +96,7 @@ def main(args: argparse.Namespace) -> dict[str, list[float]] | None:
     check_args(args)
     if args.use_deterministic_algorithms:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+        os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # MKL's results otherwise depend on memory alignment
         torch.use_deterministic_algorithms(True)
     utils.seed_everything(args.seed)
     device = torch.device(args.device)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
+import io
 import shutil
 import sys
+import threading
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +76,47 @@ def pennfudan_master(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def pennfudan(pennfudan_master: Path, tmp_path: Path) -> Path:
     """A fresh copy of the synthetic dataset that a test may change."""
     return Path(shutil.copytree(pennfudan_master, tmp_path / "PennFudanPed"))
+
+
+def pennfudan_zip(num_images: int) -> bytes:
+    """A zip laid out like the official PennFudanPed.zip, with `num_images` tiny image and mask pairs."""
+    buffer = io.BytesIO()
+    png = io.BytesIO()
+    Image.new("L", (4, 3)).save(png, format="PNG")
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("PennFudanPed/readme.txt", "Penn-Fudan Database for Pedestrian Detection and Segmentation")
+        for i in range(num_images):
+            archive.writestr(f"PennFudanPed/PNGImages/FudanPed{i:05d}.png", png.getvalue())
+            archive.writestr(f"PennFudanPed/PedMasks/FudanPed{i:05d}_mask.png", png.getvalue())
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def serve():
+    """Serve bytes at http://127.0.0.1:PORT/PennFudanPed.zip; yields a function that sets them and returns the URL."""
+    payload = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the name http.server calls)
+            if self.path != "/PennFudanPed.zip":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload["body"])))
+            self.end_headers()
+            self.wfile.write(payload["body"])
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def set_body(body: bytes) -> str:
+        payload["body"] = body
+        return f"http://127.0.0.1:{server.server_address[1]}/PennFudanPed.zip"
+
+    yield set_body
+    server.shutdown()
+    server.server_close()

@@ -1,0 +1,169 @@
+import urllib.error
+
+import pytest
+import torch
+import torchvision.models._api
+from torchvision.models import mobilenet_v3_large, resnet50
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from model import MODELS, get_model, get_model_instance_segmentation, model_config
+from utils import UserError
+
+SMALL = {"min_size": 64, "max_size": 96}
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """Serve torchvision's weights downloads from a state dict made here (the real host is unreachable)."""
+    served = {}
+
+    def load_state_dict_from_url(url, *args, **kwargs):
+        served["url"] = url
+        return {k: v.clone() for k, v in served["state"].items()}
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", load_state_dict_from_url)
+    return served
+
+
+def _coco_state(name):
+    """A state dict shaped like torchvision's COCO weights for `name` (random values, 91 classes)."""
+    source = "fasterrcnn_mobilenet_v3_large_fpn" if name == "maskrcnn_mobilenet_v3_large_fpn" else name
+    torch.manual_seed(0)
+    return MODELS[source][0](weights=None, weights_backbone=None).state_dict()
+
+
+def _summary(model):
+    return (
+        [type(m).__name__ for m in model.modules()],
+        sorted(n for n, p in model.named_parameters() if p.requires_grad),
+        [m.eps for m in model.modules() if isinstance(m, FrozenBatchNorm2d)],
+    )
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_trains_and_predicts_for_num_classes(name):
+    torch.manual_seed(0)
+    model = get_model(name, num_classes=3, weights="none", **SMALL)
+    assert model.roi_heads.box_predictor.cls_score.out_features == 3
+    assert model.transform.min_size == (64,) and model.transform.max_size == 96
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())  # from scratch: BatchNorm learns
+    assert all(p.requires_grad for p in model.backbone.parameters())
+    mask = torch.zeros(1, 70, 90, dtype=torch.uint8)
+    mask[0, 10:40, 20:60] = 1
+    target = {"boxes": torch.tensor([[20.0, 10.0, 60.0, 40.0]]), "labels": torch.tensor([2]), "masks": mask}
+    losses = model([torch.rand(3, 70, 90), torch.rand(3, 70, 90)], [target, target])
+    expected = {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    if name.startswith("maskrcnn"):
+        expected.add("loss_mask")
+        assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 3
+    assert set(losses) == expected
+    sum(losses.values()).backward()
+    model.eval()
+    (output,) = model([torch.rand(3, 70, 90)])
+    assert ("masks" in output) == name.startswith("maskrcnn")
+
+
+@pytest.mark.parametrize(
+    "name", ["maskrcnn_resnet50_fpn", "maskrcnn_mobilenet_v3_large_fpn", "maskrcnn_resnet50_fpn_v2"]
+)
+def test_local_weights_file_builds_what_torchvision_builds(name, fake_hub, tmp_path):
+    fake_hub["state"] = state = _coco_state(name)
+    from_hub = get_model(name, num_classes=2, weights="DEFAULT")
+    assert fake_hub["url"].startswith("https://download.pytorch.org/models/")
+    torch.save(state, tmp_path / "coco.pth")
+    from_file = get_model(name, num_classes=2, weights=str(tmp_path / "coco.pth"))
+    assert _summary(from_file) == _summary(from_hub)
+    loaded = from_file.state_dict()
+    for key, value in state.items():
+        if "predictor" not in key and "num_batches_tracked" not in key:
+            assert torch.equal(loaded[key], value), key
+    assert from_file.roi_heads.box_predictor.cls_score.out_features == 2
+    if name == "maskrcnn_resnet50_fpn":  # torchvision's original COCO weights want FrozenBatchNorm eps 0
+        assert model_config(from_file, name)["frozen_bn_eps"] == 0.0
+    first_stage = next(iter(from_file.backbone.body.children()))
+    assert not any(p.requires_grad for p in first_stage.parameters())
+
+
+def test_tutorial_function_is_coco_mask_rcnn_with_new_heads(fake_hub):
+    fake_hub["state"] = _coco_state("maskrcnn_resnet50_fpn")
+    model = get_model_instance_segmentation(2)
+    assert "maskrcnn_resnet50_fpn_coco" in fake_hub["url"]
+    assert model.roi_heads.box_predictor.cls_score.out_features == 2
+    assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 2
+    assert model.roi_heads.mask_predictor.conv5_mask.out_channels == 256
+
+
+def test_no_network_names_both_offline_alternatives(monkeypatch):
+    def unreachable(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", unreachable)
+    with pytest.raises(UserError, match="could not download.*--weights none.*--weights PATH") as error:
+        get_model("maskrcnn_resnet50_fpn", 2)
+    assert "\n" not in str(error.value)
+
+
+def test_checkpoint_of_train_py_as_weights(tmp_path):
+    torch.manual_seed(0)
+    trained = get_model("maskrcnn_mobilenet_v3_large_fpn", num_classes=4, weights="none", **SMALL)
+    config = model_config(trained, "maskrcnn_mobilenet_v3_large_fpn")
+    torch.save({"model": trained.state_dict(), "model_config": config, "epoch": 3}, tmp_path / "checkpoint.pth")
+    same = get_model("maskrcnn_mobilenet_v3_large_fpn", num_classes=4, weights=str(tmp_path / "checkpoint.pth"))
+    for key, value in trained.state_dict().items():
+        if "num_batches_tracked" not in key:
+            assert torch.equal(same.state_dict()[key], value), key
+    other = get_model("maskrcnn_mobilenet_v3_large_fpn", num_classes=6, weights=str(tmp_path / "checkpoint.pth"))
+    assert other.roi_heads.box_predictor.cls_score.out_features == 6
+    assert torch.equal(other.state_dict()["rpn.head.conv.0.0.weight"], trained.state_dict()["rpn.head.conv.0.0.weight"])
+    with pytest.raises(UserError, match="does not fit --model maskrcnn_resnet50_fpn"):
+        get_model("maskrcnn_resnet50_fpn", num_classes=4, weights=str(tmp_path / "checkpoint.pth"))
+
+
+@pytest.mark.parametrize(
+    ("name", "classifier"),
+    [("maskrcnn_resnet50_fpn", resnet50), ("fasterrcnn_mobilenet_v3_large_fpn", mobilenet_v3_large)],
+)
+def test_backbone_weights_file(name, classifier, tmp_path):
+    torch.manual_seed(1)
+    state = classifier().state_dict()
+    torch.save(state, tmp_path / "imagenet.pth")
+    model = get_model(name, num_classes=2, weights="none", weights_backbone=str(tmp_path / "imagenet.pth"))
+    body = model.backbone.body.state_dict()
+    checked = 0
+    for key, value in state.items():
+        key = key.removeprefix("features.")
+        if key in body:
+            assert torch.equal(body[key], value), key
+            checked += 1
+    assert checked > 100
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in model.backbone.body.modules())
+
+
+def test_flag_mistakes_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="--weights-backbone needs --weights none"):
+        get_model("maskrcnn_resnet50_fpn", 2, weights="DEFAULT", weights_backbone="DEFAULT")
+    with pytest.raises(UserError, match="--weights COCO_V7: not a file and not one of DEFAULT, COCO_V1"):
+        get_model("maskrcnn_resnet50_fpn", 2, weights="COCO_V7")
+    with pytest.raises(UserError, match="no such file"):
+        get_model("maskrcnn_resnet50_fpn", 2, weights=str(tmp_path / "missing.pth"))
+    with pytest.raises(UserError, match="--model yolo: unknown"):
+        get_model("yolo", 2)
+    (tmp_path / "notes.pth").write_text("hello")
+    with pytest.raises(UserError, match="notes.pth: refused to load"):
+        get_model("maskrcnn_resnet50_fpn", 2, weights=str(tmp_path / "notes.pth"))
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_weights_that_run_code_when_unpickled_are_refused(tmp_path):
+    marker = tmp_path / "it-ran"
+    torch.save({"model": _RunsCode(str(marker))}, tmp_path / "evil.pth")
+    with pytest.raises(UserError, match="evil.pth: refused to load it with weights_only=True"):
+        get_model("maskrcnn_mobilenet_v3_large_fpn", 2, weights=str(tmp_path / "evil.pth"))
+    assert not marker.exists()

@@ -1,0 +1,135 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import LAYOUT, ROOT, pennfudan_zip
+
+import dataset
+import train
+
+# Small and fast: MobileNet Mask R-CNN from scratch on ~100-pixel images.
+FAST = [
+    "--model", "maskrcnn_mobilenet_v3_large_fpn", "--weights", "none", "--lr", "0.001",
+    "--min-size", "64", "--max-size", "128", "--test-size", "3", "-j", "0", "--print-freq", "5",
+]  # fmt: skip
+
+
+def run_cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "train.py", *map(str, args)], cwd=cwd, capture_output=True, text=True)
+
+
+def run_main(*args):
+    return train.main(train.get_args_parser().parse_args([*map(str, args)]))
+
+
+def test_two_epochs_end_to_end(pennfudan, tmp_path):
+    out = tmp_path / "output"
+    result = run_cli("--data-path", pennfudan, "--epochs", 2, "--output-dir", out, *FAST)
+    assert result.returncode == 0, result.stderr
+    assert "Epoch: [1]" in result.stdout and "IoU metric: segm" in result.stdout
+    assert {p.name for p in out.iterdir()} == {"checkpoint.pth", "best.pth", "metrics.jsonl", "split.json", "args.json"}
+
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    losses = {"loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+    for record in records:
+        assert losses | {"epoch", "lr", "bbox", "segm", "train_seconds", "eval_seconds"} == set(record)
+        assert len(record["bbox"]) == len(record["segm"]) == 12
+        assert record["train_seconds"] > 0 and record["eval_seconds"] > 0
+
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["test"]) == 3 and len(split["train"]) == len(LAYOUT) - 3
+    assert sorted(split["train"] + split["test"]) == sorted(p.name for p in (pennfudan / "PNGImages").iterdir())
+    assert json.loads((out / "args.json").read_text())["epochs"] == 2
+
+    checkpoint = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert checkpoint["epoch"] == 1 and checkpoint["args"]["model"] == "maskrcnn_mobilenet_v3_large_fpn"
+    assert checkpoint["model_config"]["class_names"] == ["background", "person"]
+    best = torch.load(out / "best.pth", weights_only=True)
+    assert best["stats"]["segm"][0] == max(r["segm"][0] for r in records)
+    assert "optimizer" not in best
+
+
+def test_resume_gives_the_same_weights_as_a_straight_run(pennfudan, tmp_path):
+    # Separate processes, as a user runs them: MKL_CBWR must take effect before MKL's first call.
+    common = ["--data-path", pennfudan, *FAST, "--lr-step-size", 2, "--use-deterministic-algorithms", "-j", 1]
+    for args in (
+        ["--epochs", 4, "--output-dir", tmp_path / "straight"],
+        ["--epochs", 2, "--output-dir", tmp_path / "resumed"],
+        ["--epochs", 4, "--output-dir", tmp_path / "resumed", "--resume", tmp_path / "resumed/checkpoint.pth"],
+    ):
+        result = run_cli(*common, *args)
+        assert result.returncode == 0, result.stderr
+    straight = torch.load(tmp_path / "straight/checkpoint.pth", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed/checkpoint.pth", weights_only=True)
+    assert straight["epoch"] == resumed["epoch"] == 3
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    for name in ("straight", "resumed"):
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2, 3]
+    untimed = [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in straight["metrics"]]
+    assert untimed == [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in resumed["metrics"]]
+    assert straight["optimizer"]["state"].keys() == resumed["optimizer"]["state"].keys()
+
+
+def test_test_only_evaluates_the_checkpoint(pennfudan, tmp_path, capsys):
+    out = tmp_path / "output"
+    trained = run_main("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out)
+    capsys.readouterr()
+    stats = run_main("--data-path", pennfudan, *FAST, "--test-only", "--resume", out / "checkpoint.pth")
+    assert stats == trained
+    assert "IoU metric: bbox" in capsys.readouterr().out
+
+
+def test_download_when_the_data_path_is_missing(serve, tmp_path, monkeypatch):
+    monkeypatch.setattr(dataset, "PENNFUDAN_URL", serve(pennfudan_zip(170)))
+    root = tmp_path / "PennFudanPed"
+    run_main("--data-path", root, "--download", "--epochs", 0, *FAST, "--output-dir", tmp_path / "out")
+    assert len(list((root / "PedMasks").iterdir())) == 170
+    split = json.loads((tmp_path / "out" / "split.json").read_text())
+    assert len(split["train"]) == 167 and len(split["test"]) == 3
+
+
+def _break_first_image(root):
+    (root / "PNGImages" / "FudanPed00000.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return root
+
+
+USER_ERRORS = {
+    "missing data path": (
+        lambda root: ["--data-path", root.parent / "nowhere"],
+        "nowhere: no such folder; pass --download",
+    ),
+    "wrong layout": (
+        lambda root: ["--data-path", root / "PNGImages"],
+        "PNGImages/PNGImages: image folder not found",
+    ),
+    "unreadable image": (
+        lambda root: ["--data-path", _break_first_image(root), "-j", 1, "--test-size", 9],
+        "FudanPed00000.png: cannot read the image",
+    ),
+    "weights and backbone": (
+        lambda root: ["--data-path", root, "--weights", "DEFAULT", "--weights-backbone", "DEFAULT"],
+        "--weights-backbone needs --weights none",
+    ),
+    "sizes": (lambda root: ["--data-path", root, "--min-size", 900, "--max-size", 800], "--min-size 900 is above"),
+    "test size": (lambda root: ["--data-path", root, "--test-size", 10], "--test-size 10: must be at least 1"),
+    "test-only alone": (lambda root: ["--data-path", root, "--test-only"], "--test-only needs --resume PATH"),
+    "missing checkpoint": (lambda root: ["--data-path", root, "--resume", root / "gone.pth"], "gone.pth: no such file"),
+    "no cuda": (lambda root: ["--data-path", root, "--device", "cuda"], "CUDA is not available here; use --device cpu"),
+    "diverging": (lambda root: ["--data-path", root, "--lr", 10000], "the loss is nan"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", USER_ERRORS)
+def test_user_errors_print_one_line_and_exit_2(case, pennfudan, tmp_path):
+    make_args, expected = USER_ERRORS[case]
+    args = [*FAST, "--epochs", 1, "--output-dir", tmp_path / "out", *make_args(pennfudan)]
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: ") and expected in result.stderr
+    assert not (tmp_path / "out" / "checkpoint.pth").exists()

@@ -1,0 +1,92 @@
+import errno
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import utils
+
+
+def test_checkpoint_round_trip_is_weights_only(tmp_path):
+    checkpoint = {"model": {"w": torch.arange(3.0)}, "args": {"lr": 0.01, "data_path": "x"}, "epoch": 4}
+    utils.save_checkpoint(checkpoint, tmp_path / "sub" / "checkpoint.pth")
+    loaded = torch.load(tmp_path / "sub" / "checkpoint.pth", weights_only=True)
+    assert loaded["epoch"] == 4 and loaded["args"] == checkpoint["args"]
+    assert torch.equal(loaded["model"]["w"], torch.arange(3.0))
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["checkpoint.pth"]
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pth"
+    utils.save_checkpoint({"epoch": 1}, path)
+    before = path.read_bytes()
+
+    def disk_full(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(utils.UserError, match="could not write checkpoint .*No space left.*previous checkpoint"):
+        utils.save_checkpoint({"epoch": 2}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]  # no temporary file left
+
+
+def test_rng_state_survives_a_weights_only_round_trip(tmp_path):
+    utils.seed_everything(3)
+    torch.rand(5), np.random.rand(5), random.random()
+    utils.save_checkpoint({"rng": utils.get_rng_state()}, tmp_path / "rng.pth")
+    expected = (torch.rand(5), np.random.rand(5), random.random(), np.random.randn())
+    utils.seed_everything(99)
+    utils.set_rng_state(torch.load(tmp_path / "rng.pth", weights_only=True)["rng"])
+    again = (torch.rand(5), np.random.rand(5), random.random(), np.random.randn())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
+    assert expected[2:] == again[2:]
+
+
+def test_read_jsonl_drops_a_torn_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    utils.write_jsonl([{"epoch": 0}, {"epoch": 1}], path)
+    with open(path, "a") as f:
+        f.write('{"epoch": 2, "lo')
+    assert utils.read_jsonl(path) == [{"epoch": 0}, {"epoch": 1}]
+    assert utils.read_jsonl(tmp_path / "missing.jsonl") == []
+
+
+def test_one_line_unwraps_a_dataloader_worker_error():
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            raise utils.UserError("images/a.png: cannot read the image (truncated); replace or remove the file")
+
+    loader = torch.utils.data.DataLoader(Broken(), num_workers=1)
+    with pytest.raises(utils.UserError) as error:
+        next(iter(loader))
+    assert "\n" in str(error.value)  # the worker's traceback rides along in the message
+    assert utils.one_line(error.value) == "images/a.png: cannot read the image (truncated); replace or remove the file"
+    assert utils.one_line(utils.UserError("plain")) == "plain"
+
+
+def test_smoothed_value_and_metric_logger(capsys):
+    value = utils.SmoothedValue(window_size=3)
+    for x in (1.0, 2.0, 3.0, 10.0):
+        value.update(x)
+    assert value.median == 3.0 and value.global_avg == 4.0 and value.value == 10.0
+    logger = utils.MetricLogger()
+    items = []
+    for item in logger.log_every(range(5), print_freq=2, header="Epoch: [7]"):
+        logger.update(loss=torch.tensor(float(item)))
+        items.append(item)
+    assert items == list(range(5))
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[2] for line in lines[:-1]] == ["[0/5]", "[2/5]", "[4/5]"]
+    assert "eta:" in lines[0] and "loss: 2.0000 (2.0000)" in lines[2] and "max mem:" in lines[0]
+    assert lines[-1].startswith("Epoch: [7] Total time:")
+
+
+def test_collate_keeps_images_and_targets_apart():
+    images, targets = utils.collate_fn([("a", {"n": 1}), ("b", {"n": 2})])
+    assert images == ("a", "b") and targets == ({"n": 1}, {"n": 2})
