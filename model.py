@@ -133,8 +133,7 @@ def freeze_like_pretrained(model: nn.Module, name: str, trainable_layers: int, e
     for parent in [] if name.endswith("_v2") else list(body.modules()):
         for child_name, child in parent.named_children():
             if isinstance(child, nn.BatchNorm2d):
-                frozen = FrozenBatchNorm2d(child.num_features, eps=1e-5 if eps is None else eps)
-                setattr(parent, child_name, frozen)
+                setattr(parent, child_name, FrozenBatchNorm2d(child.num_features, eps=child.eps))
     if "resnet" in name:
         trainable = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
         if trainable_layers == 5:
@@ -221,6 +220,8 @@ def get_model(
                 eps = 0.0 if name in _ZERO_EPS_COCO_MODELS else None
             else:
                 eps = config.get("frozen_bn_eps")
+            if "roi_heads.box_predictor.cls_score.weight" not in state:
+                raise UserError(f"--weights {weights_spec}: not weights of a detection model; pick its --model")
             source_classes = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
             model = builder(weights=None, weights_backbone=None, num_classes=source_classes, **kwargs)
             freeze_like_pretrained(model, name, layers, eps)

@@ -28,7 +28,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--data-path", default="PennFudanPed", help="dataset folder (default: %(default)s)")
     add("--download", action="store_true", help="download Penn-Fudan into --data-path if it does not exist")
-    add("--model", default="maskrcnn_resnet50_fpn", choices=list(MODELS), help="architecture (default: %(default)s)")
+    add("--model", default="maskrcnn_resnet50_fpn", choices=list(MODELS), metavar="NAME", help=", ".join(MODELS))
     add("--weights", default="DEFAULT", help="DEFAULT (COCO), a torchvision weights name, none, or a local .pth")
     add("--weights-backbone", default=None, help="with --weights none: DEFAULT (ImageNet), a name, none, or a .pth")
     add("--trainable-backbone-layers", type=int, help="backbone stages to train (default: 3 if pretrained)")
@@ -130,6 +130,9 @@ def main(args: argparse.Namespace) -> dict[str, list[float]] | None:
                 raise utils.UserError(f"--resume {args.resume}: holds weights only; resume from checkpoint.pth")
             optimizer.load_state_dict(checkpoint["optimizer"])
             lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+            if args.lr != checkpoint["args"]["lr"]:  # a lower --lr after a diverged run must take effect
+                print(f"--lr {args.lr} replaces the checkpoint's {checkpoint['args']['lr']}")
+                utils.set_base_lr(optimizer, lr_scheduler, args.lr)
             if scaler is not None and "scaler" in checkpoint:
                 scaler.load_state_dict(checkpoint["scaler"])
             start_epoch = checkpoint["epoch"] + 1

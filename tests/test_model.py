@@ -148,6 +148,9 @@ def test_flag_mistakes_are_user_errors(tmp_path):
         get_model("maskrcnn_resnet50_fpn", 2, weights=str(tmp_path / "missing.pth"))
     with pytest.raises(UserError, match="--model yolo: unknown"):
         get_model("yolo", 2)
+    torch.save(resnet50().state_dict(), tmp_path / "classifier.pth")
+    with pytest.raises(UserError, match="classifier.pth: not weights of a detection model"):
+        get_model("maskrcnn_resnet50_fpn", 2, weights=str(tmp_path / "classifier.pth"))
     (tmp_path / "notes.pth").write_text("hello")
     with pytest.raises(UserError, match="notes.pth: refused to load"):
         get_model("maskrcnn_resnet50_fpn", 2, weights=str(tmp_path / "notes.pth"))

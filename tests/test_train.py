@@ -84,6 +84,15 @@ def test_test_only_evaluates_the_checkpoint(pennfudan, tmp_path, capsys):
     assert "IoU metric: bbox" in capsys.readouterr().out
 
 
+def test_resume_with_a_new_lr_uses_it(pennfudan, tmp_path):
+    out = tmp_path / "output"
+    run_main("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out, "--lr-step-size", 2)
+    run_main("--data-path", pennfudan, *FAST, "--epochs", 3, "--output-dir", out, "--lr-step-size", 2,
+             "--lr", 0.0004, "--resume", out / "checkpoint.pth")  # fmt: skip
+    lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([0.001, 0.0004, 0.00004])
+
+
 def test_download_when_the_data_path_is_missing(serve, tmp_path, monkeypatch):
     monkeypatch.setattr(dataset, "PENNFUDAN_URL", serve(pennfudan_zip(170)))
     root = tmp_path / "PennFudanPed"
