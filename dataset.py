@@ -178,6 +178,33 @@ class PennFudanDataset(MaskFolderDataset):
         self.classes = ["background", "person"]
 
 
+DATASETS = ("pennfudan", "folder")
+
+
+def get_dataset(
+    name: str | None,
+    data_path: str | Path,
+    transforms: Callable | None = None,
+    image_suffix: str = "",
+    mask_suffix: str = "_mask",
+    mask_path: str | Path | None = None,
+) -> MaskFolderDataset:
+    """The dataset `name` at `data_path`; name None infers it: Penn-Fudan's layout (or no folder yet), else "folder".
+
+    "folder": images in `data_path`, instance masks in `mask_path` (default: the same
+    folder), paired by `<key><image_suffix>.<ext>` and `<key><mask_suffix>.png`.
+    """
+    data_path = Path(data_path)
+    if name is None:
+        is_pennfudan = (data_path / "PNGImages").is_dir() and (data_path / "PedMasks").is_dir()
+        name = "pennfudan" if is_pennfudan or not data_path.exists() else "folder"
+    if name == "pennfudan":
+        return PennFudanDataset(data_path, transforms)
+    if name == "folder":
+        return MaskFolderDataset(data_path, mask_path or data_path, image_suffix, mask_suffix, transforms)
+    raise UserError(f"--dataset {name}: unknown; choose one of {', '.join(DATASETS)}")
+
+
 def download_pennfudan(root: str | Path, url: str | None = None, timeout: float = 60.0) -> Path:
     """Download and unzip Penn-Fudan so that `root` holds PNGImages/ and PedMasks/; check all 170 pairs arrived."""
     root, url = Path(root), url or PENNFUDAN_URL

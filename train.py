@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 import utils
-from dataset import PennFudanDataset, download_pennfudan, split_indices
+from dataset import DATASETS, MaskFolderDataset, download_pennfudan, get_dataset, split_indices
 from engine import evaluate, train_one_epoch
 from model import MODELS, get_model, model_config
 from transforms import AUGMENTATIONS, get_transform
@@ -28,6 +28,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--data-path", default="PennFudanPed", help="dataset folder (default: %(default)s)")
     add("--download", action="store_true", help="download Penn-Fudan into --data-path if it does not exist")
+    add("--dataset", choices=DATASETS, help="pennfudan or folder (default: inferred from --data-path)")
+    add("--mask-path", help="with --dataset folder: the instance-mask folder (default: --data-path)")
+    add("--image-suffix", default="", help="with --dataset folder: image names end <key><suffix>.png/.jpg")
+    add("--mask-suffix", default="_mask", help="with --dataset folder: mask names end <key><suffix>.png")
     add("--model", default="maskrcnn_resnet50_fpn", choices=list(MODELS), metavar="NAME", help=", ".join(MODELS))
     add("--weights", default="DEFAULT", help="DEFAULT (COCO), a torchvision weights name, none, or a local .pth")
     add("--weights-backbone", default=None, help="with --weights none: DEFAULT (ImageNet), a name, none, or a .pth")
@@ -66,19 +70,22 @@ def check_args(args: argparse.Namespace) -> None:
         raise utils.UserError("--epochs and --workers must not be negative")
     if args.min_size > args.max_size:
         raise utils.UserError(f"--min-size {args.min_size} is above --max-size {args.max_size}; raise --max-size")
+    if args.download and args.dataset == "folder":
+        raise utils.UserError("--download fetches Penn-Fudan; drop it, or --dataset folder, to use your own data")
     if args.test_only and not args.resume:
         raise utils.UserError("--test-only needs --resume PATH: the checkpoint to evaluate")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise utils.UserError(f"--device {args.device}: CUDA is not available here; use --device cpu")
 
 
-def make_loaders(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any, PennFudanDataset, dict]:
+def make_loaders(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any, MaskFolderDataset, dict]:
     """The train and test DataLoaders over a seeded split, the dataset, and the split by file name."""
     data_path = Path(args.data_path)
     if not data_path.exists() and args.download:
         download_pennfudan(data_path)
-    train_data = PennFudanDataset(data_path, get_transform(train=True, augmentation=args.augmentation))
-    test_data = PennFudanDataset(data_path, get_transform(train=False))
+    options = {"image_suffix": args.image_suffix, "mask_suffix": args.mask_suffix, "mask_path": args.mask_path}
+    train_data = get_dataset(args.dataset, data_path, get_transform(True, args.augmentation), **options)
+    test_data = get_dataset(args.dataset, data_path, get_transform(False), **options)
     train_ids, test_ids = split_indices(len(train_data), args.test_size, args.seed)
     split = {
         "train": [train_data.image_paths[i].name for i in train_ids],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import io
+import os
 import shutil
 import sys
 import threading
@@ -120,3 +121,25 @@ def serve():
     yield set_body
     server.shutdown()
     server.server_close()
+
+
+CVPPP = ROOT.parent / "shared" / "data" / "CVPPP_A1"
+
+
+@pytest.fixture
+def cvppp(tmp_path: Path) -> Path:
+    """Six real CVPPP A1 plants (RGBA photographs, palette leaf masks), linked into a temporary folder.
+
+    The data lives beside the repository (../shared), never in it. CI always has it; a
+    clone without it skips these tests, except under CI, where their absence is a failure.
+    """
+    if not CVPPP.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CVPPP} is missing: CI must have ../shared/data/CVPPP_A1")
+        pytest.skip(f"{CVPPP} is not here (it is shared data beside the repository)")
+    folder = tmp_path / "cvppp"
+    folder.mkdir()
+    for plant in ("plant001", "plant002", "plant005", "plant006", "plant007", "plant008"):
+        for kind in ("rgb", "label"):
+            (folder / f"{plant}_{kind}.png").symlink_to(CVPPP / f"{plant}_{kind}.png")
+    return folder

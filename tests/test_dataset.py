@@ -2,11 +2,18 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 import torch
-from conftest import LAYOUT, instance_mask, pennfudan_zip
+from conftest import CVPPP, LAYOUT, instance_mask, pennfudan_zip
 from PIL import Image
 from torchvision import tv_tensors
 
-from dataset import MaskFolderDataset, PennFudanDataset, download_pennfudan, masks_to_target, split_indices
+from dataset import (
+    MaskFolderDataset,
+    PennFudanDataset,
+    download_pennfudan,
+    get_dataset,
+    masks_to_target,
+    split_indices,
+)
 from utils import UserError
 
 
@@ -180,3 +187,22 @@ def test_download_failure_says_what_to_do(serve, tmp_path):
         download_pennfudan(tmp_path / "PennFudanPed", url=url.replace("PennFudanPed.zip", "missing.zip"))
     with pytest.raises(UserError, match="not a valid zip"):
         download_pennfudan(tmp_path / "PennFudanPed", url=serve(b"<html>moved</html>"))
+
+
+def test_get_dataset_infers_the_layout(pennfudan, tmp_path):
+    assert type(get_dataset(None, pennfudan)) is PennFudanDataset
+    folder = get_dataset(None, pennfudan / "PNGImages", mask_path=pennfudan / "PedMasks")
+    assert type(folder) is MaskFolderDataset and len(folder) == len(LAYOUT)
+    with pytest.raises(UserError, match="no such folder; pass --download"):
+        get_dataset(None, tmp_path / "absent")
+
+
+def test_real_cvppp_plants_through_the_folder_route(cvppp):
+    counts = dict(line.split(", ") for line in (CVPPP / "A1.csv").read_text().split("\n") if line.strip())
+    dataset = get_dataset("folder", cvppp, image_suffix="_rgb", mask_suffix="_label")
+    assert len(dataset) == 6
+    for index, path in enumerate(dataset.image_paths):
+        image, target = dataset[index]
+        assert image.shape == (3, 530, 500) and image.dtype == torch.uint8  # RGBA became RGB
+        assert len(target["boxes"]) == int(counts[path.name]), path.name  # one instance per leaf
+        assert (target["area"] > 0).all()

@@ -128,6 +128,7 @@ USER_ERRORS = {
     "test size": (lambda root: ["--data-path", root, "--test-size", 10], "--test-size 10: must be at least 1"),
     "test-only alone": (lambda root: ["--data-path", root, "--test-only"], "--test-only needs --resume PATH"),
     "missing checkpoint": (lambda root: ["--data-path", root, "--resume", root / "gone.pth"], "gone.pth: no such file"),
+    "download with folder": (lambda root: ["--data-path", root, "--dataset", "folder", "--download"], "--download"),
     "no cuda": (lambda root: ["--data-path", root, "--device", "cuda"], "CUDA is not available here; use --device cpu"),
     "diverging": (lambda root: ["--data-path", root, "--lr", 10000], "the loss is nan"),
 }  # fmt: skip
@@ -142,3 +143,15 @@ def test_user_errors_print_one_line_and_exit_2(case, pennfudan, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("error: ") and expected in result.stderr
     assert not (tmp_path / "out" / "checkpoint.pth").exists()
+
+
+def test_trains_on_real_cvppp_through_the_folder_route_with_flags_only(cvppp, tmp_path):
+    out = tmp_path / "output"
+    flags = ["--data-path", cvppp, "--image-suffix", "_rgb", "--mask-suffix", "_label", "--test-size", 2]
+    result = run_cli(*FAST, *flags, "--epochs", 1, "--output-dir", out)
+    assert result.returncode == 0, result.stderr
+    assert "Training maskrcnn_mobilenet_v3_large_fpn on 4 images, testing on 2" in result.stdout
+    split = json.loads((out / "split.json").read_text())
+    assert all(name.endswith("_rgb.png") for name in split["train"] + split["test"])
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(record["segm"]) == 12 and record["loss_mask"] > 0
