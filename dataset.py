@@ -127,6 +127,11 @@ class MaskFolderDataset(torch.utils.data.Dataset):
         masks = _files_by_key(self.mask_dir, mask_suffix)
         if not images:
             raise UserError(f"{self.image_dir}: no images ({', '.join(IMAGE_EXTENSIONS)}) found; check --data-path")
+        if not masks:
+            raise UserError(
+                f"{self.mask_dir}: no masks named <name>{mask_suffix}.png; set --mask-path and --mask-suffix to "
+                "where your masks are and how they are named"
+            )
         for key, path in images.items():
             if key not in masks:
                 raise UserError(f"{path}: no mask {key}{mask_suffix}.png in {self.mask_dir}; add one or remove it")

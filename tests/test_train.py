@@ -114,7 +114,7 @@ USER_ERRORS = {
     ),
     "wrong layout": (
         lambda root: ["--data-path", root / "PNGImages"],
-        "PNGImages/PNGImages: image folder not found",
+        "PNGImages: no masks named <name>_mask.png; set --mask-path and --mask-suffix",
     ),
     "unreadable image": (
         lambda root: ["--data-path", _break_first_image(root), "-j", 1, "--test-size", 9],
