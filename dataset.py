@@ -17,6 +17,8 @@ N may be 0: an image without instances yields boxes 0 x 4, masks 0 x H x W, and 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 import tempfile
 import urllib.error
@@ -183,7 +185,98 @@ class PennFudanDataset(MaskFolderDataset):
         self.classes = ["background", "person"]
 
 
-DATASETS = ("pennfudan", "folder")
+class CocoDataset(torch.utils.data.Dataset):
+    """Images in `image_dir` with COCO instance annotations (polygons, RLE or compressed RLE) in `ann_file`.
+
+    Category ids, whatever they are, become labels 1..K in id order; `classes` holds their
+    names after "background". With `include_crowd=False` (for training), iscrowd regions
+    are left out of the targets; evaluation keeps them, flagged, and COCO ignores them.
+    See the module docstring for the target contract.
+    """
+
+    def __init__(
+        self,
+        image_dir: str | Path,
+        ann_file: str | Path,
+        transforms: Callable | None = None,
+        include_crowd: bool = True,
+    ) -> None:
+        from pycocotools.coco import COCO  # only COCO-format users pay for the import
+
+        self.image_dir, self.ann_file = Path(image_dir), Path(ann_file)
+        if not self.image_dir.is_dir():
+            raise UserError(f"{self.image_dir}: image folder not found; check --data-path")
+        if not self.ann_file.is_file():
+            raise UserError(f"{self.ann_file}: annotation file not found; check --ann-file")
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+                self.coco = COCO(str(self.ann_file))
+            categories = sorted(self.coco.cats.values(), key=lambda c: c["id"])
+            self.label_of = {c["id"]: label for label, c in enumerate(categories, start=1)}
+            self.classes = ["background", *(str(c.get("name", c["id"])) for c in categories)]
+            self.image_ids = sorted(self.coco.imgs)
+            self.image_paths = [self.image_dir / self.coco.imgs[i]["file_name"] for i in self.image_ids]
+        except (ValueError, KeyError, TypeError, AssertionError) as error:
+            raise UserError(f"{self.ann_file}: not a COCO instances file ({type(error).__name__}: {error})") from error
+        for annotation in self.coco.anns.values():
+            if annotation["category_id"] not in self.label_of:
+                raise UserError(
+                    f"{self.ann_file}: annotation {annotation['id']} has category_id {annotation['category_id']}, "
+                    "which is not in categories; add the category or fix the annotation"
+                )
+        for path in self.image_paths:
+            if not path.is_file():
+                raise UserError(f"{path}: listed in {self.ann_file.name} but not found; check --data-path")
+        self.transforms = transforms
+        self.include_crowd = include_crowd
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def num_instances(self, idx: int) -> int:
+        """Annotations of image `idx` that are not crowd regions, without decoding anything."""
+        return sum(not a.get("iscrowd", 0) for a in self.coco.imgToAnns[self.image_ids[idx]])
+
+    def __getitem__(self, idx: int) -> tuple[Any, dict[str, Any]]:
+        image = read_image(self.image_paths[idx])
+        height, width = image.shape[-2:]
+        info = self.coco.imgs[self.image_ids[idx]]
+        if (info.get("height", height), info.get("width", width)) != (height, width):
+            raise UserError(
+                f"{self.ann_file}: image {info['file_name']} is {width}x{height} but the file says "
+                f"{info['width']}x{info['height']}; fix the annotation"
+            )
+        annotations = [
+            a for a in self.coco.imgToAnns[self.image_ids[idx]] if self.include_crowd or not a.get("iscrowd", 0)
+        ]
+        masks = np.zeros((len(annotations), height, width), np.uint8)
+        boxes = np.zeros((len(annotations), 4), np.float32)
+        for k, annotation in enumerate(annotations):
+            masks[k] = self.coco.annToMask(annotation)
+            x, y, w, h = annotation["bbox"]
+            boxes[k] = [x, y, x + w, y + h]
+        np.clip(boxes, 0, [width, height, width, height], out=boxes)
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY", canvas_size=(height, width)),
+            "labels": torch.tensor([self.label_of[a["category_id"]] for a in annotations], dtype=torch.int64),
+            "masks": tv_tensors.Mask(torch.from_numpy(masks)),
+            "image_id": idx,
+            "area": torch.tensor(
+                [a.get("area", m.sum()) for a, m in zip(annotations, masks, strict=True)], dtype=torch.float32
+            ),
+            "iscrowd": torch.tensor([int(a.get("iscrowd", 0)) for a in annotations], dtype=torch.int64),
+        }
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def get_height_and_width(self, idx: int) -> tuple[int, int]:
+        """(height, width) of image `idx` from the annotation file."""
+        info = self.coco.imgs[self.image_ids[idx]]
+        return info["height"], info["width"]
+
+
+DATASETS = ("pennfudan", "folder", "coco")
 
 
 def get_dataset(
@@ -193,13 +286,23 @@ def get_dataset(
     image_suffix: str = "",
     mask_suffix: str = "_mask",
     mask_path: str | Path | None = None,
-) -> MaskFolderDataset:
-    """The dataset `name` at `data_path`; name None infers it: Penn-Fudan's layout (or no folder yet), else "folder".
+    ann_file: str | Path | None = None,
+    include_crowd: bool = True,
+) -> torch.utils.data.Dataset:
+    """The dataset `name` at `data_path`; name None infers it: coco with `ann_file`, Penn-Fudan's layout
+    (or no folder yet), else "folder".
 
     "folder": images in `data_path`, instance masks in `mask_path` (default: the same
     folder), paired by `<key><image_suffix>.<ext>` and `<key><mask_suffix>.png`.
+    "coco": images in `data_path`, annotations in `ann_file`.
     """
     data_path = Path(data_path)
+    if name is None and ann_file:
+        name = "coco"
+    if name == "coco":
+        if not ann_file:
+            raise UserError("--dataset coco needs --ann-file PATH: the COCO instances json")
+        return CocoDataset(data_path, ann_file, transforms, include_crowd)
     if name is None:
         is_pennfudan = (data_path / "PNGImages").is_dir() and (data_path / "PedMasks").is_dir()
         name = "pennfudan" if is_pennfudan or not data_path.exists() else "folder"

@@ -140,8 +140,11 @@ def coco_detections(image_id: int, output: dict[str, torch.Tensor]) -> tuple[lis
     return boxes, segms
 
 
-def coco_stats(images: list[dict], annotations: list[dict], results: list[dict], iou_type: str) -> list[float]:
-    """COCOeval's 12 summary numbers for `results` against the ground truth; prints the summary."""
+def coco_stats(
+    images: list[dict], annotations: list[dict], results: list[dict], iou_type: str
+) -> tuple[list[float], dict[int, float | None]]:
+    """COCOeval's 12 summary numbers for `results` against the ground truth, printing the summary,
+    and the AP@[.5:.95] of each category id (None for a category without ground truth)."""
     categories = sorted({a["category_id"] for a in annotations} | {r["category_id"] for r in results})
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' "creating index..." chatter
         gt = COCO()
@@ -161,17 +164,26 @@ def coco_stats(images: list[dict], annotations: list[dict], results: list[dict],
         evaluator.accumulate()
     print(f"IoU metric: {iou_type}")
     evaluator.summarize()
-    return [float(s) for s in evaluator.stats]
+    per_category = {}
+    for k, category in enumerate(evaluator.params.catIds):
+        precision = evaluator.eval["precision"][:, :, k, 0, -1]  # IoUs x recalls, all areas, 100 detections
+        per_category[category] = float(precision[precision > -1].mean()) if (precision > -1).any() else None
+    return [float(s) for s in evaluator.stats], per_category
 
 
 @torch.inference_mode()
 def evaluate(
-    model: torch.nn.Module, data_loader: torch.utils.data.DataLoader, device: torch.device
-) -> dict[str, list[float]]:
+    model: torch.nn.Module,
+    data_loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    class_names: list[str] | None = None,
+) -> dict[str, Any]:
     """COCO bbox (and segm, for mask models) stats: {"bbox": [12 floats], "segm": [12 floats]}.
 
     The ground truth comes from the targets the loader yields (the test transform must
     not resize), so no image is decoded twice. Stats are pycocotools' own, in its order.
+    With more than one class in `class_names` (background first), the result also holds
+    "per_class": {"bbox": {name: AP}, "segm": {name: AP}}, printed as a table.
     """
     model.eval()
     logger = utils.MetricLogger()
@@ -196,7 +208,27 @@ def evaluate(
             has_masks = has_masks or "masks" in output
         logger.update(model_time=model_time, metric_time=time.time() - start)
 
-    stats = {"bbox": coco_stats(images, annotations, box_results, "bbox")}
+    iou_types = {"bbox": box_results}
     if has_masks and all("segmentation" in a for a in annotations):
-        stats["segm"] = coco_stats(images, annotations, mask_results, "segm")
+        iou_types["segm"] = mask_results
+    stats, per_class = {}, {}
+    for iou_type, results in iou_types.items():
+        stats[iou_type], per_category = coco_stats(images, annotations, results, iou_type)
+        if class_names and len(class_names) > 2:
+            per_class[iou_type] = {name: per_category.get(label) for label, name in enumerate(class_names) if label}
+    if per_class:
+        stats["per_class"] = per_class
+        print(per_class_table(per_class))
     return stats
+
+
+def per_class_table(per_class: dict[str, dict[str, float | None]]) -> str:
+    """AP@[.5:.95] per class and IoU type as an aligned text table ("-" where a class has no ground truth)."""
+    iou_types = list(per_class)
+    names = list(per_class[iou_types[0]])
+    width = max(len("class"), *(len(n) for n in names))
+    lines = [f"{'class':<{width}}  " + "  ".join(f"{t + ' AP':>8}" for t in iou_types)]
+    for name in names:
+        cells = [per_class[t][name] for t in iou_types]
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{c:8.3f}" if c is not None else f"{'-':>8}" for c in cells))
+    return "\n".join(lines)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 import utils
-from dataset import DATASETS, MaskFolderDataset, download_pennfudan, get_dataset, split_indices
+from dataset import DATASETS, download_pennfudan, get_dataset, split_indices
 from engine import evaluate, train_one_epoch
 from model import MODELS, get_model, model_config
 from transforms import AUGMENTATIONS, get_transform
@@ -32,6 +32,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--mask-path", help="with --dataset folder: the instance-mask folder (default: --data-path)")
     add("--image-suffix", default="", help="with --dataset folder: image names end <key><suffix>.png/.jpg")
     add("--mask-suffix", default="_mask", help="with --dataset folder: mask names end <key><suffix>.png")
+    add("--ann-file", help="with --dataset coco: the COCO instances json (--data-path holds the images)")
     add("--model", default="maskrcnn_resnet50_fpn", choices=list(MODELS), metavar="NAME", help=", ".join(MODELS))
     add("--weights", default="DEFAULT", help="DEFAULT (COCO), a torchvision weights name, none, or a local .pth")
     add("--weights-backbone", default=None, help="with --weights none: DEFAULT (ImageNet), a name, none, or a .pth")
@@ -78,15 +79,19 @@ def check_args(args: argparse.Namespace) -> None:
         raise utils.UserError(f"--device {args.device}: CUDA is not available here; use --device cpu")
 
 
-def make_loaders(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any, MaskFolderDataset, dict]:
+def make_loaders(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any, Any, dict]:
     """The train and test DataLoaders over a seeded split, the dataset, and the split by file name."""
     data_path = Path(args.data_path)
     if not data_path.exists() and args.download:
         download_pennfudan(data_path)
     options = {"image_suffix": args.image_suffix, "mask_suffix": args.mask_suffix, "mask_path": args.mask_path}
-    train_data = get_dataset(args.dataset, data_path, get_transform(True, args.augmentation), **options)
+    options["ann_file"] = args.ann_file
+    train_augmentation = get_transform(True, args.augmentation)
+    train_data = get_dataset(args.dataset, data_path, train_augmentation, include_crowd=False, **options)
     test_data = get_dataset(args.dataset, data_path, get_transform(False), **options)
     train_ids, test_ids = split_indices(len(train_data), args.test_size, args.seed)
+    if hasattr(train_data, "num_instances"):  # COCO files list unlabelled images: evaluate on them, do not train
+        train_ids = [i for i in train_ids if train_data.num_instances(i) > 0]
     split = {
         "train": [train_data.image_paths[i].name for i in train_ids],
         "test": [train_data.image_paths[i].name for i in test_ids],
@@ -148,7 +153,7 @@ def main(args: argparse.Namespace) -> dict[str, list[float]] | None:
             utils.set_rng_state(checkpoint["rng"])
 
     if args.test_only:
-        return evaluate(model, test_loader, device)
+        return evaluate(model, test_loader, device, dataset.classes)
 
     utils.write_json(vars(args), output_dir / "args.json")
     utils.write_json(split, output_dir / "split.json")
@@ -163,7 +168,7 @@ def main(args: argparse.Namespace) -> dict[str, list[float]] | None:
         lr = optimizer.param_groups[0]["lr"]
         lr_scheduler.step()
         start = time.time()
-        stats = evaluate(model, test_loader, device)
+        stats = evaluate(model, test_loader, device, dataset.classes)
         eval_seconds = time.time() - start
 
         history.append(

@@ -143,3 +143,71 @@ def cvppp(tmp_path: Path) -> Path:
         for kind in ("rgb", "label"):
             (folder / f"{plant}_{kind}.png").symlink_to(CVPPP / f"{plant}_{kind}.png")
     return folder
+
+
+def rle_of(mask: np.ndarray, compressed: bool = True) -> dict:
+    """A binary mask as COCO RLE: compressed (counts a string) or uncompressed (counts a list of run lengths)."""
+    import pycocotools.mask as mask_utils
+
+    if compressed:
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        return {"size": rle["size"], "counts": rle["counts"].decode()}
+    runs, value, count = [], 0, 0
+    for pixel in mask.astype(np.uint8).flatten(order="F"):  # COCO runs go down the columns
+        if pixel == value:
+            count += 1
+        else:
+            runs.append(count)
+            value, count = pixel, 1
+    runs.append(count)
+    return {"size": list(mask.shape), "counts": runs}
+
+
+def box_polygon(mask: np.ndarray) -> list[list[float]]:
+    """The polygon of a mask's bounding rectangle, in COCO's [x1, y1, x2, y2, ...] form."""
+    ys, xs = np.nonzero(mask)
+    x1, y1, x2, y2 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+    return [[float(v) for v in (x1, y1, x2, y1, x2, y2, x1, y2)]]
+
+
+def write_coco(folder: Path, plants: list[tuple[str, np.ndarray, np.ndarray]]) -> Path:
+    """COCO instances json for (file name, RGB image, instance mask) triples, with two categories (ids 3 and 7).
+
+    Odd instances are category 7, even ones 3; segmentations cycle through polygon,
+    compressed RLE and uncompressed RLE; the first instance of the first image is a crowd.
+    """
+    import json
+
+    images, annotations = [], []
+    for image_id, (file_name, pixels, mask) in enumerate(plants, start=1):
+        Image.fromarray(pixels).save(folder / file_name, quality=95)
+        images.append({"id": image_id, "file_name": file_name, "height": mask.shape[0], "width": mask.shape[1]})
+        for k, value in enumerate(v for v in np.unique(mask) if v):
+            instance = mask == value
+            ys, xs = np.nonzero(instance)
+            kind = len(annotations) % 3
+            if kind == 0:
+                segmentation = box_polygon(instance)
+                area = float((xs.max() + 1 - xs.min()) * (ys.max() + 1 - ys.min()))
+            else:
+                segmentation, area = rle_of(instance, compressed=kind == 1), float(instance.sum())
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": 7 if k % 2 else 3,
+                    "segmentation": segmentation,
+                    "area": area,
+                    "bbox": [
+                        float(xs.min()),
+                        float(ys.min()),
+                        float(xs.max() + 1 - xs.min()),
+                        float(ys.max() + 1 - ys.min()),
+                    ],
+                    "iscrowd": int(image_id == 1 and k == 0),
+                }
+            )
+    categories = [{"id": 3, "name": "leaf_even"}, {"id": 7, "name": "leaf_odd"}]
+    path = folder / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path

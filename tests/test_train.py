@@ -2,9 +2,11 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
-from conftest import LAYOUT, ROOT, pennfudan_zip
+from conftest import LAYOUT, ROOT, pennfudan_zip, write_coco
+from PIL import Image
 
 import dataset
 import train
@@ -155,3 +157,25 @@ def test_trains_on_real_cvppp_through_the_folder_route_with_flags_only(cvppp, tm
     assert all(name.endswith("_rgb.png") for name in split["train"] + split["test"])
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(record["segm"]) == 12 and record["loss_mask"] > 0
+
+
+def test_trains_and_evaluates_real_cvppp_through_the_coco_route(cvppp, tmp_path):
+    plants = []
+    for rgb in sorted(cvppp.glob("*_rgb.png")):
+        pixels = np.asarray(Image.open(rgb).convert("RGB"))
+        mask = np.asarray(Image.open(rgb.with_name(rgb.name.replace("_rgb", "_label"))))
+        plants.append((rgb.name.replace("_rgb.png", ".jpg"), pixels, mask))
+    images = tmp_path / "images"
+    images.mkdir()
+    ann_file = write_coco(images, plants)  # polygons, compressed and uncompressed RLE, two categories
+    out = tmp_path / "output"
+    result = run_cli(
+        *FAST, "--data-path", images, "--ann-file", ann_file, "--test-size", 2, "--epochs", 1, "--output-dir", out
+    )
+    assert result.returncode == 0, result.stderr
+    assert "leaf_even" in result.stdout and "leaf_odd" in result.stdout  # the per-class table
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert set(record["per_class"]["segm"]) == {"leaf_even", "leaf_odd"}
+    checkpoint = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert checkpoint["model_config"]["class_names"] == ["background", "leaf_even", "leaf_odd"]
+    assert checkpoint["model_config"]["num_classes"] == 3
