@@ -17,13 +17,16 @@ N may be 0: an image without instances yields boxes 0 x 4, masks 0 x H x W, and 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import shutil
+import sys
 import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -117,8 +120,10 @@ class MaskFolderDataset(torch.utils.data.Dataset):
         image_suffix: str = "",
         mask_suffix: str = "_mask",
         transforms: Callable | None = None,
+        strict: bool = True,
     ) -> None:
         self.image_dir, self.mask_dir = Path(image_dir), Path(mask_dir)
+        self.problems: list[str] = []  # with strict=False: what would have raised, for `dataset.py check`
         for folder, what in ((self.image_dir, "image"), (self.mask_dir, "mask")):
             if not folder.is_dir():
                 raise UserError(f"{folder}: {what} folder not found; check --data-path and the dataset layout")
@@ -136,13 +141,13 @@ class MaskFolderDataset(torch.utils.data.Dataset):
             )
         for key, path in images.items():
             if key not in masks:
-                raise UserError(f"{path}: no mask {key}{mask_suffix}.png in {self.mask_dir}; add one or remove it")
+                message = f"{path}: no mask {key}{mask_suffix}.png in {self.mask_dir}; add one or remove it"
+                self._problem(message, strict)
         for key, path in masks.items():
             if key not in images:
-                raise UserError(
-                    f"{path}: mask without an image {key}{image_suffix}.* in {self.image_dir}; add one or remove it"
-                )
-        self.keys = sorted(images)
+                message = f"{path}: mask without an image {key}{image_suffix}.* in {self.image_dir}; add or remove one"
+                self._problem(message, strict)
+        self.keys = sorted(images.keys() & masks.keys())
         self.image_paths = [images[k] for k in self.keys]
         self.mask_paths = [masks[k] for k in self.keys]
         self.transforms = transforms
@@ -150,6 +155,11 @@ class MaskFolderDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.image_paths)
+
+    def _problem(self, message: str, strict: bool) -> None:
+        if strict:
+            raise UserError(message)
+        self.problems.append(message)
 
     def __getitem__(self, idx: int) -> tuple[Any, dict[str, Any]]:
         image = read_image(self.image_paths[idx])
@@ -177,11 +187,11 @@ class MaskFolderDataset(torch.utils.data.Dataset):
 class PennFudanDataset(MaskFolderDataset):
     """The Penn-Fudan pedestrians: `PNGImages/X.png` with `PedMasks/X_mask.png`, class 1 = person."""
 
-    def __init__(self, root: str | Path, transforms: Callable | None = None) -> None:
+    def __init__(self, root: str | Path, transforms: Callable | None = None, strict: bool = True) -> None:
         root = Path(root)
         if not root.is_dir():
             raise UserError(f"{root}: no such folder; pass --download to fetch Penn-Fudan, or point --data-path at it")
-        super().__init__(root / "PNGImages", root / "PedMasks", mask_suffix="_mask", transforms=transforms)
+        super().__init__(root / "PNGImages", root / "PedMasks", "", "_mask", transforms, strict)
         self.classes = ["background", "person"]
 
 
@@ -200,10 +210,12 @@ class CocoDataset(torch.utils.data.Dataset):
         ann_file: str | Path,
         transforms: Callable | None = None,
         include_crowd: bool = True,
+        strict: bool = True,
     ) -> None:
         from pycocotools.coco import COCO  # only COCO-format users pay for the import
 
         self.image_dir, self.ann_file = Path(image_dir), Path(ann_file)
+        self.problems: list[str] = []  # with strict=False: what would have raised, for `dataset.py check`
         if not self.image_dir.is_dir():
             raise UserError(f"{self.image_dir}: image folder not found; check --data-path")
         if not self.ann_file.is_file():
@@ -220,18 +232,25 @@ class CocoDataset(torch.utils.data.Dataset):
             raise UserError(f"{self.ann_file}: not a COCO instances file ({type(error).__name__}: {error})") from error
         for annotation in self.coco.anns.values():
             if annotation["category_id"] not in self.label_of:
-                raise UserError(
+                message = (
                     f"{self.ann_file}: annotation {annotation['id']} has category_id {annotation['category_id']}, "
                     "which is not in categories; add the category or fix the annotation"
                 )
+                self._problem(message, strict)
+                self.coco.imgToAnns[annotation["image_id"]].remove(annotation)
         for path in self.image_paths:
             if not path.is_file():
-                raise UserError(f"{path}: listed in {self.ann_file.name} but not found; check --data-path")
+                self._problem(f"{path}: listed in {self.ann_file.name} but not found; check --data-path", strict)
+        found = [i for i, path in enumerate(self.image_paths) if path.is_file()]
+        self.image_ids = [self.image_ids[i] for i in found]
+        self.image_paths = [self.image_paths[i] for i in found]
         self.transforms = transforms
         self.include_crowd = include_crowd
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    _problem = MaskFolderDataset._problem
 
     def num_instances(self, idx: int) -> int:
         """Annotations of image `idx` that are not crowd regions, without decoding anything."""
@@ -288,6 +307,7 @@ def get_dataset(
     mask_path: str | Path | None = None,
     ann_file: str | Path | None = None,
     include_crowd: bool = True,
+    strict: bool = True,
 ) -> torch.utils.data.Dataset:
     """The dataset `name` at `data_path`; name None infers it: coco with `ann_file`, Penn-Fudan's layout
     (or no folder yet), else "folder".
@@ -302,14 +322,14 @@ def get_dataset(
     if name == "coco":
         if not ann_file:
             raise UserError("--dataset coco needs --ann-file PATH: the COCO instances json")
-        return CocoDataset(data_path, ann_file, transforms, include_crowd)
+        return CocoDataset(data_path, ann_file, transforms, include_crowd, strict)
     if name is None:
         is_pennfudan = (data_path / "PNGImages").is_dir() and (data_path / "PedMasks").is_dir()
         name = "pennfudan" if is_pennfudan or not data_path.exists() else "folder"
     if name == "pennfudan":
-        return PennFudanDataset(data_path, transforms)
+        return PennFudanDataset(data_path, transforms, strict)
     if name == "folder":
-        return MaskFolderDataset(data_path, mask_path or data_path, image_suffix, mask_suffix, transforms)
+        return MaskFolderDataset(data_path, mask_path or data_path, image_suffix, mask_suffix, transforms, strict)
     raise UserError(f"--dataset {name}: unknown; choose one of {', '.join(DATASETS)}")
 
 
@@ -357,3 +377,97 @@ def split_indices(num_images: int, test_size: int, seed: int) -> tuple[list[int]
         raise UserError(f"--test-size {test_size}: must be at least 1 and below the {num_images} images in the dataset")
     order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(order[:-test_size]), sorted(order[-test_size:])
+
+
+# ---------------------------------------------------------------------------
+# The dataset flags train.py shares, and `python dataset.py check`.
+
+MIN_INSTANCE_AREA = 16  # pixels; smaller instances all but vanish at the backbone's stride of 4 and more
+
+
+def add_dataset_args(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose and read a dataset, for train.py and `dataset.py check` alike."""
+    add = parser.add_argument
+    add("--data-path", default="PennFudanPed", help="dataset folder, or the image folder (default: %(default)s)")
+    add("--dataset", choices=DATASETS, help="pennfudan, folder or coco (default: inferred from the paths)")
+    add("--mask-path", help="with --dataset folder: the instance-mask folder (default: --data-path)")
+    add("--image-suffix", default="", help="with --dataset folder: image names end <key><suffix>.png/.jpg")
+    add("--mask-suffix", default="_mask", help="with --dataset folder: mask names end <key><suffix>.png")
+    add("--ann-file", help="with --dataset coco: the COCO instances json (--data-path holds the images)")
+
+
+def dataset_from_args(args: argparse.Namespace, transforms: Callable | None = None, **kwargs: Any) -> Any:
+    """get_dataset with the flags of add_dataset_args."""
+    options = {"image_suffix": args.image_suffix, "mask_suffix": args.mask_suffix, "mask_path": args.mask_path}
+    return get_dataset(args.dataset, args.data_path, transforms, ann_file=args.ann_file, **options, **kwargs)
+
+
+def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:
+    """Read every sample once: (report lines, errors, warnings). Each error and warning names its file.
+
+    Errors make the dataset unusable (unreadable, unpaired or mismatched files, unknown
+    categories); warnings do not (empty masks, instances too small to learn, boxes
+    outside their image).
+    """
+    errors, warnings = list(dataset.problems), []
+    per_class: Counter[str] = Counter()
+    sizes: Counter[str] = Counter()
+    per_image = []
+    for idx, path in enumerate(dataset.image_paths):
+        try:
+            image, target = dataset[idx]
+        except UserError as error:
+            errors.append(str(error))
+            continue
+        sizes[f"{image.shape[-1]}x{image.shape[-2]}"] += 1
+        per_image.append(len(target["labels"]))
+        pixels = target["masks"].flatten(1).sum(1).tolist()
+        for k, (label, area) in enumerate(zip(target["labels"].tolist(), pixels, strict=True)):
+            per_class[dataset.classes[label]] += 1
+            if area == 0:
+                warnings.append(f"{path}: instance {k} ({dataset.classes[label]}) has an empty mask")
+            elif area < MIN_INSTANCE_AREA:
+                warnings.append(
+                    f"{path}: instance {k} ({dataset.classes[label]}) has only {area} pixels, too few to learn"
+                )
+    if isinstance(dataset, CocoDataset):
+        for annotation in dataset.coco.anns.values():
+            info = dataset.coco.imgs[annotation["image_id"]]
+            x, y, w, h = annotation["bbox"]
+            if x < 0 or y < 0 or x + w > info["width"] + 1 or y + h > info["height"] + 1 or w <= 0 or h <= 0:
+                warnings.append(
+                    f"{dataset.ann_file}: annotation {annotation['id']} of {info['file_name']} has bbox "
+                    f"{[x, y, w, h]} outside its {info['width']}x{info['height']} image; it is clipped"
+                )
+    counts = ", ".join(f"{name} {n}" for name, n in sorted(per_class.items())) or "none"
+    report = [
+        f"images: {len(dataset.image_paths)} readable {len(per_image)}",
+        f"instances: {sum(per_class.values())} ({counts})",
+        "instances per image: " + (f"min {min(per_image)}, max {max(per_image)}" if per_image else "-"),
+        "image sizes: " + ", ".join(f"{size} ({n})" for size, n in sizes.most_common(5)),
+    ]
+    return report, errors, warnings
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python dataset.py check [train.py's dataset flags]`: report on a dataset; 0 if usable, 2 if not."""
+    parser = argparse.ArgumentParser(prog="dataset.py", description="Validate a dataset without training")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_dataset_args(commands.add_parser("check", help="read every file and report problems"))
+    args, _ = parser.parse_known_args(argv)  # train.py's other flags may ride along
+    try:
+        dataset = dataset_from_args(args, strict=False)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    report, errors, warnings = check_dataset(dataset)
+    print(f"dataset: {type(dataset).__name__} at {args.data_path}")
+    print("\n".join(report))
+    for line in [*(f"error: {e}" for e in errors), *(f"warning: {w}" for w in warnings)]:
+        print(line)
+    print(f"{'not usable' if errors else 'usable'}: {len(errors)} errors, {len(warnings)} warnings")
+    return 2 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 import utils
-from dataset import DATASETS, download_pennfudan, get_dataset, split_indices
+from dataset import add_dataset_args, dataset_from_args, download_pennfudan, split_indices
 from engine import evaluate, train_one_epoch
 from model import MODELS, get_model, model_config
 from transforms import AUGMENTATIONS, get_transform
@@ -26,13 +26,8 @@ from transforms import AUGMENTATIONS, get_transform
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Fine-tune Mask R-CNN or Faster R-CNN", add_help=add_help)
     add = parser.add_argument
-    add("--data-path", default="PennFudanPed", help="dataset folder (default: %(default)s)")
+    add_dataset_args(parser)
     add("--download", action="store_true", help="download Penn-Fudan into --data-path if it does not exist")
-    add("--dataset", choices=DATASETS, help="pennfudan or folder (default: inferred from --data-path)")
-    add("--mask-path", help="with --dataset folder: the instance-mask folder (default: --data-path)")
-    add("--image-suffix", default="", help="with --dataset folder: image names end <key><suffix>.png/.jpg")
-    add("--mask-suffix", default="_mask", help="with --dataset folder: mask names end <key><suffix>.png")
-    add("--ann-file", help="with --dataset coco: the COCO instances json (--data-path holds the images)")
     add("--model", default="maskrcnn_resnet50_fpn", choices=list(MODELS), metavar="NAME", help=", ".join(MODELS))
     add("--weights", default="DEFAULT", help="DEFAULT (COCO), a torchvision weights name, none, or a local .pth")
     add("--weights-backbone", default=None, help="with --weights none: DEFAULT (ImageNet), a name, none, or a .pth")
@@ -84,11 +79,8 @@ def make_loaders(args: argparse.Namespace, device: torch.device) -> tuple[Any, A
     data_path = Path(args.data_path)
     if not data_path.exists() and args.download:
         download_pennfudan(data_path)
-    options = {"image_suffix": args.image_suffix, "mask_suffix": args.mask_suffix, "mask_path": args.mask_path}
-    options["ann_file"] = args.ann_file
-    train_augmentation = get_transform(True, args.augmentation)
-    train_data = get_dataset(args.dataset, data_path, train_augmentation, include_crowd=False, **options)
-    test_data = get_dataset(args.dataset, data_path, get_transform(False), **options)
+    train_data = dataset_from_args(args, get_transform(True, args.augmentation), include_crowd=False)
+    test_data = dataset_from_args(args, get_transform(False))
     train_ids, test_ids = split_indices(len(train_data), args.test_size, args.seed)
     if hasattr(train_data, "num_instances"):  # COCO files list unlabelled images: evaluate on them, do not train
         train_ids = [i for i in train_ids if train_data.num_instances(i) > 0]

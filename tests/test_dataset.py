@@ -1,10 +1,12 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 import torch
-from conftest import CVPPP, LAYOUT, instance_mask, pennfudan_zip, write_coco
+from conftest import CVPPP, LAYOUT, ROOT, instance_mask, pennfudan_zip, write_coco
 from PIL import Image
 from torchvision import tv_tensors
 
@@ -16,6 +18,9 @@ from dataset import (
     get_dataset,
     masks_to_target,
     split_indices,
+)
+from dataset import (
+    main as dataset_main,
 )
 from utils import UserError
 
@@ -271,3 +276,49 @@ def test_coco_file_mistakes_name_the_file(coco_folder):
         CocoDataset(folder, ann_file)
     with pytest.raises(UserError, match="--dataset coco needs --ann-file"):
         get_dataset("coco", folder)
+
+
+# ---------------------------------------------------------------------------
+# python dataset.py check
+
+
+def test_check_passes_real_cvppp_and_ignores_training_flags(cvppp):
+    counts = dict(line.split(", ") for line in (CVPPP / "A1.csv").read_text().split("\n") if line.strip())
+    expected = sum(int(counts[p.name]) for p in cvppp.glob("*_rgb.png"))
+    args = ["check", "--data-path", str(cvppp), "--image-suffix", "_rgb", "--mask-suffix", "_label", "--epochs", "3"]
+    result = subprocess.run([sys.executable, "dataset.py", *args], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"instances: {expected} (object {expected})" in result.stdout
+    assert "image sizes: 500x530 (6)" in result.stdout and "usable: 0 errors, 0 warnings" in result.stdout
+
+
+def test_check_names_every_problem_and_exits_2(pennfudan, capsys):
+    (pennfudan / "PNGImages" / "FudanPed00000.png").write_bytes(
+        (pennfudan / "PNGImages" / "FudanPed00000.png").read_bytes()[:300]
+    )
+    (pennfudan / "PNGImages" / "FudanPed00001.png").write_text("not an image")
+    Image.new("L", (10, 10)).save(pennfudan / "PedMasks" / "FudanPed00004_mask.png")
+    (pennfudan / "PNGImages" / "FudanPed00005.png").unlink()
+    tiny = np.zeros((100, 100), np.uint8)
+    tiny[20:80, 20:80], tiny[5:7, 5:8] = 1, 2  # a normal instance and one of 6 pixels
+    Image.fromarray(tiny).save(pennfudan / "PedMasks" / "FudanPed00007_mask.png")
+    assert dataset_main(["check", "--data-path", str(pennfudan)]) == 2
+    out = capsys.readouterr().out
+    assert "error: " in out and "FudanPed00000.png: cannot read the image" in out  # truncated
+    assert "FudanPed00001.png: cannot read the image" in out  # not an image
+    assert "FudanPed00004_mask.png: mask is 10x10 but its image" in out
+    assert "FudanPed00005_mask.png: mask without an image" in out
+    assert "warning: " in out and "FudanPed00007.png: instance 1 (person) has only 6 pixels" in out
+    assert "not usable: 4 errors, 1 warnings" in out
+
+
+def test_check_reports_coco_problems(coco_folder, capsys):
+    folder, ann_file, _ = coco_folder
+    data = json.loads(ann_file.read_text())
+    data["annotations"][0]["category_id"] = 99
+    data["annotations"][1]["bbox"] = [100.0, 50.0, 60.0, 20.0]  # past the right edge of a 128-wide image
+    ann_file.write_text(json.dumps(data))
+    assert dataset_main(["check", "--data-path", str(folder), "--ann-file", str(ann_file)]) == 2
+    out = capsys.readouterr().out
+    assert "instances.json: annotation 1 has category_id 99" in out
+    assert "instances.json: annotation 2 of a.png has bbox [100.0, 50.0, 60.0, 20.0] outside its 128x96 image" in out
