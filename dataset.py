@@ -394,12 +394,22 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
     add("--image-suffix", default="", help="with --dataset folder: image names end <key><suffix>.png/.jpg")
     add("--mask-suffix", default="_mask", help="with --dataset folder: mask names end <key><suffix>.png")
     add("--ann-file", help="with --dataset coco: the COCO instances json (--data-path holds the images)")
+    add("--val-data-path", help="a fixed validation set in the same layout (default: split off --test-size images)")
+    add(
+        "--val-ann-file", help="with --dataset coco: a fixed validation json (images in --val-data-path or --data-path)"
+    )
 
 
-def dataset_from_args(args: argparse.Namespace, transforms: Callable | None = None, **kwargs: Any) -> Any:
-    """get_dataset with the flags of add_dataset_args."""
-    options = {"image_suffix": args.image_suffix, "mask_suffix": args.mask_suffix, "mask_path": args.mask_path}
-    return get_dataset(args.dataset, args.data_path, transforms, ann_file=args.ann_file, **options, **kwargs)
+def dataset_from_args(
+    args: argparse.Namespace, transforms: Callable | None = None, validation: bool = False, **kwargs: Any
+) -> Any:
+    """get_dataset with the flags of add_dataset_args; `validation` reads the fixed validation set they name."""
+    data_path, ann_file, mask_path = args.data_path, args.ann_file, args.mask_path
+    if validation:
+        data_path, mask_path = args.val_data_path or data_path, args.val_data_path or mask_path
+        ann_file = args.val_ann_file or ann_file
+    options = {"image_suffix": args.image_suffix, "mask_suffix": args.mask_suffix, "mask_path": mask_path}
+    return get_dataset(args.dataset, data_path, transforms, ann_file=ann_file, **options, **kwargs)
 
 
 def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:

@@ -80,13 +80,21 @@ def make_loaders(args: argparse.Namespace, device: torch.device) -> tuple[Any, A
     if not data_path.exists() and args.download:
         download_pennfudan(data_path)
     train_data = dataset_from_args(args, get_transform(True, args.augmentation), include_crowd=False)
-    test_data = dataset_from_args(args, get_transform(False))
-    train_ids, test_ids = split_indices(len(train_data), args.test_size, args.seed)
+    if args.val_data_path or args.val_ann_file:  # a fixed validation set: train on every training image
+        test_data = dataset_from_args(args, get_transform(False), validation=True)
+        train_ids, test_ids = list(range(len(train_data))), list(range(len(test_data)))
+        if test_data.classes != train_data.classes:
+            raise utils.UserError(
+                f"the validation set's classes {test_data.classes[1:]} differ from the training set's"
+            )
+    else:
+        test_data = dataset_from_args(args, get_transform(False))
+        train_ids, test_ids = split_indices(len(train_data), args.test_size, args.seed)
     if hasattr(train_data, "num_instances"):  # COCO files list unlabelled images: evaluate on them, do not train
         train_ids = [i for i in train_ids if train_data.num_instances(i) > 0]
     split = {
         "train": [train_data.image_paths[i].name for i in train_ids],
-        "test": [train_data.image_paths[i].name for i in test_ids],
+        "test": [test_data.image_paths[i].name for i in test_ids],
     }
     common = {"num_workers": args.workers, "collate_fn": utils.collate_fn, "pin_memory": device.type == "cuda"}
     train_loader = torch.utils.data.DataLoader(

@@ -179,3 +179,13 @@ def test_trains_and_evaluates_real_cvppp_through_the_coco_route(cvppp, tmp_path)
     checkpoint = torch.load(out / "checkpoint.pth", weights_only=True)
     assert checkpoint["model_config"]["class_names"] == ["background", "leaf_even", "leaf_odd"]
     assert checkpoint["model_config"]["num_classes"] == 3
+
+
+def test_a_fixed_validation_set_replaces_the_split(pennfudan, pennfudan_master, tmp_path):
+    out = tmp_path / "output"
+    run_main("--data-path", pennfudan, "--val-data-path", pennfudan_master, *FAST, "--epochs", 1, "--output-dir", out)
+    split = json.loads((out / "split.json").read_text())
+    names = sorted(p.name for p in (pennfudan / "PNGImages").iterdir())
+    assert split == {"train": names, "test": names}  # every image trains; --test-size is not used
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(record["segm"]) == 12
