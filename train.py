@@ -155,7 +155,7 @@ def main(args: argparse.Namespace) -> dict[str, list[float]] | None:
     if args.test_only:
         return evaluate(model, test_loader, device, dataset.classes)
 
-    utils.write_json(vars(args), output_dir / "args.json")
+    utils.write_json({**vars(args), "class_names": dataset.classes}, output_dir / "args.json")
     utils.write_json(split, output_dir / "split.json")
     utils.write_jsonl(history, output_dir / "metrics.jsonl")  # drops epochs the checkpoint does not hold
     config = {**model_config(model, args.model), "class_names": dataset.classes}

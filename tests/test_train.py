@@ -179,6 +179,7 @@ def test_trains_and_evaluates_real_cvppp_through_the_coco_route(cvppp, tmp_path)
     checkpoint = torch.load(out / "checkpoint.pth", weights_only=True)
     assert checkpoint["model_config"]["class_names"] == ["background", "leaf_even", "leaf_odd"]
     assert checkpoint["model_config"]["num_classes"] == 3
+    assert json.loads((out / "args.json").read_text())["class_names"] == ["background", "leaf_even", "leaf_odd"]
 
 
 def test_a_fixed_validation_set_replaces_the_split(pennfudan, pennfudan_master, tmp_path):
