@@ -66,8 +66,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise utils.UserError("--epochs and --workers must not be negative")
     if args.min_size > args.max_size:
         raise utils.UserError(f"--min-size {args.min_size} is above --max-size {args.max_size}; raise --max-size")
-    if args.download and args.dataset == "folder":
-        raise utils.UserError("--download fetches Penn-Fudan; drop it, or --dataset folder, to use your own data")
+    if args.download and (args.dataset in ("folder", "coco") or args.ann_file):
+        raise utils.UserError("--download fetches Penn-Fudan only; drop it to train on your own data")
     if args.test_only and not args.resume:
         raise utils.UserError("--test-only needs --resume PATH: the checkpoint to evaluate")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
