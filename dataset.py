@@ -416,8 +416,8 @@ def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:
     """Read every sample once: (report lines, errors, warnings). Each error and warning names its file.
 
     Errors make the dataset unusable (unreadable, unpaired or mismatched files, unknown
-    categories); warnings do not (empty masks, instances too small to learn, boxes
-    outside their image).
+    categories); warnings do not (images without instances, empty or tiny instances,
+    boxes outside their image).
     """
     errors, warnings = list(dataset.problems), []
     per_class: Counter[str] = Counter()
@@ -431,6 +431,9 @@ def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:
             continue
         sizes[f"{image.shape[-1]}x{image.shape[-2]}"] += 1
         per_image.append(len(target["labels"]))
+        if not per_image[-1]:
+            label_file = getattr(dataset, "mask_paths", dataset.image_paths)[idx]
+            warnings.append(f"{label_file}: no instances (an empty mask); the image teaches only background")
         pixels = target["masks"].flatten(1).sum(1).tolist()
         for k, (label, area) in enumerate(zip(target["labels"].tolist(), pixels, strict=True)):
             per_class[dataset.classes[label]] += 1

@@ -309,7 +309,8 @@ def test_check_names_every_problem_and_exits_2(pennfudan, capsys):
     assert "FudanPed00004_mask.png: mask is 10x10 but its image" in out
     assert "FudanPed00005_mask.png: mask without an image" in out
     assert "warning: " in out and "FudanPed00007.png: instance 1 (person) has only 6 pixels" in out
-    assert "not usable: 4 errors, 1 warnings" in out
+    assert "FudanPed00002_mask.png: no instances (an empty mask)" in out
+    assert "not usable: 4 errors, 2 warnings" in out
 
 
 def test_check_reports_coco_problems(coco_folder, capsys):
