@@ -106,6 +106,13 @@ def _files_by_key(folder: Path, suffix: str, exclude_suffix: str | None = None) 
     return files
 
 
+def _problem(problems: list[str], message: str, strict: bool) -> None:
+    """Raise a dataset problem (strict, for training) or collect it (for `dataset.py check`)."""
+    if strict:
+        raise UserError(message)
+    problems.append(message)
+
+
 class MaskFolderDataset(torch.utils.data.Dataset):
     """Images and instance-mask PNGs paired by name: `<key><image_suffix>.<ext>` with `<key><mask_suffix>.png`.
 
@@ -142,11 +149,11 @@ class MaskFolderDataset(torch.utils.data.Dataset):
         for key, path in images.items():
             if key not in masks:
                 message = f"{path}: no mask {key}{mask_suffix}.png in {self.mask_dir}; add one or remove it"
-                self._problem(message, strict)
+                _problem(self.problems, message, strict)
         for key, path in masks.items():
             if key not in images:
                 message = f"{path}: mask without an image {key}{image_suffix}.* in {self.image_dir}; add or remove one"
-                self._problem(message, strict)
+                _problem(self.problems, message, strict)
         self.keys = sorted(images.keys() & masks.keys())
         self.image_paths = [images[k] for k in self.keys]
         self.mask_paths = [masks[k] for k in self.keys]
@@ -155,11 +162,6 @@ class MaskFolderDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.image_paths)
-
-    def _problem(self, message: str, strict: bool) -> None:
-        if strict:
-            raise UserError(message)
-        self.problems.append(message)
 
     def __getitem__(self, idx: int) -> tuple[Any, dict[str, Any]]:
         image = read_image(self.image_paths[idx])
@@ -236,12 +238,16 @@ class CocoDataset(torch.utils.data.Dataset):
                     f"{self.ann_file}: annotation {annotation['id']} has category_id {annotation['category_id']}, "
                     "which is not in categories; add the category or fix the annotation"
                 )
-                self._problem(message, strict)
+                _problem(self.problems, message, strict)
                 self.coco.imgToAnns[annotation["image_id"]].remove(annotation)
-        for path in self.image_paths:
-            if not path.is_file():
-                self._problem(f"{path}: listed in {self.ann_file.name} but not found; check --data-path", strict)
-        found = [i for i, path in enumerate(self.image_paths) if path.is_file()]
+        found = []
+        for i, path in enumerate(self.image_paths):
+            if path.is_file():
+                found.append(i)
+            else:
+                _problem(
+                    self.problems, f"{path}: listed in {self.ann_file.name} but not found; check --data-path", strict
+                )
         self.image_ids = [self.image_ids[i] for i in found]
         self.image_paths = [self.image_paths[i] for i in found]
         self.transforms = transforms
@@ -249,8 +255,6 @@ class CocoDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.image_ids)
-
-    _problem = MaskFolderDataset._problem
 
     def num_instances(self, idx: int) -> int:
         """Annotations of image `idx` that are not crowd regions, without decoding anything."""
