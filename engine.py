@@ -38,7 +38,8 @@ def train_one_epoch(
 
     Epoch 0 warms the learning rate up linearly from 1/1000 over its first iterations
     (at most 1000), as torchvision's reference does. With a `scaler`, the forward pass
-    runs under autocast: float16 on CUDA, bfloat16 on CPU.
+    runs under autocast: float16 on CUDA, bfloat16 on CPU. Under DDP the logged and
+    returned losses are means over all ranks, so every rank stops together on a NaN.
     """
     model.train()
     logger = utils.MetricLogger()
@@ -58,7 +59,7 @@ def train_one_epoch(
             loss_dict = model(images, targets)
             loss = sum(loss_dict.values())
 
-        losses = {name: value.item() for name, value in loss_dict.items()}
+        losses = utils.mean_over_ranks(loss_dict)
         loss_value = sum(losses.values())
         if not math.isfinite(loss_value):
             shown = ", ".join(f"{name} {value:.4g}" for name, value in losses.items())
@@ -184,11 +185,14 @@ def evaluate(
     not resize), so no image is decoded twice. Stats are pycocotools' own, in its order.
     With more than one class in `class_names` (background first), the result also holds
     "per_class": {"bbox": {name: AP}, "segm": {name: AP}}, printed as a table.
+    Under DDP each rank runs the model on its own share of the test set, with rank 0's
+    BatchNorm statistics (those that get saved); rank 0 scores all of them, in image id
+    order, and every rank returns the same stats.
     """
+    utils.copy_buffers_from_rank_0(model)
     model.eval()
     logger = utils.MetricLogger()
-    images, annotations, box_results, mask_results = [], [], [], []
-    has_masks = False
+    per_image = []  # (image record, ground truth, box results, mask results, has masks) for each image
     for batch_images, targets in logger.log_every(data_loader, 100, "Test:"):
         batch_images = [image.to(device, non_blocking=True) for image in batch_images]
         start = time.time()
@@ -200,14 +204,21 @@ def evaluate(
         for image, target, output in zip(batch_images, targets, outputs, strict=True):
             image_id = int(target["image_id"])
             record, gt = coco_ground_truth(image_id, image.shape[-2], image.shape[-1], target)
-            boxes, segms = coco_detections(image_id, output)
-            images.append(record)
-            annotations += gt
-            box_results += boxes
-            mask_results += segms
-            has_masks = has_masks or "masks" in output
+            per_image.append((record, gt, *coco_detections(image_id, output), "masks" in output))
         logger.update(model_time=model_time, metric_time=time.time() - start)
 
+    per_image = sorted((item for part in utils.all_gather_object(per_image) for item in part), key=lambda i: i[0]["id"])
+    stats = score_detections(per_image, class_names) if utils.is_main_process() else None
+    return utils.broadcast_object(stats)
+
+
+def score_detections(per_image: list[tuple], class_names: list[str] | None) -> dict[str, Any]:
+    """evaluate()'s stats from its per-image records."""
+    images = [record for record, *_ in per_image]
+    annotations = [a for _, gt, *_ in per_image for a in gt]
+    box_results = [r for _, _, boxes, _, _ in per_image for r in boxes]
+    mask_results = [r for *_, segms, _ in per_image for r in segms]
+    has_masks = any(masks for *_, masks in per_image)
     iou_types = {"bbox": box_results}
     if has_masks and all("segmentation" in a for a in annotations):
         iou_types["segm"] = mask_results

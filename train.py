@@ -1,6 +1,7 @@
 """Fine-tune a torchvision detection or instance-segmentation model: the command line.
 
     python train.py --data-path PennFudanPed --download --epochs 10
+    torchrun --nproc_per_node=2 train.py --data-path PennFudanPed --epochs 10   # DDP: GPUs, or CPU processes
 
 This file only wires the other modules together; see README.md for every flag.
 """
@@ -19,6 +20,7 @@ import torch
 import utils
 from dataset import add_dataset_args, dataset_from_args, download_pennfudan, split_indices
 from engine import evaluate, train_one_epoch
+from group_by_aspect_ratio import GroupedBatchSampler, aspect_ratio_groups
 from model import MODELS, get_model, model_config
 from transforms import AUGMENTATIONS, get_transform
 
@@ -48,6 +50,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--max-size", type=int, default=1333, help="longer image side at most (default: %(default)s)")
     add("--augmentation", default="hflip", choices=AUGMENTATIONS, help="training augmentation (default: %(default)s)")
     add("--amp", action="store_true", help="mixed precision: float16 on CUDA, bfloat16 on CPU")
+    add("--aspect-ratio-group-factor", type=int, default=3, help="batch by aspect ratio; -1: off (default: 3)")
+    add("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs under torchrun (CUDA only)")
     add("--print-freq", type=int, default=10, help="iterations between progress lines (default: %(default)s)")
     add("--output-dir", default="output", help="where checkpoints and metrics go (default: %(default)s)")
     add("--resume", default="", help="checkpoint.pth to continue training from (or to evaluate with --test-only)")
@@ -72,10 +76,16 @@ def check_args(args: argparse.Namespace) -> None:
         raise utils.UserError("--test-only needs --resume PATH: the checkpoint to evaluate")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise utils.UserError(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    if args.sync_bn and not args.device.startswith("cuda") and utils.distributed_env() is not None:
+        raise utils.UserError("--sync-bn: SyncBatchNorm runs on CUDA only; drop it when training on CPU processes")
 
 
 def make_loaders(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any, Any, dict]:
-    """The train and test DataLoaders over a seeded split, the dataset, and the split by file name."""
+    """The train and test DataLoaders over a seeded split, the dataset, and the split by file name.
+
+    Under DDP each rank trains on its own shard of every epoch's shuffle and evaluates on
+    every world_size-th test image, so each test image is counted exactly once.
+    """
     data_path = Path(args.data_path)
     if not data_path.exists() and args.download:
         download_pennfudan(data_path)
@@ -96,11 +106,19 @@ def make_loaders(args: argparse.Namespace, device: torch.device) -> tuple[Any, A
         "train": [train_data.image_paths[i].name for i in train_ids],
         "test": [test_data.image_paths[i].name for i in test_ids],
     }
+    rank, world_size = utils.get_rank(), utils.get_world_size()
+    train_set = torch.utils.data.Subset(train_data, train_ids)
+    # One sampler for one process and for many: a seeded shuffle per epoch (set_epoch), this rank's share of it.
+    sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=world_size, rank=rank, seed=args.seed)
+    if args.aspect_ratio_group_factor >= 0:
+        groups = aspect_ratio_groups(train_set, args.aspect_ratio_group_factor)
+        batches = GroupedBatchSampler(sampler, groups, args.batch_size)
+    else:
+        batches = torch.utils.data.BatchSampler(sampler, args.batch_size, drop_last=False)
     common = {"num_workers": args.workers, "collate_fn": utils.collate_fn, "pin_memory": device.type == "cuda"}
-    train_loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(train_data, train_ids), batch_size=args.batch_size, shuffle=True, **common
-    )
-    test_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(test_data, test_ids), batch_size=1, **common)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=batches, **common)
+    test_set = torch.utils.data.Subset(test_data, test_ids[rank::world_size])
+    test_loader = torch.utils.data.DataLoader(test_set, batch_size=1, **common)
     return train_loader, test_loader, train_data, split
 
 
@@ -110,8 +128,8 @@ def main(args: argparse.Namespace) -> dict[str, list[float]] | None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
         os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # MKL's results otherwise depend on memory alignment
         torch.use_deterministic_algorithms(True)
-    utils.seed_everything(args.seed)
-    device = torch.device(args.device)
+    device = utils.init_distributed(args.device)
+    utils.seed_everything(args.seed + utils.get_rank())  # ranks augment differently; DDP copies rank 0's init
     output_dir = Path(args.output_dir)
 
     train_loader, test_loader, dataset, split = make_loaders(args, device)
@@ -124,6 +142,13 @@ def main(args: argparse.Namespace) -> dict[str, list[float]] | None:
         min_size=args.min_size,
         max_size=args.max_size,
     ).to(device)
+    model_without_ddp = model  # what is saved, evaluated and resumed
+    if utils.get_world_size() > 1:
+        if args.sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model_without_ddp = model
+        device_ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step_size, gamma=args.lr_gamma)
@@ -133,7 +158,7 @@ def main(args: argparse.Namespace) -> dict[str, list[float]] | None:
     if args.resume:
         checkpoint = utils.load_checkpoint(args.resume)
         try:
-            model.load_state_dict(checkpoint["model"])
+            model_without_ddp.load_state_dict(checkpoint["model"])
         except (KeyError, RuntimeError) as error:
             message = f"--resume {args.resume}: does not fit --model {args.model} with this dataset's classes"
             raise utils.UserError(message) from error
@@ -150,35 +175,47 @@ def main(args: argparse.Namespace) -> dict[str, list[float]] | None:
             start_epoch = checkpoint["epoch"] + 1
             best_score = checkpoint["best_score"]
             history = checkpoint["metrics"]
-            utils.set_rng_state(checkpoint["rng"])
+            if len(checkpoint["rng"]) == utils.get_world_size():  # one state per rank
+                utils.set_rng_state(checkpoint["rng"][utils.get_rank()])
+            else:
+                print(f"--resume {args.resume}: saved by {len(checkpoint['rng'])} processes; random streams restart")
 
     if args.test_only:
-        return evaluate(model, test_loader, device, dataset.classes)
+        stats = evaluate(model_without_ddp, test_loader, device, dataset.classes)
+        if utils.is_main_process():
+            utils.write_json(stats, output_dir / "eval.json")
+        utils.cleanup_distributed()
+        return stats
 
-    utils.write_json({**vars(args), "class_names": dataset.classes}, output_dir / "args.json")
-    utils.write_json(split, output_dir / "split.json")
-    utils.write_jsonl(history, output_dir / "metrics.jsonl")  # drops epochs the checkpoint does not hold
-    config = {**model_config(model, args.model), "class_names": dataset.classes}
+    if utils.is_main_process():
+        utils.write_json({**vars(args), "class_names": dataset.classes}, output_dir / "args.json")
+        utils.write_json(split, output_dir / "split.json")
+        utils.write_jsonl(history, output_dir / "metrics.jsonl")  # drops epochs the checkpoint does not hold
+    config = {**model_config(model_without_ddp, args.model), "class_names": dataset.classes}
     stats = None
-    print(f"Training {args.model} on {len(train_loader.dataset)} images, testing on {len(test_loader.dataset)}")
+    print(f"Training {args.model} on {len(split['train'])} images, testing on {len(split['test'])}")
     for epoch in range(start_epoch, args.epochs):
+        train_loader.batch_sampler.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         start = time.time()
         losses = train_one_epoch(model, optimizer, train_loader, device, epoch, args.print_freq, scaler)
         train_seconds = time.time() - start
         lr = optimizer.param_groups[0]["lr"]
         lr_scheduler.step()
         start = time.time()
-        stats = evaluate(model, test_loader, device, dataset.classes)
+        stats = evaluate(model_without_ddp, test_loader, device, dataset.classes)
         eval_seconds = time.time() - start
 
         history.append(
             {"epoch": epoch, "lr": lr, **losses, **stats, "train_seconds": train_seconds, "eval_seconds": eval_seconds}
         )
         score = stats["segm"][0] if "segm" in stats else stats["bbox"][0]
-        weights = {"model": model.state_dict(), "model_config": config, "args": vars(args), "epoch": epoch}
-        weights["stats"] = stats
-        if score > best_score:
-            best_score = score
+        is_best, best_score = score > best_score, max(score, best_score)
+        rng_states = utils.all_gather_object(utils.get_rng_state())  # every rank takes part; rank 0 writes
+        if not utils.is_main_process():
+            continue
+        weights = {"model": model_without_ddp.state_dict(), "model_config": config, "args": vars(args)}
+        weights.update(epoch=epoch, stats=stats)
+        if is_best:
             utils.save_checkpoint(weights, output_dir / "best.pth")
         checkpoint = {
             **weights,
@@ -186,12 +223,13 @@ def main(args: argparse.Namespace) -> dict[str, list[float]] | None:
             "lr_scheduler": lr_scheduler.state_dict(),
             "best_score": best_score,
             "metrics": history,
-            "rng": utils.get_rng_state(),
+            "rng": rng_states,
         }
         if scaler is not None:
             checkpoint["scaler"] = scaler.state_dict()
         utils.save_checkpoint(checkpoint, output_dir / "checkpoint.pth")
         utils.write_jsonl(history, output_dir / "metrics.jsonl")
+    utils.cleanup_distributed()
     return stats
 
 

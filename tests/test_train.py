@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -22,13 +23,21 @@ def run_cli(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "train.py", *map(str, args)], cwd=cwd, capture_output=True, text=True)
 
 
+def run_torchrun(num_processes, *args):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as torchrun sets it for 2: results then match 1 process bit for bit
+    return subprocess.run([*command, "train.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True, env=env)
+
+
 def run_main(*args):
     return train.main(train.get_args_parser().parse_args([*map(str, args)]))
 
 
 def test_two_epochs_end_to_end(pennfudan, tmp_path):
     out = tmp_path / "output"
-    result = run_cli("--data-path", pennfudan, "--epochs", 2, "--output-dir", out, *FAST)
+    result = run_cli(
+        "--data-path", pennfudan, "--epochs", 2, "--output-dir", out, *FAST, "--aspect-ratio-group-factor", -1
+    )
     assert result.returncode == 0, result.stderr
     assert "Epoch: [1]" in result.stdout and "IoU metric: segm" in result.stdout
     assert {p.name for p in out.iterdir()} == {"checkpoint.pth", "best.pth", "metrics.jsonl", "split.json", "args.json"}
@@ -81,9 +90,44 @@ def test_test_only_evaluates_the_checkpoint(pennfudan, tmp_path, capsys):
     out = tmp_path / "output"
     trained = run_main("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out)
     capsys.readouterr()
-    stats = run_main("--data-path", pennfudan, *FAST, "--test-only", "--resume", out / "checkpoint.pth")
+    stats = run_main(
+        "--data-path", pennfudan, *FAST, "--test-only", "--resume", out / "checkpoint.pth", "--output-dir", out
+    )
     assert stats == trained
     assert "IoU metric: bbox" in capsys.readouterr().out
+
+
+def test_two_cpu_processes_train_resume_and_score_like_one(pennfudan, tmp_path):
+    out = tmp_path / "ddp"
+    common = ["--data-path", pennfudan, *FAST, "--output-dir", out]  # 7 training images: 4 + 4 (one repeated)
+    first = run_torchrun(2, *common, "--epochs", 1)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("Training maskrcnn") == first.stdout.count("Epoch: [0] Total time") == 1  # rank 0 only
+    assert "Epoch: [0] [1/2]" in first.stdout  # each rank took ceil(4 / 2) steps
+    resumed = run_torchrun(2, *common, "--epochs", 2, "--resume", out / "checkpoint.pth")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Epoch: [1]" in resumed.stdout and "Epoch: [0]" not in resumed.stdout
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    checkpoint = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert len(checkpoint["rng"]) == 2 and not any(key.startswith("module.") for key in checkpoint["model"])
+
+    # 3 test images on 2 ranks (2 + 1): every image counted once, so the AP equals one process's.
+    scores = []
+    for num_processes in (1, 2):
+        evaluated = run_torchrun(num_processes, *common, "--test-only", "--resume", out / "checkpoint.pth",
+                                 "--output-dir", tmp_path / f"eval{num_processes}")  # fmt: skip
+        assert evaluated.returncode == 0, evaluated.stderr
+        scores.append(json.loads((tmp_path / f"eval{num_processes}" / "eval.json").read_text()))
+    assert scores[0] == scores[1]
+    assert scores[0] == json.loads(json.dumps(checkpoint["stats"]))  # rank 1 scored with rank 0's BN statistics
+    assert scores[0]["segm"][0] >= 0  # a real score, not COCOeval's -1 for "no ground truth"
+
+
+def test_sync_bn_on_cpu_processes_is_refused(pennfudan, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(train.utils.UserError, match="--sync-bn: SyncBatchNorm runs on CUDA only"):
+        run_main("--data-path", pennfudan, *FAST, "--sync-bn")
 
 
 def test_resume_with_a_new_lr_uses_it(pennfudan, tmp_path):
