@@ -25,6 +25,33 @@ class TrainingDiverged(utils.UserError):
     """A loss became NaN or infinite: the learning rate is usually too high."""
 
 
+def to_device(images: tuple, targets: tuple, device: torch.device) -> tuple[list, list]:
+    """A batch from the loader on `device` (asynchronously from pinned memory)."""
+    images = [image.to(device, non_blocking=True) for image in images]
+    return images, [{k: _to(v, device) for k, v in t.items()} for t in targets]
+
+
+def autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """Mixed precision as --amp means it: float16 on CUDA (with a GradScaler), bfloat16 on CPU."""
+    return torch.autocast(
+        device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, enabled=enabled
+    )
+
+
+def backward_and_step(
+    loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None
+) -> None:
+    """Gradients of `loss` and one optimizer step, through the GradScaler when there is one."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -51,11 +78,9 @@ def train_one_epoch(
         if warmup_iters > 0:
             warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / 1000, total_iters=warmup_iters)
 
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     for iteration, (images, targets) in enumerate(logger.log_every(data_loader, print_freq, f"Epoch: [{epoch}]")):
-        images = [image.to(device, non_blocking=True) for image in images]
-        targets = [{k: _to(v, device) for k, v in t.items()} for t in targets]
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=scaler is not None):
+        images, targets = to_device(images, targets, device)
+        with autocast(device, enabled=scaler is not None):
             loss_dict = model(images, targets)
             loss = sum(loss_dict.values())
 
@@ -68,14 +93,7 @@ def train_one_epoch(
                 f"it diverged at lr {optimizer.param_groups[0]['lr']:g}; lower --lr"
             )
 
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        backward_and_step(loss, optimizer, scaler)
         if warmup is not None:
             warmup.step()
 

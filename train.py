@@ -143,7 +143,7 @@ def main(args: argparse.Namespace) -> dict[str, list[float]] | None:
         max_size=args.max_size,
     ).to(device)
     model_without_ddp = model  # what is saved, evaluated and resumed
-    if utils.get_world_size() > 1:
+    if utils.is_distributed():
         if args.sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
             model_without_ddp = model

@@ -339,11 +339,16 @@ def _print_on_rank_0_only(is_main: bool) -> None:
 
 
 def get_rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return dist.get_rank() if is_distributed() else 0
 
 
 def get_world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_distributed() -> bool:
+    """True in a process that torchrun (or SLURM) started, even as the only one."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def is_main_process() -> bool:
@@ -385,5 +390,5 @@ def mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 def cleanup_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.destroy_process_group()
