@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import re
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -74,6 +76,9 @@ def train_one_epoch(
 
     warmup = None
     if epoch == 0:
+        # With --amp on CUDA the GradScaler skips the first steps while it finds its scale, and PyTorch
+        # then warns that the warm-up scheduler stepped before the optimizer: expected, and harmless.
+        warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"))
         warmup_iters = min(1000, len(data_loader) - 1)
         if warmup_iters > 0:
             warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / 1000, total_iters=warmup_iters)
