@@ -270,3 +270,27 @@ def model_config(model: nn.Module, name: str) -> dict[str, Any]:
         "max_size": model.transform.max_size,
         "masks": getattr(model.roi_heads, "mask_predictor", None) is not None,
     }
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The model a checkpoint of train.py holds, rebuilt from its model_config alone, and that config.
+
+    No training flag is needed and nothing is downloaded: the architecture, class count,
+    sizes and BatchNorm kind all come from the file.
+    """
+    checkpoint = load_checkpoint(path)
+    config = checkpoint.get("model_config") if isinstance(checkpoint, dict) else None
+    if not config or config.get("name") not in MODELS:
+        raise UserError(f"{path}: not a checkpoint of train.py (no model_config); pass its best.pth or checkpoint.pth")
+    name = config["name"]
+    model = MODELS[name][0](
+        weights=None,
+        weights_backbone=None,
+        num_classes=config["num_classes"],
+        min_size=tuple(config["min_size"]),
+        max_size=config["max_size"],
+    )
+    if config["frozen_bn_eps"] is not None:  # trained from pretrained weights: FrozenBatchNorm in the backbone
+        freeze_like_pretrained(model, name, trainable_layers=0, eps=config["frozen_bn_eps"])
+    model.load_state_dict(checkpoint["model"])
+    return model, config

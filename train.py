@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 import utils
+from curves import TensorBoardLogger, plot_curves
 from dataset import add_dataset_args, dataset_from_args, download_pennfudan, split_indices
 from engine import evaluate, train_one_epoch
 from group_by_aspect_ratio import GroupedBatchSampler, aspect_ratio_groups
@@ -57,6 +58,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--resume", default="", help="checkpoint.pth to continue training from (or to evaluate with --test-only)")
     add("--test-only", action="store_true", help="only evaluate the --resume checkpoint on the test split")
     add("--use-deterministic-algorithms", action="store_true", help="reproducible results, at some cost in speed")
+    add("--tensorboard", action="store_true", help="also log losses, AP and lr to --output-dir/tensorboard")
     return parser
 
 
@@ -192,6 +194,9 @@ def main(args: argparse.Namespace) -> dict[str, list[float]] | None:
         utils.write_json(split, output_dir / "split.json")
         utils.write_jsonl(history, output_dir / "metrics.jsonl")  # drops epochs the checkpoint does not hold
     config = {**model_config(model_without_ddp, args.model), "class_names": dataset.classes}
+    tensorboard = None
+    if args.tensorboard and utils.is_main_process():
+        tensorboard = TensorBoardLogger(output_dir / "tensorboard", start_epoch)
     stats = None
     print(f"Training {args.model} on {len(split['train'])} images, testing on {len(split['test'])}")
     for epoch in range(start_epoch, args.epochs):
@@ -229,6 +234,11 @@ def main(args: argparse.Namespace) -> dict[str, list[float]] | None:
             checkpoint["scaler"] = scaler.state_dict()
         utils.save_checkpoint(checkpoint, output_dir / "checkpoint.pth")
         utils.write_jsonl(history, output_dir / "metrics.jsonl")
+        plot_curves(history, output_dir / "curves.png")
+        if tensorboard is not None:
+            tensorboard.log(history[-1])
+    if tensorboard is not None:
+        tensorboard.close()
     utils.cleanup_distributed()
     return stats
 

@@ -201,7 +201,7 @@ def set_base_lr(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_sche
 # Files: written atomically, read safely.
 
 
-def _atomic_write(path: str | Path, write: Any) -> None:
+def atomic_write(path: str | Path, write: Any) -> None:
     """Write through a temporary file in the same folder, then rename it over `path`.
 
     os.replace is atomic on POSIX, so a kill at any moment leaves either the old file
@@ -227,7 +227,7 @@ def _atomic_write(path: str | Path, write: Any) -> None:
 def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> None:
     """torch.save, atomically; a full disk raises a UserError and leaves the old file intact."""
     try:
-        _atomic_write(path, lambda f: torch.save(checkpoint, f))
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
     except OSError as error:
         raise UserError(f"could not write checkpoint {path}: {error}; the previous checkpoint is unchanged") from error
 
@@ -247,7 +247,7 @@ def load_checkpoint(path: str | Path) -> Any:
 
 def write_json(data: Any, path: str | Path) -> None:
     """json.dump, atomically."""
-    _atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -264,7 +264,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 def write_jsonl(records: list[dict[str, Any]], path: str | Path) -> None:
     """Rewrite a JSON-lines file atomically (used to append: records are few and small)."""
-    _atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records).encode()))
+    atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records).encode()))
 
 
 def exit_with_user_error(error: BaseException) -> None:

@@ -35,12 +35,21 @@ def run_main(*args):
 
 def test_two_epochs_end_to_end(pennfudan, tmp_path):
     out = tmp_path / "output"
-    result = run_cli(
-        "--data-path", pennfudan, "--epochs", 2, "--output-dir", out, *FAST, "--aspect-ratio-group-factor", -1
-    )
+    no_grouping = ["--aspect-ratio-group-factor", -1]
+    result = run_cli("--data-path", pennfudan, "--epochs", 2, "--output-dir", out, *FAST, *no_grouping, "--tensorboard")
     assert result.returncode == 0, result.stderr
     assert "Epoch: [1]" in result.stdout and "IoU metric: segm" in result.stdout
-    assert {p.name for p in out.iterdir()} == {"checkpoint.pth", "best.pth", "metrics.jsonl", "split.json", "args.json"}
+    written = {p.name for p in out.iterdir()}
+    assert written == {
+        "checkpoint.pth",
+        "best.pth",
+        "metrics.jsonl",
+        "split.json",
+        "args.json",
+        "curves.png",
+        "tensorboard",
+    }
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1]

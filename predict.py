@@ -1,0 +1,156 @@
+"""Run a trained model on images: a picture with what it found, and the detections as COCO JSON.
+
+    python predict.py --checkpoint output/best.pth photos/ extra.jpg --output-dir predictions
+
+For each readable image, predictions/<name>.png shows the masks, boxes, class names and
+scores above --score-threshold; predictions/predictions.json lists the same detections
+in COCO results format (xywh boxes, RLE masks), each with its file_name. The checkpoint
+says which model to build, its classes and its sizes. A file that is not a readable image
+is reported in one line and skipped; the others are still predicted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.io import write_png
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+import utils
+from dataset import read_image
+from engine import coco_detections
+from model import model_from_checkpoint
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Distinct, colour-blind-friendly colours (Okabe-Ito), one per class, repeating after eight.
+COLORS = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Draw and save a trained model's detections")
+    add = parser.add_argument
+    add("inputs", nargs="+", help="image files and folders of images")
+    add("--checkpoint", required=True, help="best.pth or checkpoint.pth written by train.py")
+    add("--output-dir", default="predictions", help="where the pictures and JSON go (default: %(default)s)")
+    add("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this (default: 0.5)")
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    add("-b", "--batch-size", type=int, default=4, help="images per forward pass (default: %(default)s)")
+    add("-j", "--workers", type=int, default=2, help="image decoding processes (default: %(default)s)")
+    return parser
+
+
+def find_images(inputs: list[str]) -> list[Path]:
+    """The files named, and the images in the folders named (sorted), each once."""
+    paths: list[Path] = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            paths += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.exists():
+            paths.append(path)
+        else:
+            raise utils.UserError(f"{path}: no such file or folder; pass image files or folders")
+    return list(dict.fromkeys(paths))
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Decoded images, or the error that one file gave: a bad file must not stop the loader."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | str]:
+        try:
+            return index, read_image(self.paths[index])
+        except utils.UserError as error:
+            return index, str(error)
+
+
+def draw(image: torch.Tensor, output: dict[str, torch.Tensor], class_names: list[str]) -> torch.Tensor:
+    """The uint8 image with masks (half transparent), boxes and "class score" labels drawn on it."""
+    labels = output["labels"].tolist()
+    if not labels:
+        return image
+    colors = [COLORS[(label - 1) % len(COLORS)] for label in labels]
+    if "masks" in output:
+        image = draw_segmentation_masks(image, output["masks"][:, 0] > 0.5, alpha=0.5, colors=colors)
+    captions = [
+        f"{class_names[label]} {score:.2f}" for label, score in zip(labels, output["scores"].tolist(), strict=True)
+    ]
+    return draw_bounding_boxes(image, output["boxes"], labels=captions, colors=colors, width=2)
+
+
+def output_names(paths: list[Path]) -> list[str]:
+    """A picture name per input, <stem>.png, numbered where two inputs share a stem."""
+    names, seen = [], set()
+    for path in paths:
+        name, k = f"{path.stem}.png", 1
+        while name in seen or name == "predictions.json":
+            name, k = f"{path.stem}_{k}.png", k + 1
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+@torch.inference_mode()
+def predict(args: argparse.Namespace) -> dict[str, Any]:
+    """Predict every input; return {"predicted": [file names], "skipped": [one line per bad file]}."""
+    if args.batch_size <= 0 or not 0 <= args.score_threshold <= 1:
+        raise utils.UserError("--batch-size must be positive and --score-threshold between 0 and 1")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise utils.UserError(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    paths = find_images(args.inputs)
+    if not paths:
+        raise utils.UserError(f"{' '.join(args.inputs)}: no images found ({', '.join(IMAGE_SUFFIXES)})")
+    device = torch.device(args.device)
+    model, config = model_from_checkpoint(args.checkpoint)
+    model.to(device).eval()
+    class_names = config.get("class_names") or ["background", *(f"class {i}" for i in range(1, config["num_classes"]))]
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    names = output_names(paths)
+
+    loader = torch.utils.data.DataLoader(
+        ImageFiles(paths), batch_size=args.batch_size, num_workers=args.workers, collate_fn=utils.collate_fn
+    )
+    detections, predicted, skipped = [], [], []
+    for indices, images in loader:
+        for image in images:
+            if isinstance(image, str):
+                skipped.append(image)
+                print(f"skipped {image}", file=sys.stderr, flush=True)
+        good = [(index, image) for index, image in zip(indices, images, strict=True) if not isinstance(image, str)]
+        if not good:
+            continue
+        outputs = model([image.to(device).float() / 255 for _, image in good])
+        for (index, image), output in zip(good, outputs, strict=True):
+            keep = output["scores"] >= args.score_threshold
+            output = {key: value[keep].cpu() for key, value in output.items()}
+            write_png(draw(image, output, class_names), str(output_dir / names[index]))
+            boxes, segms = coco_detections(index, output)
+            for k, box in enumerate(boxes):
+                record = {"file_name": str(paths[index]), **box, "category_name": class_names[box["category_id"]]}
+                if segms:
+                    record["segmentation"] = segms[k]["segmentation"]
+                detections.append(record)
+            predicted.append(str(paths[index]))
+            print(f"{paths[index]}: {len(boxes)} detections -> {output_dir / names[index]}", flush=True)
+    utils.write_json(detections, output_dir / "predictions.json")
+    print(f"predicted {len(predicted)} images, skipped {len(skipped)}; detections in {output_dir / 'predictions.json'}")
+    return {"predicted": predicted, "skipped": skipped}
+
+
+if __name__ == "__main__":
+    try:
+        result = predict(get_args_parser().parse_args())
+    except utils.UserError as error:
+        utils.exit_with_user_error(error)
+    if not result["predicted"]:
+        raise SystemExit(2)  # every input was bad: each has been reported above
