@@ -1,0 +1,54 @@
+import sys
+
+import pytest
+import torch
+
+import export
+from model import get_model, model_config
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    # Two classes: an untrained model scores many boxes exactly alike, and with more classes eager PyTorch and
+    # the traced graph run different (equivalent) NMS algorithms, which break such ties differently.
+    model = get_model("maskrcnn_mobilenet_v3_large_fpn", num_classes=2, weights="none", min_size=64, max_size=96)
+    config = {**model_config(model, "maskrcnn_mobilenet_v3_large_fpn"), "class_names": ["background", "a"]}
+    torch.save({"model": model.state_dict(), "model_config": config}, tmp_path / "best.pth")
+    return tmp_path / "best.pth"
+
+
+def _export(checkpoint, path, fmt, *extra):
+    return export.main(export.get_args_parser().parse_args(
+        ["--checkpoint", str(checkpoint), "--format", fmt, "--output", str(path), *extra]
+    ))  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_the_exported_model_gives_pytorch_s_detections(fmt, checkpoint, tmp_path, capsys):
+    assert _export(checkpoint, tmp_path / f"model.{fmt}", fmt) is True
+    out = capsys.readouterr().out
+    assert "synthetic image (64x85" in out and "matches PyTorch" in out
+    detections = int(out.split(" detections)")[0].rsplit(", ", 1)[1])
+    assert detections > 0  # the check compared real detections, not two empty lists
+    assert (tmp_path / f"model.{fmt}").stat().st_size > 1_000_000
+
+
+def test_a_difference_beyond_the_tolerance_fails_the_check(checkpoint, tmp_path, monkeypatch, capsys):
+    loaded = export.torchscript_runner
+
+    def shifted_runner(path):
+        run = loaded(path)
+        return lambda image: {**run(image), "boxes": run(image)["boxes"] + 2.0}  # 2 pixels off
+
+    monkeypatch.setattr(export, "torchscript_runner", shifted_runner)
+    assert _export(checkpoint, tmp_path / "model.pt", "torchscript") is False
+    out = capsys.readouterr().out
+    assert "boxes 2, " in out and "DIFFERS from PyTorch" in out
+
+
+def test_onnx_without_onnxruntime_is_one_line(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if it were not installed
+    with pytest.raises(export.utils.UserError, match="pip install -r requirements-export.txt"):
+        _export(checkpoint, tmp_path / "model.onnx", "onnx")
+    assert not (tmp_path / "model.onnx").exists()
