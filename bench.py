@@ -1,11 +1,20 @@
-"""Measure training speed and memory: images per second and peak memory, per model and precision.
+"""Measure speed and memory, ours beside the tutorial's way, and print tables and JSON.
 
     python bench.py --data-path ../shared/data/CVPPP_A1 --image-suffix _rgb --mask-suffix _label \
         --models maskrcnn_resnet50_fpn maskrcnn_mobilenet_v3_large_fpn --min-size 320 --max-size 640
 
-Each measurement runs in a fresh process, so its peak memory is its own: PyTorch's peak
-GPU allocation on CUDA (what the training log's "max mem" shows), the process's peak RSS
-on the CPU. The first --warmup iterations are not timed. Prints a table and writes JSON.
+--parts picks what is measured:
+- data: images per second through the training data pipeline (dataset, transforms,
+  collate) with -j 0 and -j N, for our dataset class and for the tutorial's (as it is
+  today, and as it was in 2019, finding each box with np.where).
+- train: training images per second and peak memory per model, float32 and --amp. Each
+  runs in a fresh process, so its peak memory is its own: PyTorch's peak GPU allocation
+  on CUDA (the training log's "max mem"), the process's peak RSS on the CPU. The first
+  --warmup iterations are not timed.
+- eval: seconds per test image, split into model and metric time, for engine.evaluate
+  and for the tutorial's way (torchvision's reference evaluate: one thread, and the
+  ground truth rebuilt by loading and transforming every test image again), with the
+  AP of both, which must be identical.
 """
 
 from __future__ import annotations
@@ -15,21 +24,41 @@ import concurrent.futures
 import multiprocessing
 import platform
 import time
+import warnings
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.io import ImageReadMode
+from torchvision.io import read_image as torchvision_read_image
+from torchvision.ops import masks_to_boxes
+from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as F
 
 import utils
-from dataset import add_dataset_args, dataset_from_args
-from engine import autocast, backward_and_step, to_device
-from model import MODELS, get_model
+from dataset import add_dataset_args, dataset_from_args, split_indices
+from engine import (
+    autocast,
+    backward_and_step,
+    coco_detections,
+    coco_ground_truth,
+    evaluate,
+    score_detections,
+    to_device,
+)
+from model import MODELS, get_model, model_from_checkpoint
 from transforms import get_transform
+
+PARTS = ("data", "train", "eval")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Benchmark training speed and memory")
     add = parser.add_argument
     add_dataset_args(parser)
+    add("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure (default: all)")
     add("--models", nargs="+", default=["maskrcnn_resnet50_fpn"], choices=list(MODELS), metavar="NAME")
     add("--weights", default="none", help="none (default), DEFAULT, or a local .pth (a COCO file: fine-tuning)")
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -41,6 +70,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--warmup", type=int, default=5, help="untimed iterations first (default: %(default)s)")
     add("-j", "--workers", type=int, default=4)
     add("--lr", type=float, default=0.001)
+    add("--test-size", type=int, default=20, help="eval: images held out as train.py does (default: %(default)s)")
+    add("--checkpoint", help="eval: a checkpoint of train.py to evaluate (default: the first of --models)")
     add("--output", default="bench.json", help="where the JSON goes (default: %(default)s)")
     return parser
 
@@ -103,6 +134,178 @@ def measure_training(args: argparse.Namespace, model_name: str, amp: bool) -> di
     }
 
 
+# ---------------------------------------------------------------------------
+# The tutorial's ways, kept here as baselines (https://pytorch.org/tutorials/intermediate/torchvision_tutorial.html).
+
+# torchvision 0.29 deprecates its image decoders (for TorchCodec); the tutorial still uses them.
+warnings.filterwarnings("ignore", "The image decoding and encoding capabilities of TorchVision are deprecated")
+
+
+class TutorialDataset(torch.utils.data.Dataset):
+    """The tutorial's PennFudanDataset.__getitem__ as published today, over our image and mask paths."""
+
+    def __init__(self, image_paths: list, mask_paths: list, transforms: Any) -> None:
+        self.image_paths, self.mask_paths, self.transforms = image_paths, mask_paths, transforms
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def __getitem__(self, idx: int) -> tuple[Any, dict[str, Any]]:
+        img = torchvision_read_image(str(self.image_paths[idx]), ImageReadMode.RGB)  # RGB: some PNGs have alpha
+        mask = torchvision_read_image(str(self.mask_paths[idx]))
+        obj_ids = torch.unique(mask)[1:]
+        num_objs = len(obj_ids)
+        masks = (mask == obj_ids[:, None, None]).to(dtype=torch.uint8)
+        boxes = masks_to_boxes(masks)
+        area = (boxes[:, 3] - boxes[:, 1]) * (boxes[:, 2] - boxes[:, 0])
+        img = tv_tensors.Image(img)
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=F.get_size(img)),
+            "masks": tv_tensors.Mask(masks),
+            "labels": torch.ones((num_objs,), dtype=torch.int64),
+            "image_id": idx,
+            "area": area,
+            "iscrowd": torch.zeros((num_objs,), dtype=torch.int64),
+        }
+        if self.transforms is not None:
+            img, target = self.transforms(img, target)
+        return img, target
+
+
+class Tutorial2019Dataset(TutorialDataset):
+    """The tutorial's __getitem__ as first published: PIL, and np.where for each instance's box."""
+
+    def __getitem__(self, idx: int) -> tuple[Any, dict[str, Any]]:
+        img = Image.open(self.image_paths[idx]).convert("RGB")
+        mask = np.array(Image.open(self.mask_paths[idx]))
+        obj_ids = np.unique(mask)[1:]
+        masks = mask == obj_ids[:, None, None]
+        boxes = []
+        for i in range(len(obj_ids)):
+            pos = np.where(masks[i])
+            boxes.append([np.min(pos[1]), np.min(pos[0]), np.max(pos[1]), np.max(pos[0])])
+        boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)  # the original fails without instances
+        image = tv_tensors.Image(F.pil_to_tensor(img))
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=F.get_size(image)),
+            "masks": tv_tensors.Mask(torch.as_tensor(masks, dtype=torch.uint8)),
+            "labels": torch.ones((len(obj_ids),), dtype=torch.int64),
+            "image_id": idx,
+            "area": (boxes[:, 3] - boxes[:, 1]) * (boxes[:, 2] - boxes[:, 0]),
+            "iscrowd": torch.zeros((len(obj_ids),), dtype=torch.int64),
+        }
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+def tutorial_transform() -> T.Compose:
+    """The tutorial's get_transform(train=True)."""
+    return T.Compose([T.RandomHorizontalFlip(0.5), T.ToDtype(torch.float, scale=True), T.ToPureTensor()])
+
+
+@torch.inference_mode()
+def evaluate_like_the_tutorial(model: torch.nn.Module, loader: Any, device: torch.device) -> dict[str, Any]:
+    """torchvision's reference evaluate, in cost: one thread, ground truth from a second pass over the data."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model.eval()
+        ground_truth = {}  # convert_to_coco_api: decode, build and transform every test image once more
+        for index in range(len(loader.dataset)):
+            image, target = loader.dataset[index]
+            ground_truth[int(target["image_id"])] = coco_ground_truth(
+                int(target["image_id"]), image.shape[-2], image.shape[-1], target
+            )
+        per_image = []
+        for images, targets in loader:
+            outputs = model([image.to(device) for image in images])
+            for target, output in zip(targets, outputs, strict=True):
+                image_id = int(target["image_id"])
+                output = {k: v.cpu() for k, v in output.items()}
+                per_image.append((*ground_truth[image_id], *coco_detections(image_id, output), "masks" in output))
+        return score_detections(sorted(per_image, key=lambda item: item[0]["id"]), None)
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------
+# The measurements.
+
+
+def measure_data(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Images per second through DataLoader(dataset, transforms, collate), for ours and the tutorial's."""
+    ours = dataset_from_args(args, get_transform(True))
+    if not hasattr(ours, "mask_paths"):
+        raise utils.UserError(
+            "--parts data compares with the tutorial's mask-folder dataset: use a mask-folder dataset"
+        )
+    candidates = {
+        "ours": ours,
+        "tutorial": TutorialDataset(ours.image_paths, ours.mask_paths, tutorial_transform()),
+        "tutorial 2019": Tutorial2019Dataset(ours.image_paths, ours.mask_paths, tutorial_transform()),
+    }
+    rows = []
+    for workers in sorted({0, args.workers}):
+        for name, data in candidates.items():
+            torch.manual_seed(0)
+            loader = torch.utils.data.DataLoader(
+                data, batch_size=args.batch_size, num_workers=workers, collate_fn=utils.collate_fn
+            )
+            start = time.perf_counter()
+            count = sum(len(images) for images, _ in loader)
+            seconds = time.perf_counter() - start
+            rows.append({"pipeline": name, "workers": workers, "images": count, "images_per_second": count / seconds})
+            print(f"data {name}, -j {workers}: {count / seconds:.1f} images/s", flush=True)
+    return rows
+
+
+def measure_eval(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Seconds per test image, ours and the tutorial's way, on the split train.py would hold out."""
+    device = torch.device(args.device)
+    if args.checkpoint:
+        model, _ = model_from_checkpoint(args.checkpoint)
+    else:
+        torch.manual_seed(0)
+        model = get_model(args.models[0], 2, weights=args.weights, min_size=args.min_size, max_size=args.max_size)
+    model.to(device).eval()
+    data = dataset_from_args(args, get_transform(False))
+    _, test_ids = split_indices(len(data), args.test_size, seed=0)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(data, test_ids), batch_size=1, num_workers=args.workers, collate_fn=utils.collate_fn
+    )
+    with torch.inference_mode():  # warm up (lazy initialisation, caches) before either is timed
+        model([loader.dataset[0][0].to(device)])
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    ours = evaluate(model, loader, device, timings=timings)
+    ours_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    theirs = evaluate_like_the_tutorial(model, loader, device)
+    theirs_seconds = time.perf_counter() - start
+    same = ours["bbox"] == theirs["bbox"] and ours.get("segm") == theirs.get("segm")
+    n = len(test_ids)
+    common = {"images": n, "identical_ap": same}
+    return [
+        {
+            "evaluation": "ours",
+            **common,
+            "seconds_per_image": ours_seconds / n,
+            "model_seconds_per_image": timings["model_seconds"] / n,
+            "metric_seconds_per_image": timings["metric_seconds"] / n,
+            "bbox_ap": ours["bbox"][0],
+        },
+        {
+            "evaluation": "tutorial",
+            **common,
+            "seconds_per_image": theirs_seconds / n,
+            "model_seconds_per_image": None,  # not timed apart in the reference's way
+            "metric_seconds_per_image": None,
+            "bbox_ap": theirs["bbox"][0],
+        },
+    ]
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -117,7 +320,8 @@ def in_fresh_process(function: Any, *args: Any) -> Any:
 
 def table(rows: list[dict[str, Any]], columns: dict[str, str]) -> str:
     """rows as an aligned text table; `columns` maps each key to its format."""
-    cells = [list(columns)] + [[format(row[key], fmt) for key, fmt in columns.items()] for row in rows]
+    cells = [list(columns)]
+    cells += [[format(row[key], fmt) if row[key] is not None else "-" for key, fmt in columns.items()] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)) for line in cells)
 
@@ -128,18 +332,29 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise utils.UserError(f"--device {args.device}: CUDA is not available here; use --device cpu")
     device = torch.device(args.device)
-    precisions = {"off": [False], "on": [True], "both": [False, True]}[args.amp]
-    rows = []
-    for model_name in args.models:
-        for amp in precisions:
-            row = in_fresh_process(measure_training, args, model_name, amp)
-            print(f"{model_name} {row['precision']}: {row['images_per_second']:.2f} images/s", flush=True)
-            rows.append(row)
-    columns = {"model": "", "precision": "", "batch_size": "d", "min_size": "d"}
-    columns.update(images_per_second=".2f", seconds_per_iteration=".3f", peak_memory_mb=".0f")
-    print(f"\nTraining on {args.data_path}, {args.iterations} timed iterations after {args.warmup}; {machine(device)}")
-    print(table(rows, columns))
-    report = {"machine": machine(device), "args": vars(args), "training": rows}
+    report: dict[str, Any] = {"machine": machine(device), "args": vars(args)}
+    print(f"{args.data_path} on {report['machine']}")
+    if "data" in args.parts:
+        report["data"] = measure_data(args)
+        print(table(report["data"], {"pipeline": "", "workers": "d", "images": "d", "images_per_second": ".1f"}))
+    if "train" in args.parts:
+        precisions = {"off": [False], "on": [True], "both": [False, True]}[args.amp]
+        rows = []
+        for model_name in args.models:
+            for amp in precisions:
+                row = in_fresh_process(measure_training, args, model_name, amp)
+                print(f"{model_name} {row['precision']}: {row['images_per_second']:.2f} images/s", flush=True)
+                rows.append(row)
+        report["training"] = rows
+        columns = {"model": "", "precision": "", "batch_size": "d", "min_size": "d"}
+        columns.update(images_per_second=".2f", seconds_per_iteration=".3f", peak_memory_mb=".0f")
+        print(f"training: {args.iterations} timed iterations after {args.warmup}")
+        print(table(rows, columns))
+    if "eval" in args.parts:
+        report["evaluation"] = measure_eval(args)
+        columns = {"evaluation": "", "images": "d", "seconds_per_image": ".3f", "model_seconds_per_image": ".3f"}
+        columns.update(metric_seconds_per_image=".3f", bbox_ap=".4f", identical_ap="")
+        print(table(report["evaluation"], columns))
     utils.write_json(report, args.output)
     print(f"wrote {args.output}")
     return report

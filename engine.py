@@ -201,6 +201,7 @@ def evaluate(
     data_loader: torch.utils.data.DataLoader,
     device: torch.device,
     class_names: list[str] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """COCO bbox (and segm, for mask models) stats: {"bbox": [12 floats], "segm": [12 floats]}.
 
@@ -210,7 +211,8 @@ def evaluate(
     "per_class": {"bbox": {name: AP}, "segm": {name: AP}}, printed as a table.
     Under DDP each rank runs the model on its own share of the test set, with rank 0's
     BatchNorm statistics (those that get saved); rank 0 scores all of them, in image id
-    order, and every rank returns the same stats.
+    order, and every rank returns the same stats. A `timings` dict receives this rank's
+    "images", "model_seconds" and "metric_seconds" (conversion to COCO and COCOeval).
     """
     utils.copy_buffers_from_rank_0(model)
     model.eval()
@@ -230,8 +232,13 @@ def evaluate(
             per_image.append((record, gt, *coco_detections(image_id, output), "masks" in output))
         logger.update(model_time=model_time, metric_time=time.time() - start)
 
+    start = time.time()
     per_image = sorted((item for part in utils.all_gather_object(per_image) for item in part), key=lambda i: i[0]["id"])
     stats = score_detections(per_image, class_names) if utils.is_main_process() else None
+    if timings is not None:
+        timings["images"] = logger.meters["model_time"].count
+        timings["model_seconds"] = logger.meters["model_time"].total
+        timings["metric_seconds"] = logger.meters["metric_time"].total + time.time() - start
     return utils.broadcast_object(stats)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchvision.io import write_png
+from PIL import Image
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 import utils
@@ -133,7 +133,8 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         for (index, image), output in zip(good, outputs, strict=True):
             keep = output["scores"] >= args.score_threshold
             output = {key: value[keep].cpu() for key, value in output.items()}
-            write_png(draw(image, output, class_names), str(output_dir / names[index]))
+            picture = draw(image, output, class_names).permute(1, 2, 0).numpy()
+            Image.fromarray(picture).save(output_dir / names[index])
             boxes, segms = coco_detections(index, output)
             for k, box in enumerate(boxes):
                 record = {"file_name": str(paths[index]), **box, "category_name": class_names[box["category_id"]]}

@@ -3,17 +3,31 @@ import json
 import bench
 
 
-def test_bench_measures_each_precision_in_its_own_process(pennfudan, tmp_path, capsys):
+def test_bench_measures_every_part_beside_the_tutorial_s_way(pennfudan, tmp_path, capsys):
     output = tmp_path / "bench.json"
     args = bench.get_args_parser().parse_args(
         ["--data-path", str(pennfudan), "--models", "maskrcnn_mobilenet_v3_large_fpn", "--min-size", "64",
-         "--max-size", "128", "--iterations", "2", "--warmup", "1", "-j", "0", "--output", str(output)]
+         "--max-size", "128", "--iterations", "2", "--warmup", "1", "-j", "0", "--test-size", "3",
+         "--output", str(output)]
     )  # fmt: skip
     report = bench.main(args)
     assert json.loads(output.read_text()) == json.loads(json.dumps(report))
+
+    assert [(row["pipeline"], row["workers"]) for row in report["data"]] == [
+        ("ours", 0), ("tutorial", 0), ("tutorial 2019", 0)
+    ]  # fmt: skip
+    assert all(row["images"] == 10 and row["images_per_second"] > 0 for row in report["data"])
+
     assert [row["precision"] for row in report["training"]] == ["float32", "bfloat16"]  # CPU: --amp is bfloat16
     for row in report["training"]:
         assert row["images_per_second"] > 0 and row["peak_memory_mb"] > 100
         assert abs(row["images_per_second"] * row["seconds_per_iteration"] - 2) < 1e-6  # 2 images per iteration
         assert row["final_loss"] > 0
-    assert "images_per_second" in capsys.readouterr().out  # the table
+
+    ours, tutorial = report["evaluation"]
+    assert ours["evaluation"] == "ours" and tutorial["evaluation"] == "tutorial"
+    assert ours["identical_ap"] is True and ours["bbox_ap"] == tutorial["bbox_ap"]
+    assert ours["images"] == 3 and ours["model_seconds_per_image"] + ours["metric_seconds_per_image"] > 0
+    assert ours["model_seconds_per_image"] <= ours["seconds_per_image"]
+    assert tutorial["metric_seconds_per_image"] is None  # the tutorial's way does not time them apart
+    assert "images_per_second" in capsys.readouterr().out  # the tables
