@@ -15,6 +15,9 @@
   and for the tutorial's way (torchvision's reference evaluate: one thread, and the
   ground truth rebuilt by loading and transforming every test image again), with the
   AP of both, which must be identical.
+- epoch: one whole training epoch (--epoch-images images, data loading included) of
+  train.py's pipeline and of the tutorial's (its dataset, transforms and loop), each in
+  a fresh process, with the first of --models.
 """
 
 from __future__ import annotations
@@ -47,11 +50,13 @@ from engine import (
     evaluate,
     score_detections,
     to_device,
+    train_one_epoch,
 )
+from group_by_aspect_ratio import GroupedBatchSampler, aspect_ratio_groups
 from model import MODELS, get_model, model_from_checkpoint
 from transforms import get_transform
 
-PARTS = ("data", "train", "eval")
+PARTS = ("data", "train", "eval", "epoch")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -72,6 +77,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--lr", type=float, default=0.001)
     add("--test-size", type=int, default=20, help="eval: images held out as train.py does (default: %(default)s)")
     add("--checkpoint", help="eval: a checkpoint of train.py to evaluate (default: the first of --models)")
+    add("--epoch-images", type=int, default=0, help="epoch: train on the first N images (default: all)")
     add("--output", default="bench.json", help="where the JSON goes (default: %(default)s)")
     return parser
 
@@ -229,6 +235,25 @@ def evaluate_like_the_tutorial(model: torch.nn.Module, loader: Any, device: torc
         torch.set_num_threads(threads)
 
 
+def train_like_the_tutorial(model: torch.nn.Module, optimizer: Any, loader: Any, device: torch.device) -> None:
+    """One epoch of the tutorial's loop (torchvision's reference train_one_epoch on one process)."""
+    model.train()
+    warmup_iters = min(1000, len(loader) - 1)
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / 1000, total_iters=max(warmup_iters, 1))
+    for images, targets in loader:
+        images = list(image.to(device) for image in images)
+        targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
+        loss_dict = model(images, targets)
+        losses = sum(loss for loss in loss_dict.values())
+        loss_value = losses.item()
+        if not np.isfinite(loss_value):
+            raise utils.UserError(f"the tutorial's loop diverged (loss {loss_value}); lower --lr")
+        optimizer.zero_grad()
+        losses.backward()
+        optimizer.step()
+        warmup.step()
+
+
 # ---------------------------------------------------------------------------
 # The measurements.
 
@@ -306,6 +331,36 @@ def measure_eval(args: argparse.Namespace) -> list[dict[str, Any]]:
     ]
 
 
+def measure_epoch(args: argparse.Namespace, loop: str) -> dict[str, Any]:
+    """Seconds for one training epoch, data loading included: train.py's way ("ours") or the tutorial's."""
+    device = torch.device(args.device)
+    ours = dataset_from_args(args, get_transform(True))
+    indices = list(range(min(args.epoch_images or len(ours), len(ours))))
+    common = {"num_workers": args.workers, "collate_fn": utils.collate_fn, "pin_memory": device.type == "cuda"}
+    torch.manual_seed(0)
+    if loop == "ours":
+        data = torch.utils.data.Subset(ours, indices)
+        sampler = torch.utils.data.DistributedSampler(data, num_replicas=1, rank=0, seed=0)
+        batches = GroupedBatchSampler(sampler, aspect_ratio_groups(data, 3), args.batch_size)
+        loader = torch.utils.data.DataLoader(data, batch_sampler=batches, **common)
+    else:
+        tutorial = TutorialDataset(ours.image_paths, ours.mask_paths, tutorial_transform())
+        data = torch.utils.data.Subset(tutorial, indices)
+        loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, shuffle=True, **common)
+    model = get_model(args.models[0], 2, weights=args.weights, min_size=args.min_size, max_size=args.max_size)
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=5e-4)
+    start = time.perf_counter()
+    if loop == "ours":
+        train_one_epoch(model, optimizer, loader, device, epoch=0, print_freq=10**9)
+    else:
+        train_like_the_tutorial(model, optimizer, loader, device)
+    _synchronize(device)
+    seconds = time.perf_counter() - start
+    return {"loop": loop, "images": len(indices), "seconds": seconds, "images_per_second": len(indices) / seconds}
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -355,6 +410,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         columns = {"evaluation": "", "images": "d", "seconds_per_image": ".3f", "model_seconds_per_image": ".3f"}
         columns.update(metric_seconds_per_image=".3f", bbox_ap=".4f", identical_ap="")
         print(table(report["evaluation"], columns))
+    if "epoch" in args.parts:
+        report["epoch"] = [in_fresh_process(measure_epoch, args, "ours")]
+        try:
+            report["epoch"].append(in_fresh_process(measure_epoch, args, "tutorial"))
+        except Exception as error:  # the tutorial's code fails on some data (a one-pixel-wide instance): say so
+            print(f"the tutorial's epoch failed: {utils.one_line(error)}")
+            report["epoch"].append({"loop": "tutorial", "images": None, "seconds": None, "images_per_second": None})
+            report["epoch"][-1]["error"] = utils.one_line(error)
+        print(f"one training epoch of {args.models[0]}")
+        print(table(report["epoch"], {"loop": "", "images": "d", "seconds": ".1f", "images_per_second": ".2f"}))
     utils.write_json(report, args.output)
     print(f"wrote {args.output}")
     return report

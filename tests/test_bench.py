@@ -4,6 +4,7 @@ import bench
 
 
 def test_bench_measures_every_part_beside_the_tutorial_s_way(pennfudan, tmp_path, capsys):
+    # Every part (data, train, eval, epoch) at a tiny size: what is measured, not how fast.
     output = tmp_path / "bench.json"
     args = bench.get_args_parser().parse_args(
         ["--data-path", str(pennfudan), "--models", "maskrcnn_mobilenet_v3_large_fpn", "--min-size", "64",
@@ -30,4 +31,9 @@ def test_bench_measures_every_part_beside_the_tutorial_s_way(pennfudan, tmp_path
     assert ours["images"] == 3 and ours["model_seconds_per_image"] + ours["metric_seconds_per_image"] > 0
     assert ours["model_seconds_per_image"] <= ours["seconds_per_image"]
     assert tutorial["metric_seconds_per_image"] is None  # the tutorial's way does not time them apart
+    ours, tutorial = report["epoch"]
+    assert ours["loop"] == "ours" and ours["images"] == 10 and ours["seconds"] > 0
+    # The synthetic data has a one-pixel-wide instance: the tutorial's masks_to_boxes gives it a zero-width box,
+    # which Mask R-CNN refuses; ours keeps it (COCO boxes: x2 = last column + 1).
+    assert "positive height and width" in tutorial["error"] and tutorial["seconds"] is None
     assert "images_per_second" in capsys.readouterr().out  # the tables
