@@ -282,14 +282,16 @@ def exit_with_user_error(error: BaseException) -> None:
 def distributed_env(environ: dict[str, str] | None = None) -> tuple[int, int, int] | None:
     """(rank, world size, local rank) from torchrun's or SLURM's variables; None for a plain process.
 
-    SLURM's srun sets SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID but not the rendezvous
-    address: on one node it defaults to this host, on several the job script must export
-    MASTER_ADDR (the first node's name) and may set MASTER_PORT (default 29500).
+    Under SLURM, each task that srun starts has SLURM_PROCID / SLURM_LOCALID and the
+    step's SLURM_STEP_NUM_TASKS (not SLURM_NTASKS: a batch script that runs python once
+    has SLURM_NTASKS too, and would wait forever for the other tasks). srun sets no
+    rendezvous address: on one node it defaults to this host, on several the job script
+    must export MASTER_ADDR (the first node's name) and may set MASTER_PORT (default 29500).
     """
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", 1)) > 1:
+    if "SLURM_PROCID" in env and int(env.get("SLURM_STEP_NUM_TASKS", 1)) > 1:
         if "MASTER_ADDR" not in env:
             if int(env.get("SLURM_NNODES", 1)) > 1:
                 raise UserError(
@@ -298,7 +300,7 @@ def distributed_env(environ: dict[str, str] | None = None) -> tuple[int, int, in
                 )
             env["MASTER_ADDR"] = "127.0.0.1"
         env.setdefault("MASTER_PORT", "29500")
-        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+        return int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"]), int(env.get("SLURM_LOCALID", 0))
     return None
 
 

@@ -99,8 +99,9 @@ def test_collate_keeps_images_and_targets_apart():
     [
         ({}, None),
         ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "n1", "MASTER_PORT": "1"}, (3, 4, 1)),
-        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, None),  # srun with one task: a plain process
-        ({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_NNODES": "1"}, (5, 8, 1)),
+        ({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1"}, None),  # srun with one task: a plain process
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, None),  # a batch script running python itself, not srun
+        ({"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "1", "SLURM_NNODES": "1"}, (5, 8, 1)),
     ],
 )
 def test_the_process_group_comes_from_torchrun_or_slurm_variables(environ, expected):
@@ -112,7 +113,7 @@ def test_the_process_group_comes_from_torchrun_or_slurm_variables(environ, expec
 
 def test_slurm_on_several_nodes_needs_master_addr():
     with pytest.raises(utils.UserError, match="export MASTER_ADDR"):
-        utils.distributed_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_NNODES": "2"})
+        utils.distributed_env({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "4", "SLURM_NNODES": "2"})
 
 
 def _collectives(rank, world_size, port, results):
