@@ -89,8 +89,9 @@ def make_loaders(args: argparse.Namespace, device: torch.device) -> tuple[Any, A
     every world_size-th test image, so each test image is counted exactly once.
     """
     data_path = Path(args.data_path)
-    if not data_path.exists() and args.download:
-        download_pennfudan(data_path)
+    if not data_path.exists() and args.download and utils.is_main_process():
+        download_pennfudan(data_path)  # once, by rank 0, while the other ranks wait
+    utils.barrier()
     train_data = dataset_from_args(args, get_transform(True, args.augmentation), include_crowd=False)
     if args.val_data_path or args.val_ann_file:  # a fixed validation set: train on every training image
         test_data = dataset_from_args(args, get_transform(False), validation=True)

@@ -382,6 +382,12 @@ def copy_buffers_from_rank_0(model: torch.nn.Module) -> None:
             dist.broadcast(buffer, src=0)
 
 
+def barrier() -> None:
+    """Wait until every rank gets here (nothing to wait for in one process)."""
+    if is_distributed():
+        dist.barrier()
+
+
 def mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
     """The mean of each scalar tensor across ranks (one all_reduce), as floats."""
     stacked = torch.stack([value.detach().float() for value in values.values()])
