@@ -52,7 +52,7 @@ from engine import (
     to_device,
     train_one_epoch,
 )
-from group_by_aspect_ratio import GroupedBatchSampler, aspect_ratio_groups
+from group_by_aspect_ratio import training_batches
 from model import MODELS, get_model, model_from_checkpoint
 from transforms import get_transform
 
@@ -91,6 +91,16 @@ def machine(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def model_and_optimizer(
+    args: argparse.Namespace, model_name: str, num_classes: int, device: torch.device
+) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The model (--weights, sizes) on `device` in training mode, and SGD as train.py makes it."""
+    model = get_model(model_name, num_classes, weights=args.weights, min_size=args.min_size, max_size=args.max_size)
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    return model, torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=5e-4)
+
+
 def measure_training(args: argparse.Namespace, model_name: str, amp: bool) -> dict[str, Any]:
     """Images per second over `iterations` steps after `warmup`, and peak memory, for one model and precision."""
     torch.manual_seed(0)
@@ -108,12 +118,7 @@ def measure_training(args: argparse.Namespace, model_name: str, amp: bool) -> di
         collate_fn=utils.collate_fn,
         pin_memory=device.type == "cuda",
     )
-    model = get_model(
-        model_name, len(data.classes), weights=args.weights, min_size=args.min_size, max_size=args.max_size
-    )
-    model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=5e-4)
+    model, optimizer = model_and_optimizer(args, model_name, len(data.classes), device)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda") if amp else None
 
     start = time.perf_counter()
@@ -340,17 +345,13 @@ def measure_epoch(args: argparse.Namespace, loop: str) -> dict[str, Any]:
     torch.manual_seed(0)
     if loop == "ours":
         data = torch.utils.data.Subset(ours, indices)
-        sampler = torch.utils.data.DistributedSampler(data, num_replicas=1, rank=0, seed=0)
-        batches = GroupedBatchSampler(sampler, aspect_ratio_groups(data, 3), args.batch_size)
+        batches = training_batches(data, args.batch_size, group_factor=3, seed=0)  # train.py's defaults
         loader = torch.utils.data.DataLoader(data, batch_sampler=batches, **common)
     else:
         tutorial = TutorialDataset(ours.image_paths, ours.mask_paths, tutorial_transform())
         data = torch.utils.data.Subset(tutorial, indices)
         loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, shuffle=True, **common)
-    model = get_model(args.models[0], 2, weights=args.weights, min_size=args.min_size, max_size=args.max_size)
-    model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=5e-4)
+    model, optimizer = model_and_optimizer(args, args.models[0], len(ours.classes), device)
     start = time.perf_counter()
     if loop == "ours":
         train_one_epoch(model, optimizer, loader, device, epoch=0, print_freq=10**9)

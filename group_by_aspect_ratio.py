@@ -66,3 +66,19 @@ class GroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)
+
+
+def training_batches(
+    dataset: torch.utils.data.Dataset,
+    batch_size: int,
+    group_factor: int,
+    seed: int,
+    num_replicas: int = 1,
+    rank: int = 0,
+) -> torch.utils.data.Sampler[list[int]]:
+    """train.py's batches: a seeded shuffle (call .sampler.set_epoch each epoch), this rank's share of it,
+    grouped by aspect ratio unless `group_factor` is negative. One process is num_replicas=1."""
+    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, seed=seed)
+    if group_factor < 0:
+        return torch.utils.data.BatchSampler(sampler, batch_size, drop_last=False)
+    return GroupedBatchSampler(sampler, aspect_ratio_groups(dataset, group_factor), batch_size)

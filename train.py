@@ -21,7 +21,7 @@ import utils
 from curves import TensorBoardLogger, plot_curves
 from dataset import add_dataset_args, dataset_from_args, download_pennfudan, split_indices
 from engine import evaluate, train_one_epoch
-from group_by_aspect_ratio import GroupedBatchSampler, aspect_ratio_groups
+from group_by_aspect_ratio import training_batches
 from model import MODELS, get_model, model_config
 from transforms import AUGMENTATIONS, get_transform
 
@@ -112,12 +112,9 @@ def make_loaders(args: argparse.Namespace, device: torch.device) -> tuple[Any, A
     rank, world_size = utils.get_rank(), utils.get_world_size()
     train_set = torch.utils.data.Subset(train_data, train_ids)
     # One sampler for one process and for many: a seeded shuffle per epoch (set_epoch), this rank's share of it.
-    sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=world_size, rank=rank, seed=args.seed)
-    if args.aspect_ratio_group_factor >= 0:
-        groups = aspect_ratio_groups(train_set, args.aspect_ratio_group_factor)
-        batches = GroupedBatchSampler(sampler, groups, args.batch_size)
-    else:
-        batches = torch.utils.data.BatchSampler(sampler, args.batch_size, drop_last=False)
+    batches = training_batches(
+        train_set, args.batch_size, args.aspect_ratio_group_factor, args.seed, num_replicas=world_size, rank=rank
+    )
     common = {"num_workers": args.workers, "collate_fn": utils.collate_fn, "pin_memory": device.type == "cuda"}
     train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=batches, **common)
     test_set = torch.utils.data.Subset(test_data, test_ids[rank::world_size])
