@@ -7,14 +7,15 @@
 - data: images per second through the training data pipeline (dataset, transforms,
   collate) with -j 0 and -j N, for our dataset class and for the tutorial's (as it is
   today, and as it was in 2019, finding each box with np.where).
-- train: training images per second and peak memory per model, float32 and --amp. Each
+- train: training images per second and peak memory per model, float32 and --amp,
+  contiguous and channels_last (--channels-last, train.py's default is on). Each
   runs in a fresh process, so its peak memory is its own: PyTorch's peak GPU allocation
   on CUDA (the training log's "max mem"), the process's peak RSS on the CPU. The first
   --warmup iterations are not timed.
-- eval: seconds per test image, split into model and metric time, for engine.evaluate
-  and for the tutorial's way (torchvision's reference evaluate: one thread, and the
-  ground truth rebuilt by loading and transforming every test image again), with the
-  AP of both, which must be identical.
+- eval: seconds per test image for the tutorial's way (torchvision's reference evaluate:
+  one thread, and the ground truth rebuilt by loading and transforming every test image
+  again) and for engine.evaluate (split into model and metric time) on the same model,
+  whose AP must be identical; then engine.evaluate on the model in channels_last.
 - epoch: one whole training epoch (--epoch-images images, data loading included) of
   train.py's pipeline and of the tutorial's (its dataset, transforms and loop), each in
   a fresh process, with the first of --models.
@@ -71,6 +72,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--min-size", type=int, default=800)
     add("--max-size", type=int, default=1333)
     add("--amp", choices=("off", "on", "both"), default="both", help="fp32, mixed precision, or each (default)")
+    add("--channels-last", choices=("off", "on", "both"), default="on", help="train: memory format(s) (default: on)")
     add("--iterations", type=int, default=20, help="timed training iterations (default: %(default)s)")
     add("--warmup", type=int, default=5, help="untimed iterations first (default: %(default)s)")
     add("-j", "--workers", type=int, default=4)
@@ -92,17 +94,21 @@ def machine(device: torch.device) -> dict[str, Any]:
 
 
 def model_and_optimizer(
-    args: argparse.Namespace, model_name: str, num_classes: int, device: torch.device
+    args: argparse.Namespace, model_name: str, num_classes: int, device: torch.device, channels_last: bool
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     """The model (--weights, sizes) on `device` in training mode, and SGD as train.py makes it."""
     model = get_model(model_name, num_classes, weights=args.weights, min_size=args.min_size, max_size=args.max_size)
-    model.to(device).train()
+    model.to(device, memory_format=memory_format(channels_last)).train()
     params = [p for p in model.parameters() if p.requires_grad]
     return model, torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=5e-4)
 
 
-def measure_training(args: argparse.Namespace, model_name: str, amp: bool) -> dict[str, Any]:
-    """Images per second over `iterations` steps after `warmup`, and peak memory, for one model and precision."""
+def memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def measure_training(args: argparse.Namespace, model_name: str, amp: bool, channels_last: bool) -> dict[str, Any]:
+    """Images per second over `iterations` steps after `warmup`, and peak memory, for one model and setting."""
     torch.manual_seed(0)
     device = torch.device(args.device)
     data = dataset_from_args(args, get_transform(True))
@@ -118,7 +124,7 @@ def measure_training(args: argparse.Namespace, model_name: str, amp: bool) -> di
         collate_fn=utils.collate_fn,
         pin_memory=device.type == "cuda",
     )
-    model, optimizer = model_and_optimizer(args, model_name, len(data.classes), device)
+    model, optimizer = model_and_optimizer(args, model_name, len(data.classes), device, channels_last)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda") if amp else None
 
     start = time.perf_counter()
@@ -135,6 +141,7 @@ def measure_training(args: argparse.Namespace, model_name: str, amp: bool) -> di
     return {
         "model": model_name,
         "precision": ("float16" if device.type == "cuda" else "bfloat16") if amp else "float32",
+        "channels_last": channels_last,
         "batch_size": args.batch_size,
         "min_size": args.min_size,
         "max_size": args.max_size,
@@ -283,15 +290,28 @@ def measure_data(args: argparse.Namespace) -> list[dict[str, Any]]:
                 data, batch_size=args.batch_size, num_workers=workers, collate_fn=utils.collate_fn
             )
             start = time.perf_counter()
-            count = sum(len(images) for images, _ in loader)
+            batches = iter(loader)
+            count = len(next(batches)[0])
+            first_batch = time.perf_counter() - start  # what every epoch pays again unless workers persist
+            count += sum(len(images) for images, _ in batches)
             seconds = time.perf_counter() - start
-            rows.append({"pipeline": name, "workers": workers, "images": count, "images_per_second": count / seconds})
+            rows.append(
+                {
+                    "pipeline": name,
+                    "workers": workers,
+                    "images": count,
+                    "images_per_second": count / seconds,
+                    "first_batch_seconds": first_batch,
+                }
+            )
             print(f"data {name}, -j {workers}: {count / seconds:.1f} images/s", flush=True)
     return rows
 
 
 def measure_eval(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Seconds per test image, ours and the tutorial's way, on the split train.py would hold out."""
+    """Seconds per test image on the split train.py would hold out: the tutorial's way, ours on the same model,
+    and ours with --channels-last (train.py's default) unless it is off. The AP of the first two must be
+    identical; channels_last changes the arithmetic's order, so its AP is reported, not required equal."""
     device = torch.device(args.device)
     if args.checkpoint:
         model, _ = model_from_checkpoint(args.checkpoint)
@@ -304,36 +324,39 @@ def measure_eval(args: argparse.Namespace) -> list[dict[str, Any]]:
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(data, test_ids), batch_size=1, num_workers=args.workers, collate_fn=utils.collate_fn
     )
-    with torch.inference_mode():  # warm up (lazy initialisation, caches) before either is timed
-        model([loader.dataset[0][0].to(device)])
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    ours = evaluate(model, loader, device, timings=timings)
-    ours_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    theirs = evaluate_like_the_tutorial(model, loader, device)
-    theirs_seconds = time.perf_counter() - start
-    same = ours["bbox"] == theirs["bbox"] and ours.get("segm") == theirs.get("segm")
     n = len(test_ids)
-    common = {"images": n, "identical_ap": same}
-    return [
-        {
-            "evaluation": "ours",
-            **common,
-            "seconds_per_image": ours_seconds / n,
-            "model_seconds_per_image": timings["model_seconds"] / n,
-            "metric_seconds_per_image": timings["metric_seconds"] / n,
-            "bbox_ap": ours["bbox"][0],
-        },
-        {
-            "evaluation": "tutorial",
-            **common,
-            "seconds_per_image": theirs_seconds / n,
-            "model_seconds_per_image": None,  # not timed apart in the reference's way
-            "metric_seconds_per_image": None,
-            "bbox_ap": theirs["bbox"][0],
-        },
-    ]
+    ways = [("tutorial", False), ("ours", False)] + [("ours", True)] * (args.channels_last != "off")
+    rows = []
+    for way, channels_last in ways:
+        model.to(memory_format=memory_format(channels_last))
+        with torch.inference_mode():  # warm up (lazy initialisation, caches) before it is timed
+            model([loader.dataset[0][0].to(device)])
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        if way == "ours":
+            stats = evaluate(model, loader, device, timings=timings)
+        else:
+            stats = evaluate_like_the_tutorial(model, loader, device)
+        seconds = time.perf_counter() - start
+        rows.append(
+            {
+                "evaluation": way + (" + channels_last" if channels_last else ""),
+                "images": n,
+                "seconds_per_image": seconds / n,
+                "model_seconds_per_image": timings["model_seconds"] / n if timings else None,
+                "metric_seconds_per_image": timings["metric_seconds"] / n if timings else None,
+                "bbox_ap": stats["bbox"][0],
+                "segm_ap": stats["segm"][0] if "segm" in stats else None,
+                "stats": stats,
+            }
+        )
+    same = rows[0]["stats"]["bbox"] == rows[1]["stats"]["bbox"] and rows[0]["stats"].get("segm") == rows[1][
+        "stats"
+    ].get("segm")
+    for row in rows:
+        row["identical_ap"] = same if row is rows[1] else None
+        row["speed_up"] = rows[0]["seconds_per_image"] / row["seconds_per_image"]
+    return rows
 
 
 def measure_epoch(args: argparse.Namespace, loop: str) -> dict[str, Any]:
@@ -351,7 +374,8 @@ def measure_epoch(args: argparse.Namespace, loop: str) -> dict[str, Any]:
         tutorial = TutorialDataset(ours.image_paths, ours.mask_paths, tutorial_transform())
         data = torch.utils.data.Subset(tutorial, indices)
         loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, shuffle=True, **common)
-    model, optimizer = model_and_optimizer(args, args.models[0], len(ours.classes), device)
+    channels_last = loop == "ours" and args.channels_last != "off"
+    model, optimizer = model_and_optimizer(args, args.models[0], len(ours.classes), device, channels_last)
     start = time.perf_counter()
     if loop == "ours":
         train_one_epoch(model, optimizer, loader, device, epoch=0, print_freq=10**9)
@@ -392,24 +416,27 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     print(f"{args.data_path} on {report['machine']}")
     if "data" in args.parts:
         report["data"] = measure_data(args)
-        print(table(report["data"], {"pipeline": "", "workers": "d", "images": "d", "images_per_second": ".1f"}))
+        columns = {"pipeline": "", "workers": "d", "images": "d", "images_per_second": ".1f"}
+        print(table(report["data"], {**columns, "first_batch_seconds": ".2f"}))
     if "train" in args.parts:
-        precisions = {"off": [False], "on": [True], "both": [False, True]}[args.amp]
+        choices = {"off": [False], "on": [True], "both": [False, True]}
         rows = []
         for model_name in args.models:
-            for amp in precisions:
-                row = in_fresh_process(measure_training, args, model_name, amp)
-                print(f"{model_name} {row['precision']}: {row['images_per_second']:.2f} images/s", flush=True)
-                rows.append(row)
+            for amp in choices[args.amp]:
+                for channels_last in choices[args.channels_last]:
+                    row = in_fresh_process(measure_training, args, model_name, amp, channels_last)
+                    setting = f"{row['precision']}{', channels_last' if channels_last else ''}"
+                    print(f"{model_name} {setting}: {row['images_per_second']:.2f} images/s", flush=True)
+                    rows.append(row)
         report["training"] = rows
-        columns = {"model": "", "precision": "", "batch_size": "d", "min_size": "d"}
+        columns = {"model": "", "precision": "", "channels_last": "", "batch_size": "d", "min_size": "d"}
         columns.update(images_per_second=".2f", seconds_per_iteration=".3f", peak_memory_mb=".0f")
         print(f"training: {args.iterations} timed iterations after {args.warmup}")
         print(table(rows, columns))
     if "eval" in args.parts:
         report["evaluation"] = measure_eval(args)
         columns = {"evaluation": "", "images": "d", "seconds_per_image": ".3f", "model_seconds_per_image": ".3f"}
-        columns.update(metric_seconds_per_image=".3f", bbox_ap=".4f", identical_ap="")
+        columns.update(metric_seconds_per_image=".3f", speed_up=".2f", bbox_ap=".4f", segm_ap=".4f", identical_ap="")
         print(table(report["evaluation"], columns))
     if "epoch" in args.parts:
         report["epoch"] = [in_fresh_process(measure_epoch, args, "ours")]

@@ -18,19 +18,22 @@ def test_bench_measures_every_part_beside_the_tutorial_s_way(pennfudan, tmp_path
         ("ours", 0), ("tutorial", 0), ("tutorial 2019", 0)
     ]  # fmt: skip
     assert all(row["images"] == 10 and row["images_per_second"] > 0 for row in report["data"])
+    assert all(0 < row["first_batch_seconds"] * row["images_per_second"] < 10 for row in report["data"])
 
     assert [row["precision"] for row in report["training"]] == ["float32", "bfloat16"]  # CPU: --amp is bfloat16
+    assert all(row["channels_last"] for row in report["training"])  # train.py's default
     for row in report["training"]:
         assert row["images_per_second"] > 0 and row["peak_memory_mb"] > 100
         assert abs(row["images_per_second"] * row["seconds_per_iteration"] - 2) < 1e-6  # 2 images per iteration
         assert row["final_loss"] > 0
 
-    ours, tutorial = report["evaluation"]
-    assert ours["evaluation"] == "ours" and tutorial["evaluation"] == "tutorial"
-    assert ours["identical_ap"] is True and ours["bbox_ap"] == tutorial["bbox_ap"]
+    tutorial, ours, channels_last = report["evaluation"]
+    assert [row["evaluation"] for row in report["evaluation"]] == ["tutorial", "ours", "ours + channels_last"]
+    assert ours["identical_ap"] is True and ours["stats"] == tutorial["stats"]
     assert ours["images"] == 3 and ours["model_seconds_per_image"] + ours["metric_seconds_per_image"] > 0
     assert ours["model_seconds_per_image"] <= ours["seconds_per_image"]
-    assert tutorial["metric_seconds_per_image"] is None  # the tutorial's way does not time them apart
+    assert tutorial["metric_seconds_per_image"] is None and tutorial["speed_up"] == 1  # not timed apart there
+    assert channels_last["speed_up"] == tutorial["seconds_per_image"] / channels_last["seconds_per_image"]
     ours, tutorial = report["epoch"]
     assert ours["loop"] == "ours" and ours["images"] == 10 and ours["seconds"] > 0
     # The synthetic data has a one-pixel-wide instance: the tutorial's masks_to_boxes gives it a zero-width box,
