@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import shutil
 import sys
 import tempfile
@@ -49,21 +50,40 @@ def read_image(path: Path) -> tv_tensors.Image:
     try:
         with Image.open(path) as img:
             return tv_tensors.Image(F.pil_to_tensor(img.convert("RGB")))
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:  # PIL: SyntaxError if broken
         raise UserError(f"{path}: cannot read the image ({error}); replace or remove the file") from error
 
 
+MAX_COLOUR_INSTANCES = 1000  # more colours than this in an RGB mask: a photo, or lossy or anti-aliased edges
+
+
 def read_instance_mask(path: Path) -> np.ndarray:
-    """An instance mask as an H x W integer array: 0 is background, each other value one instance."""
+    """An instance mask as an H x W integer array: 0 is background, each other value one instance.
+
+    Indexed (palette), grayscale, 16-bit and float masks give their values; RGB(A) masks,
+    as many annotation tools export them, give one instance per colour, black the background.
+    """
     try:
         with Image.open(path) as img:
+            if img.mode in ("RGB", "RGBA"):
+                rgb = np.asarray(img.convert("RGB")).astype(np.int32)
+                codes = rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2]  # black is 0: background
+                colours = len(np.unique(codes))
+                if colours > MAX_COLOUR_INSTANCES:
+                    raise UserError(
+                        f"{path}: an RGB mask with {colours} colours; give each instance one exact colour on black "
+                        "and save it as PNG (JPEG and anti-aliasing blend colours)"
+                    )
+                return codes
+            if img.mode == "LA":
+                img = img.convert("L")
             if img.mode not in ("P", "L", "1", "I", "I;16", "I;16B", "I;16L", "F"):
                 raise UserError(
-                    f"{path}: mask is mode {img.mode}; save instance masks as indexed (palette), "
-                    "grayscale or 16-bit PNGs where each instance has its own value and 0 is background"
+                    f"{path}: mask is mode {img.mode}; save instance masks as indexed (palette), grayscale, "
+                    "16-bit or RGB PNGs where each instance has its own value or colour and 0 (black) is background"
                 )
             return np.asarray(img)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise UserError(f"{path}: cannot read the mask ({error}); replace or remove the file") from error
 
 
@@ -164,6 +184,13 @@ class MaskFolderDataset(torch.utils.data.Dataset):
         return len(self.image_paths)
 
     def __getitem__(self, idx: int) -> tuple[Any, dict[str, Any]]:
+        image, target = self.load(idx)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def load(self, idx: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        """Sample `idx` before transforms; a UserError names the file if it is broken."""
         image = read_image(self.image_paths[idx])
         instance_mask = read_instance_mask(self.mask_paths[idx])
         if instance_mask.shape != tuple(image.shape[-2:]):
@@ -171,10 +198,7 @@ class MaskFolderDataset(torch.utils.data.Dataset):
                 f"{self.mask_paths[idx]}: mask is {instance_mask.shape[1]}x{instance_mask.shape[0]} but its image "
                 f"{self.image_paths[idx].name} is {image.shape[-1]}x{image.shape[-2]}; masks must match their image"
             )
-        target = masks_to_target(instance_mask, image_id=idx)
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
+        return image, masks_to_target(instance_mask, image_id=idx)
 
     def get_height_and_width(self, idx: int) -> tuple[int, int]:
         """(height, width) of image `idx`, from its header alone: the pixels are not decoded."""
@@ -197,6 +221,40 @@ class PennFudanDataset(MaskFolderDataset):
         self.classes = ["background", "person"]
 
 
+# The keys without which pycocotools cannot index a COCO file, or we cannot find and size an image.
+COCO_REQUIRED_KEYS = {"images": ("id", "file_name", "height", "width"), "annotations": ("id", "image_id"),
+                      "categories": ("id",)}  # fmt: skip
+
+
+def read_coco(ann_file: Path) -> Any:
+    """A pycocotools COCO index of `ann_file`, after checking the structure it relies on."""
+    from pycocotools.coco import COCO  # only COCO-format users pay for the import
+
+    try:
+        data = json.loads(ann_file.read_bytes())
+    except ValueError as error:  # json's and unicode's errors
+        raise UserError(f"{ann_file}: not valid json ({error}); check the file is a COCO instances json") from error
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{ann_file}: holds a json {type(data).__name__}, not a COCO object with images and annotations"
+        )
+    for section, keys in COCO_REQUIRED_KEYS.items():
+        entries = data.get(section)
+        if not isinstance(entries, list):
+            raise UserError(
+                f'{ann_file}: no "{section}" list; COCO instances files have images, annotations, categories'
+            )
+        for k, entry in enumerate(entries):
+            missing = [key for key in keys if not isinstance(entry, dict) or key not in entry]
+            if missing:
+                raise UserError(f'{ann_file}: {section}[{k}] has no "{missing[0]}"; each of {section} needs {keys}')
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        coco.createIndex()
+    return coco
+
+
 class CocoDataset(torch.utils.data.Dataset):
     """Images in `image_dir` with COCO instance annotations (polygons, RLE or compressed RLE) in `ann_file`.
 
@@ -214,32 +272,24 @@ class CocoDataset(torch.utils.data.Dataset):
         include_crowd: bool = True,
         strict: bool = True,
     ) -> None:
-        from pycocotools.coco import COCO  # only COCO-format users pay for the import
-
         self.image_dir, self.ann_file = Path(image_dir), Path(ann_file)
         self.problems: list[str] = []  # with strict=False: what would have raised, for `dataset.py check`
         if not self.image_dir.is_dir():
             raise UserError(f"{self.image_dir}: image folder not found; check --data-path")
         if not self.ann_file.is_file():
             raise UserError(f"{self.ann_file}: annotation file not found; check --ann-file")
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-                self.coco = COCO(str(self.ann_file))
-            categories = sorted(self.coco.cats.values(), key=lambda c: c["id"])
-            self.label_of = {c["id"]: label for label, c in enumerate(categories, start=1)}
-            self.classes = ["background", *(str(c.get("name", c["id"])) for c in categories)]
-            self.image_ids = sorted(self.coco.imgs)
-            self.image_paths = [self.image_dir / self.coco.imgs[i]["file_name"] for i in self.image_ids]
-        except (ValueError, KeyError, TypeError, AssertionError) as error:
-            raise UserError(f"{self.ann_file}: not a COCO instances file ({type(error).__name__}: {error})") from error
+        self.coco = read_coco(self.ann_file)
+        categories = sorted(self.coco.cats.values(), key=lambda c: c["id"])
+        self.label_of = {c["id"]: label for label, c in enumerate(categories, start=1)}
+        self.classes = ["background", *(str(c.get("name", c["id"])) for c in categories)]
+        self.image_ids = sorted(self.coco.imgs)
+        self.image_paths = [self.image_dir / self.coco.imgs[i]["file_name"] for i in self.image_ids]
+        # An annotation that cannot become a target makes its image a bad sample: load() raises its problem.
+        self.bad_annotations: dict[int, str] = {}
         for annotation in self.coco.anns.values():
-            if annotation["category_id"] not in self.label_of:
-                message = (
-                    f"{self.ann_file}: annotation {annotation['id']} has category_id {annotation['category_id']}, "
-                    "which is not in categories; add the category or fix the annotation"
-                )
-                _problem(self.problems, message, strict)
-                self.coco.imgToAnns[annotation["image_id"]].remove(annotation)
+            problem = self._annotation_problem(annotation)
+            if problem and annotation["image_id"] not in self.bad_annotations:
+                self.bad_annotations[annotation["image_id"]] = problem
         found = []
         for i, path in enumerate(self.image_paths):
             if path.is_file():
@@ -260,7 +310,46 @@ class CocoDataset(torch.utils.data.Dataset):
         """Annotations of image `idx` that are not crowd regions, without decoding anything."""
         return sum(not a.get("iscrowd", 0) for a in self.coco.imgToAnns[self.image_ids[idx]])
 
+    def _annotation_problem(self, annotation: dict[str, Any]) -> str | None:
+        """What makes `annotation` unusable, naming the file, the annotation and its image; None if usable."""
+        info = self.coco.imgs.get(annotation["image_id"])
+        if info is None:
+            return None  # of no listed image: never read
+        where = f"{self.ann_file}: annotation {annotation['id']} of {info['file_name']}"
+        category = annotation.get("category_id")
+        if category not in self.label_of:
+            return f"{where} has category_id {category}, which is not in categories; add the category or fix it"
+        bbox = annotation.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)):
+            return f"{where} has bbox {bbox}; COCO boxes are [x, y, width, height]"
+        segmentation = annotation.get("segmentation")
+        if isinstance(segmentation, list):
+            if not segmentation:
+                return f"{where} has an empty segmentation; give it a polygon or delete the annotation"
+            for polygon in segmentation:
+                if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2:
+                    points = len(polygon) / 2 if isinstance(polygon, list) else polygon
+                    return f"{where} has a polygon of {points} points; a polygon needs 3 or more (x, y) points"
+        elif isinstance(segmentation, dict):
+            if segmentation.get("size") != [info["height"], info["width"]] or "counts" not in segmentation:
+                return (
+                    f"{where} has an RLE of size {segmentation.get('size')} for an image of "
+                    f"height {info['height']} and width {info['width']}; fix its size or counts"
+                )
+        else:
+            return f'{where} has no "segmentation" (polygons or RLE): Mask R-CNN learns from masks'
+        return None
+
     def __getitem__(self, idx: int) -> tuple[Any, dict[str, Any]]:
+        image, target = self.load(idx)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def load(self, idx: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        """Sample `idx` before transforms; a UserError names the file if it or an annotation of it is broken."""
+        if self.image_ids[idx] in self.bad_annotations:
+            raise UserError(self.bad_annotations[self.image_ids[idx]])
         image = read_image(self.image_paths[idx])
         height, width = image.shape[-2:]
         info = self.coco.imgs[self.image_ids[idx]]
@@ -289,8 +378,6 @@ class CocoDataset(torch.utils.data.Dataset):
             ),
             "iscrowd": torch.tensor([int(a.get("iscrowd", 0)) for a in annotations], dtype=torch.int64),
         }
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
         return image, target
 
     def get_height_and_width(self, idx: int) -> tuple[int, int]:
@@ -328,7 +415,7 @@ def get_dataset(
             raise UserError("--dataset coco needs --ann-file PATH: the COCO instances json")
         return CocoDataset(data_path, ann_file, transforms, include_crowd, strict)
     if name is None:
-        is_pennfudan = (data_path / "PNGImages").is_dir() and (data_path / "PedMasks").is_dir()
+        is_pennfudan = (data_path / "PNGImages").is_dir() or (data_path / "PedMasks").is_dir()  # one may be missing
         name = "pennfudan" if is_pennfudan or not data_path.exists() else "folder"
     if name == "pennfudan":
         return PennFudanDataset(data_path, transforms, strict)
@@ -414,6 +501,32 @@ def dataset_from_args(
         ann_file = args.val_ann_file or ann_file
     options = {"image_suffix": args.image_suffix, "mask_suffix": args.mask_suffix, "mask_path": mask_path}
     return get_dataset(args.dataset, data_path, transforms, ann_file=ann_file, **options, **kwargs)
+
+
+class _Probe(torch.utils.data.Dataset):
+    """Loads sample indices[k] and yields (index, its problem or None): no pixels cross between processes."""
+
+    def __init__(self, dataset: Any, indices: list[int]) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[int, str | None]:
+        idx = self.indices[k]
+        try:
+            getattr(self.dataset, "load", self.dataset.__getitem__)(idx)  # before transforms where it can
+        except UserError as error:
+            return idx, str(error)
+        return idx, None
+
+
+def find_bad_samples(dataset: Any, indices: list[int], workers: int = 0) -> dict[int, str]:
+    """Read samples `indices` once, in `workers` processes: {index: one-line problem} for each that fails."""
+    loader = torch.utils.data.DataLoader(
+        _Probe(dataset, list(indices)), batch_size=None, num_workers=workers, generator=torch.Generator()
+    )
+    return {idx: problem for idx, problem in loader if problem is not None}
 
 
 def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:

@@ -19,7 +19,7 @@ import torch
 
 import utils
 from curves import TensorBoardLogger, plot_curves
-from dataset import add_dataset_args, dataset_from_args, download_pennfudan, split_indices
+from dataset import add_dataset_args, dataset_from_args, download_pennfudan, find_bad_samples, split_indices
 from engine import evaluate, train_one_epoch
 from group_by_aspect_ratio import training_batches
 from model import MODELS, get_model, model_config
@@ -51,6 +51,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--max-size", type=int, default=1333, help="longer image side at most (default: %(default)s)")
     add("--augmentation", default="hflip", choices=AUGMENTATIONS, help="training augmentation (default: %(default)s)")
     add("--amp", action="store_true", help="mixed precision: float16 on CUDA, bfloat16 on CPU")
+    add("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC convolutions (default: on)")
     add("--aspect-ratio-group-factor", type=int, default=3, help="batch by aspect ratio; -1: off (default: 3)")
     add("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs under torchrun (CUDA only)")
     add("--print-freq", type=int, default=10, help="iterations between progress lines (default: %(default)s)")
@@ -59,6 +60,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--test-only", action="store_true", help="only evaluate the --resume checkpoint on the test split")
     add("--use-deterministic-algorithms", action="store_true", help="reproducible results, at some cost in speed")
     add("--tensorboard", action="store_true", help="also log losses, AP and lr to --output-dir/tensorboard")
+    add("--skip-bad-samples", action="store_true", help="leave out unreadable or broken samples (default: stop)")
     return parser
 
 
@@ -82,6 +84,35 @@ def check_args(args: argparse.Namespace) -> None:
         raise utils.UserError("--sync-bn: SyncBatchNorm runs on CUDA only; drop it when training on CPU processes")
 
 
+def preflight(args: argparse.Namespace, *splits: tuple[Any, list[int]]) -> tuple[list[int], list[int], list[str]]:
+    """Read every sample once before training, so that a broken file stops the run now, not hours into it.
+
+    Each rank reads its share. Without --skip-bad-samples the first problem stops the run
+    (one line, exit 2); with it, each bad sample is left out with a warning. Returns the
+    train and test indices that remain, and the problems (for split.json).
+    """
+    start, rank, world_size = time.time(), utils.get_rank(), utils.get_world_size()
+    problems = list(dict.fromkeys(problem for data, _ in splits for problem in getattr(data, "problems", [])))
+    kept = []
+    for data, ids in splits:
+        bad: dict[int, str] = {}
+        for part in utils.all_gather_object(find_bad_samples(data, ids[rank::world_size], args.workers)):
+            bad.update(part)
+        problems += [bad[i] for i in ids if i in bad]
+        kept.append([i for i in ids if i not in bad])
+    if problems and not args.skip_bad_samples:
+        more = f" ({len(problems)} bad samples: python dataset.py check lists them all)" if len(problems) > 1 else ""
+        raise utils.UserError(f"{problems[0]}{more}; or leave them out with --skip-bad-samples")
+    for problem in problems:
+        print(f"warning: {problem}; skipped (--skip-bad-samples)")
+    train_ids, test_ids = kept
+    if not train_ids or not test_ids:
+        raise utils.UserError(f"{args.data_path}: no readable {'training' if not train_ids else 'test'} images left")
+    total = sum(len(ids) for _, ids in splits)
+    print(f"Read {total} samples in {time.time() - start:.1f} s: {len(problems)} bad")
+    return train_ids, test_ids, problems
+
+
 def make_loaders(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any, Any, dict]:
     """The train and test DataLoaders over a seeded split, the dataset, and the split by file name.
 
@@ -92,22 +123,25 @@ def make_loaders(args: argparse.Namespace, device: torch.device) -> tuple[Any, A
     if not data_path.exists() and args.download and utils.is_main_process():
         download_pennfudan(data_path)  # once, by rank 0, while the other ranks wait
     utils.barrier()
-    train_data = dataset_from_args(args, get_transform(True, args.augmentation), include_crowd=False)
+    strict = not args.skip_bad_samples  # strict: a missing file stops the run; else it is left out, with a warning
+    train_data = dataset_from_args(args, get_transform(True, args.augmentation), include_crowd=False, strict=strict)
     if args.val_data_path or args.val_ann_file:  # a fixed validation set: train on every training image
-        test_data = dataset_from_args(args, get_transform(False), validation=True)
+        test_data = dataset_from_args(args, get_transform(False), validation=True, strict=strict)
         train_ids, test_ids = list(range(len(train_data))), list(range(len(test_data)))
         if test_data.classes != train_data.classes:
             raise utils.UserError(
                 f"the validation set's classes {test_data.classes[1:]} differ from the training set's"
             )
     else:
-        test_data = dataset_from_args(args, get_transform(False))
+        test_data = dataset_from_args(args, get_transform(False), strict=strict)
         train_ids, test_ids = split_indices(len(train_data), args.test_size, args.seed)
     if hasattr(train_data, "num_instances"):  # COCO files list unlabelled images: evaluate on them, do not train
         train_ids = [i for i in train_ids if train_data.num_instances(i) > 0]
+    train_ids, test_ids, skipped = preflight(args, (train_data, train_ids), (test_data, test_ids))
     split = {
         "train": [train_data.image_paths[i].name for i in train_ids],
         "test": [test_data.image_paths[i].name for i in test_ids],
+        "skipped": skipped,
     }
     rank, world_size = utils.get_rank(), utils.get_world_size()
     train_set = torch.utils.data.Subset(train_data, train_ids)
@@ -116,9 +150,14 @@ def make_loaders(args: argparse.Namespace, device: torch.device) -> tuple[Any, A
         train_set, args.batch_size, args.aspect_ratio_group_factor, args.seed, num_replicas=world_size, rank=rank
     )
     common = {"num_workers": args.workers, "collate_fn": utils.collate_fn, "pin_memory": device.type == "cuda"}
+    # Training workers start again each epoch, seeded from the main RNG, which a checkpoint restores: a resumed run
+    # augments as the straight one did. Test workers have nothing random: they persist (bench.py: first batch time),
+    # seeded from their own generator, so that the main RNG is drawn from the same way with and without a resume.
     train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=batches, **common)
     test_set = torch.utils.data.Subset(test_data, test_ids[rank::world_size])
-    test_loader = torch.utils.data.DataLoader(test_set, batch_size=1, **common)
+    test_loader = torch.utils.data.DataLoader(
+        test_set, batch_size=1, persistent_workers=args.workers > 0, generator=torch.Generator(), **common
+    )
     return train_loader, test_loader, train_data, split
 
 
@@ -141,7 +180,7 @@ def main(args: argparse.Namespace) -> dict[str, list[float]] | None:
         trainable_backbone_layers=args.trainable_backbone_layers,
         min_size=args.min_size,
         max_size=args.max_size,
-    ).to(device)
+    ).to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
     model_without_ddp = model  # what is saved, evaluated and resumed
     if utils.is_distributed():
         if args.sync_bn:
@@ -188,6 +227,8 @@ def main(args: argparse.Namespace) -> dict[str, list[float]] | None:
         return stats
 
     if utils.is_main_process():
+        for path in utils.remove_stale_temporaries(output_dir):  # left by a run that was killed while writing
+            print(f"removed {path}, an unfinished write of a killed run")
         utils.write_json({**vars(args), "class_names": dataset.classes}, output_dir / "args.json")
         utils.write_json(split, output_dir / "split.json")
         utils.write_jsonl(history, output_dir / "metrics.jsonl")  # drops epochs the checkpoint does not hold

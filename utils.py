@@ -222,6 +222,20 @@ def atomic_write(path: str | Path, write: Any) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+    folder = os.open(path.parent, os.O_RDONLY)  # the rename survives a power cut once the folder is on disk too
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that atomic_write leaves behind when its process is killed (kill -9 cannot be
+    caught): `.NAME.XXXXXXXX.tmp`. Call it before writing into `folder`; returns what it deleted."""
+    stale = sorted(Path(folder).glob(".*.tmp")) if Path(folder).is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> None:

@@ -211,3 +211,15 @@ def write_coco(folder: Path, plants: list[tuple[str, np.ndarray, np.ndarray]]) -
     path = folder / "instances.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return path
+
+
+@pytest.fixture
+def coco_folder(tmp_path):
+    """Three images from the synthetic layout as COCO json: two PNG, one JPEG, one without annotations."""
+    plants = []
+    for index, name in ((0, "a.png"), (1, "b.jpg"), (2, "c.png")):
+        height, width, instances = LAYOUT[index]
+        mask = instance_mask(height, width, instances)
+        pixels = np.where(mask[..., None] > 0, 200, 30).astype(np.uint8).repeat(3, axis=2)
+        plants.append((name, pixels, mask))
+    return tmp_path, write_coco(tmp_path, plants), plants

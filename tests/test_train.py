@@ -240,6 +240,6 @@ def test_a_fixed_validation_set_replaces_the_split(pennfudan, pennfudan_master, 
     run_main("--data-path", pennfudan, "--val-data-path", pennfudan_master, *FAST, "--epochs", 1, "--output-dir", out)
     split = json.loads((out / "split.json").read_text())
     names = sorted(p.name for p in (pennfudan / "PNGImages").iterdir())
-    assert split == {"train": names, "test": names}  # every image trains; --test-size is not used
+    assert split == {"train": names, "test": names, "skipped": []}  # every image trains; --test-size is unused
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(record["segm"]) == 12
