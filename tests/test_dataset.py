@@ -82,6 +82,19 @@ def test_sixteen_bit_mask(pennfudan):
     assert target["boxes"].tolist() == [[10, 10, 30, 20], [50, 40, 90, 60]]
 
 
+def test_four_bit_palette_mask(pennfudan):
+    # 46 of CVPPP's masks are 4-bit palette PNGs, which torchvision.io (the tutorial's reader) misreads; PIL does not.
+    mask = np.zeros((96, 128), np.uint8)
+    mask[10:20, 10:30], mask[40:60, 50:90], mask[70:80, 5:9] = 3, 15, 9
+    palette_mask = Image.fromarray(mask, mode="P")
+    palette_mask.putpalette([v for i in range(16) for v in (i * 16, 255 - i * 16, 0)])
+    path = pennfudan / "PedMasks" / "FudanPed00000_mask.png"
+    palette_mask.save(path, bits=4)
+    assert path.read_bytes()[24:26] == bytes([4, 3])  # IHDR: bit depth 4, colour type 3 (palette)
+    _, target = PennFudanDataset(pennfudan)[0]
+    assert target["boxes"].tolist() == [[10, 10, 30, 20], [5, 70, 9, 80], [50, 40, 90, 60]]  # values 3, 9, 15
+
+
 def test_every_image_mode_becomes_rgb(pennfudan):
     dataset = PennFudanDataset(pennfudan)
     for index, mode in {4: "L", 5: "RGBA", 6: "P"}.items():
