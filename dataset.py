@@ -327,9 +327,10 @@ class CocoDataset(torch.utils.data.Dataset):
             if not segmentation:
                 return f"{where} has an empty segmentation; give it a polygon or delete the annotation"
             for polygon in segmentation:
-                if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2:
-                    points = len(polygon) / 2 if isinstance(polygon, list) else polygon
-                    return f"{where} has a polygon of {points} points; a polygon needs 3 or more (x, y) points"
+                if not isinstance(polygon, list) or len(polygon) % 2:
+                    return f"{where} has a polygon {str(polygon)[:40]}; polygons are [x1, y1, x2, y2, ...] lists"
+                if len(polygon) < 6:
+                    return f"{where} has a polygon of {len(polygon) // 2} points; a polygon needs 3 or more"
         elif isinstance(segmentation, dict):
             if segmentation.get("size") != [info["height"], info["width"]] or "counts" not in segmentation:
                 return (

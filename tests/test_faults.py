@@ -118,7 +118,11 @@ BROKEN_COCO = {
     ),
     "polygon of two points": (
         lambda f: _coco(f, _polygon_of_two_points),
-        "instances.json: annotation 4 of b.jpg has a polygon of 2.0 points; a polygon needs 3 or more",
+        "instances.json: annotation 4 of b.jpg has a polygon of 2 points; a polygon needs 3 or more",
+    ),
+    "polygon of odd length": (
+        lambda f: _coco(f, lambda d: d["annotations"][3].update(segmentation=[[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]])),
+        "instances.json: annotation 4 of b.jpg has a polygon [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]; polygons are",
     ),
     "rle of the wrong size": (
         lambda f: _coco(f, lambda d: d["annotations"][1]["segmentation"].update(size=[5, 5])),
