@@ -281,7 +281,7 @@ def measure_data(args: argparse.Namespace) -> list[dict[str, Any]]:
         raise utils.UserError(
             "--parts data compares with the tutorial's mask-folder dataset: use a mask-folder dataset"
         )
-    usable = [i for i in range(len(ours)) if tutorial_can_train(ours, i)]  # where all three read the same
+    usable = tutorial_readable(ours)  # where all three read the same
     candidates = {
         "ours": ours,
         "tutorial": TutorialDataset(ours.image_paths, ours.mask_paths, tutorial_transform()),
@@ -356,9 +356,8 @@ def measure_eval(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "stats": stats,
             }
         )
-    same = rows[0]["stats"]["bbox"] == rows[1]["stats"]["bbox"] and rows[0]["stats"].get("segm") == rows[1][
-        "stats"
-    ].get("segm")
+    tutorial, ours = (row["stats"] for row in rows[:2])
+    same = tutorial["bbox"] == ours["bbox"] and tutorial.get("segm") == ours.get("segm")
     for row in rows:
         row["identical_ap"] = same if row is rows[1] else None
         row["speed_up"] = rows[0]["seconds_per_image"] / row["seconds_per_image"]
@@ -369,7 +368,7 @@ def measure_epoch(args: argparse.Namespace, loop: str) -> dict[str, Any]:
     """Seconds for one training epoch, data loading included: train.py's way ("ours") or the tutorial's."""
     device = torch.device(args.device)
     ours = dataset_from_args(args, get_transform(True))
-    usable = [i for i in range(len(ours)) if tutorial_can_train(ours, i)]
+    usable = tutorial_readable(ours)
     indices = usable[: args.epoch_images or None]
     common = {"num_workers": args.workers, "collate_fn": utils.collate_fn, "pin_memory": device.type == "cuda"}
     torch.manual_seed(0)
@@ -395,12 +394,17 @@ def measure_epoch(args: argparse.Namespace, loop: str) -> dict[str, Any]:
             "images_per_second": len(indices) / seconds}  # fmt: skip
 
 
-def tutorial_can_train(ours: Any, idx: int) -> bool:
-    """Whether the tutorial's __getitem__ finds the instances ours does in sample `idx`, each with a box of positive
+def tutorial_readable(ours: Any) -> list[int]:
+    """The samples in which the tutorial's __getitem__ finds the instances ours does, each with a box of positive
     width and height. torchvision.io misreads 4-bit palette PNGs (46 of CVPPP's 128 masks), and the tutorial's
     masks_to_boxes gives an instance one pixel wide or high a box of zero width or height."""
-    theirs = TutorialDataset(ours.image_paths, ours.mask_paths, None)[idx][1]["boxes"]
-    return len(theirs) == len(ours.load(idx)[1]["boxes"]) and bool((theirs[:, 2:] > theirs[:, :2]).all())
+    tutorial = TutorialDataset(ours.image_paths, ours.mask_paths, None)
+    usable = []
+    for idx in range(len(ours)):
+        theirs = tutorial[idx][1]["boxes"]
+        if len(theirs) == len(ours.load(idx)[1]["boxes"]) and bool((theirs[:, 2:] > theirs[:, :2]).all()):
+            usable.append(idx)
+    return usable
 
 
 def _synchronize(device: torch.device) -> None:
@@ -462,8 +466,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         except Exception as error:  # a safety net: the tutorial's code fails on data it misreads; say so
             print(f"the tutorial's epoch failed: {utils.one_line(error)}")
             failed = {"loop": "tutorial", "images": None, "left_out": None, "seconds": None, "images_per_second": None}
-            report["epoch"].append(failed)
-            report["epoch"][-1]["error"] = utils.one_line(error)
+            report["epoch"].append({**failed, "error": utils.one_line(error)})
         print(f"one training epoch of {args.models[0]}")
         columns = {"loop": "", "images": "d", "left_out": "d", "seconds": ".1f", "images_per_second": ".2f"}
         print(table(report["epoch"], columns))
