@@ -10,8 +10,10 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 import utils
+from engine import selection_score
 
 LOSSES = ("loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 # COCOeval's summary numbers worth a curve: (index in its 12 stats, name).
@@ -30,27 +32,41 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
 
 
 def plot_curves(history: list[dict[str, Any]], path: str | Path) -> None:
-    """Losses (left) and AP on the test split (right) per epoch, as a PNG written atomically."""
-    figure = Figure(figsize=(11, 4), layout="constrained")
+    """curves_figure(history) as a PNG, written atomically."""
+    figure = curves_figure(history)
+    utils.atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=100))
+
+
+def curves_figure(history: list[dict[str, Any]]) -> Figure:
+    """Losses (left) and AP on the test split (right) per epoch.
+
+    The AP axis spans the data (early AP is often a few hundredths), epochs are whole
+    numbers, and each legend sits outside its axes so that it never hides a line.
+    """
+    figure = Figure(figsize=(12, 4), layout="constrained")
     FigureCanvasAgg(figure)
     loss_axes, ap_axes = figure.subplots(1, 2)
     epochs = [record["epoch"] for record in history]
     series = [scalars(record) for record in history]
+    top = 0.0
     for key in series[0] if series else []:
         values = [s.get(key) for s in series]
         axes = loss_axes if key.startswith("loss/") else ap_axes if key != "lr" else None
         if axes is not None:
             axes.plot(epochs, values, marker="o", markersize=3, label=key.removeprefix("loss/"))
+        if axes is ap_axes:
+            top = max([top, *(v for v in values if v is not None)])
     loss_axes.set(title="training losses (mean per epoch)", xlabel="epoch", yscale="log")
-    ap_axes.set(title="COCO AP on the test split", xlabel="epoch", ylim=(0, 1))
-    best = max(history, key=lambda r: r["segm"][0] if "segm" in r else r["bbox"][0], default=None)
+    ap_axes.set(title="COCO AP on the test split", xlabel="epoch", ylim=(0, min(1.0, max(0.05, top * 1.15))))
+    best = max(history, key=selection_score, default=None)
     if best is not None:
         ap_axes.axvline(best["epoch"], color="grey", linestyle=":", label=f"best (epoch {best['epoch']})")
     for axes in (loss_axes, ap_axes):
         axes.grid(alpha=0.3)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         if axes.lines:
-            axes.legend(fontsize="small")
-    utils.atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=100))
+            axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    return figure
 
 
 class TensorBoardLogger:

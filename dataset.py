@@ -216,7 +216,7 @@ class PennFudanDataset(MaskFolderDataset):
     def __init__(self, root: str | Path, transforms: Callable | None = None, strict: bool = True) -> None:
         root = Path(root)
         if not root.is_dir():
-            raise UserError(f"{root}: no such folder; pass --download to fetch Penn-Fudan, or point --data-path at it")
+            raise UserError(f"{root}: no such folder; pass --download to fetch Penn-Fudan there, or check --data-path")
         super().__init__(root / "PNGImages", root / "PedMasks", "", "_mask", transforms, strict)
         self.classes = ["background", "person"]
 
@@ -415,9 +415,13 @@ def get_dataset(
         if not ann_file:
             raise UserError("--dataset coco needs --ann-file PATH: the COCO instances json")
         return CocoDataset(data_path, ann_file, transforms, include_crowd, strict)
+    if name is None and not data_path.exists():
+        if data_path.name.lower() != "pennfudanped":  # only a Penn-Fudan path can be downloaded
+            raise UserError(f"{data_path}: no such folder; check --data-path")
+        name = "pennfudan"
     if name is None:
         is_pennfudan = (data_path / "PNGImages").is_dir() or (data_path / "PedMasks").is_dir()  # one may be missing
-        name = "pennfudan" if is_pennfudan or not data_path.exists() else "folder"
+        name = "pennfudan" if is_pennfudan else "folder"
     if name == "pennfudan":
         return PennFudanDataset(data_path, transforms, strict)
     if name == "folder":
@@ -469,6 +473,27 @@ def split_indices(num_images: int, test_size: int, seed: int) -> tuple[list[int]
         raise UserError(f"--test-size {test_size}: must be at least 1 and below the {num_images} images in the dataset")
     order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(order[:-test_size]), sorted(order[-test_size:])
+
+
+def sample_names(dataset: Any, indices: list[int]) -> list[str]:
+    """How split.json names samples: each image's path relative to the dataset's image folder."""
+    return [dataset.image_paths[i].relative_to(dataset.image_dir).as_posix() for i in indices]
+
+
+def indices_of(dataset: Any, names: list[str]) -> tuple[list[int], list[str]]:
+    """The indices of the samples sample_names() named, and the names not in `dataset` now.
+
+    A bare file name (as older split.json files hold) also matches a file in a subfolder,
+    if only one file has that name.
+    """
+    all_names = sample_names(dataset, list(range(len(dataset.image_paths))))
+    index = {name: i for i, name in enumerate(all_names)}
+    by_file_name = Counter(Path(name).name for name in all_names)
+    for i, name in enumerate(all_names):
+        if by_file_name[Path(name).name] == 1:
+            index.setdefault(Path(name).name, i)
+    found = [index[name] for name in names if name in index]
+    return found, [name for name in names if name not in index]
 
 
 # ---------------------------------------------------------------------------

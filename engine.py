@@ -242,6 +242,11 @@ def evaluate(
     return utils.broadcast_object(stats)
 
 
+def selection_score(stats: dict[str, Any]) -> float:
+    """The number that ranks epochs (best.pth): mask AP, or box AP for a model without masks."""
+    return stats["segm"][0] if "segm" in stats else stats["bbox"][0]
+
+
 def score_detections(per_image: list[tuple], class_names: list[str] | None) -> dict[str, Any]:
     """evaluate()'s stats from its per-image records."""
     images = [record for record, *_ in per_image]

@@ -129,11 +129,9 @@ def freeze_like_pretrained(model: nn.Module, name: str, trainable_layers: int, e
     the v2 models keep BatchNorm, as torchvision builds them) and its first stages stop
     learning, leaving `trainable_layers` stages trainable.
     """
+    if not name.endswith("_v2"):
+        freeze_batchnorm(model, eps)
     body = model.backbone.body
-    for parent in [] if name.endswith("_v2") else list(body.modules()):
-        for child_name, child in parent.named_children():
-            if isinstance(child, nn.BatchNorm2d):
-                setattr(parent, child_name, FrozenBatchNorm2d(child.num_features, eps=child.eps))
     if "resnet" in name:
         trainable = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
         if trainable_layers == 5:
@@ -146,6 +144,14 @@ def freeze_like_pretrained(model: nn.Module, name: str, trainable_layers: int, e
         freeze_before = len(blocks) if trainable_layers == 0 else stages[len(stages) - trainable_layers]
         for block in blocks[:freeze_before]:
             block.requires_grad_(False)
+
+
+def freeze_batchnorm(model: nn.Module, eps: float | None = None) -> None:
+    """Replace the BatchNorm layers of the backbone's body with FrozenBatchNorm2d (of `eps`, if given)."""
+    for parent in list(model.backbone.body.modules()):
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.BatchNorm2d):
+                setattr(parent, child_name, FrozenBatchNorm2d(child.num_features, eps=child.eps))
     if eps is not None:
         for module in model.modules():
             if isinstance(module, FrozenBatchNorm2d):
@@ -266,10 +272,34 @@ def model_config(model: nn.Module, name: str) -> dict[str, Any]:
         "name": name,
         "num_classes": model.roi_heads.box_predictor.cls_score.out_features,
         "frozen_bn_eps": frozen[0].eps if frozen else None,
+        "frozen_parameters": [key for key, param in model.named_parameters() if not param.requires_grad],
         "min_size": list(model.transform.min_size),
         "max_size": model.transform.max_size,
         "masks": getattr(model.roi_heads, "mask_predictor", None) is not None,
     }
+
+
+def model_from_config(config: dict[str, Any], **kwargs: Any) -> nn.Module:
+    """The architecture that model_config() describes, untrained; nothing is downloaded.
+
+    FrozenBatchNorm and the frozen parameters are those of the model the config was
+    taken from, so an optimizer's saved state fits the rebuilt model's parameters.
+    kwargs replace the config's sizes (min_size, max_size).
+    """
+    name = config["name"]
+    if name not in MODELS:
+        raise UserError(f"the checkpoint's model {name} is not one of {', '.join(MODELS)}")
+    sizes = {"min_size": tuple(config["min_size"]), "max_size": config["max_size"], **kwargs}
+    model = MODELS[name][0](weights=None, weights_backbone=None, num_classes=config["num_classes"], **sizes)
+    if config["frozen_bn_eps"] is not None:  # trained from pretrained weights: FrozenBatchNorm in the backbone
+        freeze_batchnorm(model, config["frozen_bn_eps"])
+    if "frozen_parameters" in config:
+        frozen = set(config["frozen_parameters"])
+        for key, param in model.named_parameters():
+            param.requires_grad_(key not in frozen)
+    elif config["frozen_bn_eps"] is not None:  # a checkpoint from before the list was kept: the default stages
+        freeze_like_pretrained(model, name, 3, config["frozen_bn_eps"])
+    return model
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -282,15 +312,6 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     config = checkpoint.get("model_config") if isinstance(checkpoint, dict) else None
     if not config or config.get("name") not in MODELS:
         raise UserError(f"{path}: not a checkpoint of train.py (no model_config); pass its best.pth or checkpoint.pth")
-    name = config["name"]
-    model = MODELS[name][0](
-        weights=None,
-        weights_backbone=None,
-        num_classes=config["num_classes"],
-        min_size=tuple(config["min_size"]),
-        max_size=config["max_size"],
-    )
-    if config["frozen_bn_eps"] is not None:  # trained from pretrained weights: FrozenBatchNorm in the backbone
-        freeze_like_pretrained(model, name, trainable_layers=0, eps=config["frozen_bn_eps"])
+    model = model_from_config(config)
     model.load_state_dict(checkpoint["model"])
     return model, config

@@ -18,11 +18,20 @@ from typing import Any
 import torch
 
 import utils
+from checkpoint import OVERRIDABLE, flag, resume_settings, stored_split
 from curves import TensorBoardLogger, plot_curves
-from dataset import add_dataset_args, dataset_from_args, download_pennfudan, find_bad_samples, split_indices
-from engine import evaluate, train_one_epoch
+from dataset import (
+    add_dataset_args,
+    dataset_from_args,
+    download_pennfudan,
+    find_bad_samples,
+    indices_of,
+    sample_names,
+    split_indices,
+)
+from engine import evaluate, selection_score, train_one_epoch
 from group_by_aspect_ratio import training_batches
-from model import MODELS, get_model, model_config
+from model import MODELS, get_model, model_config, model_from_config
 from transforms import AUGMENTATIONS, get_transform
 
 
@@ -39,7 +48,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--device", default=default_device, help="cuda, cuda:N or cpu (default: %(default)s)")
     add("-b", "--batch-size", type=int, default=2, help="images per training batch (default: %(default)s)")
     add("--epochs", type=int, default=10, help="total epochs to train (default: %(default)s)")
-    add("-j", "--workers", type=int, default=4, help="data loading processes (default: %(default)s)")
+    workers = min(4, utils.available_cpus())
+    add("-j", "--workers", type=int, default=workers, help="data loading processes (default: %(default)s)")
     add("--lr", type=float, default=0.005, help="SGD learning rate (default: %(default)s; from scratch try 0.001)")
     add("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
     add("--weight-decay", "--wd", type=float, default=5e-4, help="SGD weight decay (default: %(default)s)")
@@ -56,12 +66,44 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs under torchrun (CUDA only)")
     add("--print-freq", type=int, default=10, help="iterations between progress lines (default: %(default)s)")
     add("--output-dir", default="output", help="where checkpoints and metrics go (default: %(default)s)")
-    add("--resume", default="", help="checkpoint.pth to continue training from (or to evaluate with --test-only)")
-    add("--test-only", action="store_true", help="only evaluate the --resume checkpoint on the test split")
+    add("--resume", default="", help="checkpoint.pth to continue, with the run's settings (or best.pth, --test-only)")
+    add("--test-only", action="store_true", help="only evaluate the --resume checkpoint on the run's test split")
+    add("--allow-changes", action="store_true", help="with --resume: let flags change the run's data, sizes, recipe")
     add("--use-deterministic-algorithms", action="store_true", help="reproducible results, at some cost in speed")
     add("--tensorboard", action="store_true", help="also log losses, AP and lr to --output-dir/tensorboard")
     add("--skip-bad-samples", action="store_true", help="leave out unreadable or broken samples (default: stop)")
     return parser
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[str]]:
+    """The flags, and the names of those the command line gave: a resume takes the others from its checkpoint."""
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    unset = object()  # argparse fills in a default only where the namespace has no value yet
+    typed = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(vars(args), unset)))
+    return args, {name for name, value in vars(typed).items() if value is not unset}
+
+
+def settings_of_run(
+    args: argparse.Namespace, given: set[str] | None, checkpoint: dict[str, Any]
+) -> tuple[argparse.Namespace, list[dict[str, Any]]]:
+    """For --resume: the run's settings from `checkpoint`, changed by the `given` flags that may change them.
+
+    given None (main called with a namespace alone): every flag whose value is not its default.
+    """
+    defaults = vars(get_args_parser().parse_args([]))
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("args"), dict):
+        raise utils.UserError(f"--resume {args.resume}: not a checkpoint of train.py; pass its checkpoint.pth")
+    stored = {**defaults, **{k: v for k, v in checkpoint["args"].items() if k in defaults}}
+    stored["output_dir"] = str(Path(args.resume).parent)  # the run goes on where its checkpoint is
+    if given is None:
+        given = {name for name, value in vars(args).items() if value != defaults[name]}
+    settings, changes = resume_settings(
+        stored, {name: getattr(args, name) for name in given}, args.resume, args.test_only, args.allow_changes
+    )
+    settings.update(resume=args.resume, test_only=args.test_only, allow_changes=args.allow_changes)
+    settings.update(download=args.download)
+    return argparse.Namespace(**settings), changes
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -69,7 +111,7 @@ def check_args(args: argparse.Namespace) -> None:
     positive = ("batch_size", "lr", "lr_step_size", "print_freq", "min_size", "max_size", "test_size")
     for name in positive:
         if getattr(args, name) <= 0:
-            raise utils.UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be positive")
+            raise utils.UserError(f"{flag(name)} {getattr(args, name)}: must be positive")
     if args.epochs < 0 or args.workers < 0:
         raise utils.UserError("--epochs and --workers must not be negative")
     if args.min_size > args.max_size:
@@ -78,90 +120,202 @@ def check_args(args: argparse.Namespace) -> None:
         raise utils.UserError("--download fetches Penn-Fudan only; drop it to train on your own data")
     if args.test_only and not args.resume:
         raise utils.UserError("--test-only needs --resume PATH: the checkpoint to evaluate")
+    if args.allow_changes and not args.resume:
+        raise utils.UserError("--allow-changes lets --resume change a run's settings; drop it for a new run")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise utils.UserError(f"--device {args.device}: CUDA is not available here; use --device cpu")
     if args.sync_bn and not args.device.startswith("cuda") and utils.distributed_env() is not None:
         raise utils.UserError("--sync-bn: SyncBatchNorm runs on CUDA only; drop it when training on CPU processes")
 
 
-def preflight(args: argparse.Namespace, *splits: tuple[Any, list[int]]) -> tuple[list[int], list[int], list[str]]:
+def preflight(
+    args: argparse.Namespace, splits: dict[str, tuple[Any, list[int]]]
+) -> tuple[dict[str, list[int]], list[str]]:
     """Read every sample once before training, so that a broken file stops the run now, not hours into it.
 
-    Each rank reads its share. Without --skip-bad-samples the first problem stops the run
-    (one line, exit 2); with it, each bad sample is left out with a warning. Returns the
-    train and test indices that remain, and the problems (for split.json).
+    `splits` maps a part's name ("training", "test") to its dataset and indices. Each rank
+    reads its share. Without --skip-bad-samples the first problem stops the run (one line,
+    exit 2); with it, each bad sample is left out with a warning. Returns the indices that
+    remain in each part, and the problems (for split.json).
     """
     start, rank, world_size = time.time(), utils.get_rank(), utils.get_world_size()
-    problems = list(dict.fromkeys(problem for data, _ in splits for problem in getattr(data, "problems", [])))
-    kept = []
-    for data, ids in splits:
+    problems = list(dict.fromkeys(p for data, _ in splits.values() for p in getattr(data, "problems", [])))
+    kept = {}
+    for part, (data, ids) in splits.items():
         bad: dict[int, str] = {}
-        for part in utils.all_gather_object(find_bad_samples(data, ids[rank::world_size], args.workers)):
-            bad.update(part)
+        for found in utils.all_gather_object(find_bad_samples(data, ids[rank::world_size], args.workers)):
+            bad.update(found)
         problems += [bad[i] for i in ids if i in bad]
-        kept.append([i for i in ids if i not in bad])
+        kept[part] = [i for i in ids if i not in bad]
     if problems and not args.skip_bad_samples:
         more = f" ({len(problems)} bad samples: python dataset.py check lists them all)" if len(problems) > 1 else ""
         raise utils.UserError(f"{problems[0]}{more}; or leave them out with --skip-bad-samples")
     for problem in problems:
         print(f"warning: {problem}; skipped (--skip-bad-samples)")
-    train_ids, test_ids = kept
-    if not train_ids or not test_ids:
-        raise utils.UserError(f"{args.data_path}: no readable {'training' if not train_ids else 'test'} images left")
-    total = sum(len(ids) for _, ids in splits)
+    for part, ids in kept.items():
+        if not ids:
+            raise utils.UserError(f"{args.data_path}: no readable {part} images left")
+    total = sum(len(ids) for _, ids in splits.values())
     print(f"Read {total} samples in {time.time() - start:.1f} s: {len(problems)} bad")
-    return train_ids, test_ids, problems
+    return kept, problems
 
 
-def make_loaders(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any, Any, dict]:
-    """The train and test DataLoaders over a seeded split, the dataset, and the split by file name.
+def check_held_out(train_data: Any, train_ids: list[int], test_data: Any, test_ids: list[int]) -> None:
+    """Refuse a split in which a test image is also a training image: its AP would not be a held-out figure."""
+    trained = {train_data.image_paths[i].resolve() for i in train_ids}
+    both = [test_data.image_paths[i] for i in test_ids if test_data.image_paths[i].resolve() in trained]
+    if both:
+        raise utils.UserError(
+            f"{both[0]}: a test image is also a training image ({len(both)} such); the test set must be held out "
+            "(check --val-data-path and --val-ann-file)"
+        )
 
-    Under DDP each rank trains on its own shard of every epoch's shuffle and evaluates on
-    every world_size-th test image, so each test image is counted exactly once.
+
+def ids_of_run(
+    split: dict[str, list[str]], train_data: Any | None, test_data: Any, fixed: bool, allow_changes: bool
+) -> tuple[list[int], list[int]]:
+    """A resumed run's split, found by name in the data as they are now; no image moves between its parts.
+
+    An image of the split that is gone stops the run (--allow-changes: it is left out);
+    an image that is new since is left out (--allow-changes: it joins training, never test).
+    """
+    test_ids, missing = indices_of(test_data, split["test"])
+    parts = [("test", missing)]
+    train_ids: list[int] = []
+    if train_data is not None:
+        train_ids, missing = indices_of(train_data, split["train"])
+        parts.append(("training", missing))
+    for part, missing in parts:
+        if missing:
+            where = f"{missing[0]}: a {part} image of the run, not in the dataset now ({len(missing)} such)"
+            if not allow_changes:
+                raise utils.UserError(f"{where}; put it back, or add --allow-changes to go on without")
+            print(f"{where}; going on without (--allow-changes)")
+    if train_data is not None:
+        assigned = set(train_ids) if fixed else set(train_ids) | set(test_ids)
+        new = [i for i in range(len(train_data)) if i not in assigned and _has_instances(train_data, i)]
+        if new and allow_changes:
+            print(f"{len(new)} images not in the run's split join its training set (--allow-changes)")
+            train_ids = sorted(train_ids + new)
+        elif new:
+            print(f"note: {len(new)} images are not in the run's split and stay out; --allow-changes trains on them")
+    return train_ids, test_ids
+
+
+def _has_instances(data: Any, idx: int) -> bool:
+    """COCO files list unlabelled images: evaluate on them, do not train on them."""
+    return data.num_instances(idx) > 0 if hasattr(data, "num_instances") else True
+
+
+def make_loaders(
+    args: argparse.Namespace, device: torch.device, run_split: dict[str, list[str]] | None = None
+) -> tuple[Any, Any, list[str], dict[str, list[str]]]:
+    """The train and test DataLoaders, the class names, and the split by file name.
+
+    The split is `run_split` (a resumed run's) when given, else a seeded split of the data
+    (or the fixed validation set). With --test-only no training data is read and the train
+    loader is None. Under DDP each rank trains on its own shard of every epoch's shuffle and
+    evaluates on every world_size-th test image, so each test image is counted exactly once.
     """
     data_path = Path(args.data_path)
     if not data_path.exists() and args.download and utils.is_main_process():
         download_pennfudan(data_path)  # once, by rank 0, while the other ranks wait
     utils.barrier()
     strict = not args.skip_bad_samples  # strict: a missing file stops the run; else it is left out, with a warning
-    train_data = dataset_from_args(args, get_transform(True, args.augmentation), include_crowd=False, strict=strict)
-    if args.val_data_path or args.val_ann_file:  # a fixed validation set: train on every training image
-        test_data = dataset_from_args(args, get_transform(False), validation=True, strict=strict)
-        train_ids, test_ids = list(range(len(train_data))), list(range(len(test_data)))
+    fixed = bool(args.val_data_path or args.val_ann_file)  # a fixed validation set: train on every training image
+    test_data = dataset_from_args(args, get_transform(False), validation=fixed, strict=strict)
+    train_data = None
+    if not args.test_only:
+        train_data = dataset_from_args(args, get_transform(True, args.augmentation), include_crowd=False, strict=strict)
         if test_data.classes != train_data.classes:
             raise utils.UserError(
                 f"the validation set's classes {test_data.classes[1:]} differ from the training set's"
             )
+    if run_split is not None:
+        train_ids, test_ids = ids_of_run(run_split, train_data, test_data, fixed, args.allow_changes)
+    elif fixed:
+        train_ids, test_ids = list(range(len(train_data or []))), list(range(len(test_data)))
     else:
-        test_data = dataset_from_args(args, get_transform(False), strict=strict)
-        train_ids, test_ids = split_indices(len(train_data), args.test_size, args.seed)
-    if hasattr(train_data, "num_instances"):  # COCO files list unlabelled images: evaluate on them, do not train
-        train_ids = [i for i in train_ids if train_data.num_instances(i) > 0]
-    train_ids, test_ids, skipped = preflight(args, (train_data, train_ids), (test_data, test_ids))
+        train_ids, test_ids = split_indices(len(test_data), args.test_size, args.seed)
+    if train_data is not None:
+        train_ids = [i for i in train_ids if _has_instances(train_data, i)]
+        check_held_out(train_data, train_ids, test_data, test_ids)
+    parts = {} if train_data is None else {"training": (train_data, train_ids)}
+    parts["test"] = (test_data, test_ids)
+    kept, skipped = preflight(args, parts)
+    train_ids, test_ids = kept.get("training", []), kept["test"]
     split = {
-        "train": [train_data.image_paths[i].name for i in train_ids],
-        "test": [test_data.image_paths[i].name for i in test_ids],
-        "skipped": skipped,
+        "train": sample_names(train_data, train_ids) if train_data is not None else (run_split or {}).get("train", []),
+        "test": sample_names(test_data, test_ids),
+        "skipped": list(dict.fromkeys([*(run_split or {}).get("skipped", []), *skipped])),
     }
     rank, world_size = utils.get_rank(), utils.get_world_size()
-    train_set = torch.utils.data.Subset(train_data, train_ids)
-    # One sampler for one process and for many: a seeded shuffle per epoch (set_epoch), this rank's share of it.
-    batches = training_batches(
-        train_set, args.batch_size, args.aspect_ratio_group_factor, args.seed, num_replicas=world_size, rank=rank
-    )
     common = {"num_workers": args.workers, "collate_fn": utils.collate_fn, "pin_memory": device.type == "cuda"}
-    # Training workers start again each epoch, seeded from the main RNG, which a checkpoint restores: a resumed run
-    # augments as the straight one did. Test workers have nothing random: they persist (bench.py: first batch time),
-    # seeded from their own generator, so that the main RNG is drawn from the same way with and without a resume.
-    train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=batches, **common)
+    train_loader = None
+    if train_data is not None:
+        train_set = torch.utils.data.Subset(train_data, train_ids)
+        # One sampler for one process and for many: a seeded shuffle per epoch (set_epoch), this rank's share of it.
+        batches = training_batches(
+            train_set, args.batch_size, args.aspect_ratio_group_factor, args.seed, num_replicas=world_size, rank=rank
+        )
+        # Training workers start again each epoch, seeded from the main RNG, which a checkpoint restores: a resumed
+        # run augments as the straight one did. Test workers have nothing random: they persist (bench.py: first batch
+        # time), seeded from their own generator, so that the main RNG is drawn from the same way with and without a
+        # resume.
+        train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=batches, **common)
     test_set = torch.utils.data.Subset(test_data, test_ids[rank::world_size])
     test_loader = torch.utils.data.DataLoader(
         test_set, batch_size=1, persistent_workers=args.workers > 0, generator=torch.Generator(), **common
     )
-    return train_loader, test_loader, train_data, split
+    return train_loader, test_loader, test_data.classes, split
 
 
-def main(args: argparse.Namespace) -> dict[str, list[float]] | None:
+def build_model(
+    args: argparse.Namespace, classes: list[str], checkpoint: dict[str, Any] | None, device: torch.device
+) -> torch.nn.Module:
+    """The model of --model with --weights, or for a resume the checkpoint's own (nothing is downloaded)."""
+    if checkpoint is None:
+        model = get_model(
+            args.model,
+            num_classes=len(classes),
+            weights=args.weights,
+            weights_backbone=args.weights_backbone,
+            trainable_backbone_layers=args.trainable_backbone_layers,
+            min_size=args.min_size,
+            max_size=args.max_size,
+        )
+    else:
+        config = checkpoint["model_config"]
+        if config.get("class_names", classes) != classes:
+            raise utils.UserError(
+                f"--resume {args.resume}: its classes {config['class_names'][1:]} differ from the dataset's "
+                f"{classes[1:]}; to fine-tune it for these, start a new run with --weights {args.resume}"
+            )
+        model = model_from_config(config, min_size=args.min_size, max_size=args.max_size)
+        try:
+            model.load_state_dict(checkpoint["model"])
+        except (KeyError, RuntimeError) as error:
+            raise utils.UserError(f"--resume {args.resume}: its weights do not fit its own model_config") from error
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    return model.to(device, memory_format=memory_format)
+
+
+def print_summary(history: list[dict[str, Any]], output_dir: Path) -> None:
+    """Where a run's results are: its best epoch and AP, the output folder, how to use best.pth."""
+    if not history:
+        return
+    best = max(history, key=selection_score)
+    kind = "mask" if "segm" in best else "box"
+    print(f"Best epoch {best['epoch']}: {kind} AP {selection_score(best):.3f} on the test split; all in {output_dir}/")
+    print(f"Predict: python predict.py --checkpoint {output_dir / 'best.pth'} IMAGES_OR_FOLDERS")
+
+
+def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, Any] | None:
+    """Train (or with --test-only evaluate) as `args` say; `given`: the flags typed (see parse_args)."""
+    checkpoint, changes = None, []
+    if args.resume:
+        checkpoint = utils.load_checkpoint(args.resume)
+        args, changes = settings_of_run(args, given, checkpoint)
     check_args(args)
     if args.use_deterministic_algorithms:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
@@ -171,16 +325,26 @@ def main(args: argparse.Namespace) -> dict[str, list[float]] | None:
     utils.seed_everything(args.seed + utils.get_rank())  # ranks augment differently; DDP copies rank 0's init
     output_dir = Path(args.output_dir)
 
-    train_loader, test_loader, dataset, split = make_loaders(args, device)
-    model = get_model(
-        args.model,
-        num_classes=len(dataset.classes),
-        weights=args.weights,
-        weights_backbone=args.weights_backbone,
-        trainable_backbone_layers=args.trainable_backbone_layers,
-        min_size=args.min_size,
-        max_size=args.max_size,
-    ).to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
+    run_split = None
+    if checkpoint is not None:
+        run_split = stored_split(checkpoint, args.resume)
+        if run_split is None:
+            print(f"note: {args.resume} holds no split; splitting with --seed and --test-size as the run did")
+    train_loader, test_loader, classes, split = make_loaders(args, device, run_split)
+    model = build_model(args, classes, checkpoint, device)
+
+    if args.test_only:
+        stats = evaluate(model, test_loader, device, classes)
+        if utils.is_main_process():
+            # eval.json is the stats, and what --allow-changes changed in the evaluation (sizes, data), if anything
+            changed = [c for c in changes if c["flag"] not in map(flag, OVERRIDABLE)]
+            utils.write_json({**stats, "changes": changed} if changed else stats, output_dir / "eval.json")
+            kind = "mask" if "segm" in stats else "box"
+            print(f"{kind} AP {selection_score(stats):.3f} on the run's {len(split['test'])} test images of epoch "
+                  f"{checkpoint.get('epoch')}; wrote {output_dir / 'eval.json'}")  # fmt: skip
+        utils.cleanup_distributed()
+        return stats
+
     model_without_ddp = model  # what is saved, evaluated and resumed
     if utils.is_distributed():
         if args.sync_bn:
@@ -193,46 +357,34 @@ def main(args: argparse.Namespace) -> dict[str, list[float]] | None:
     lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step_size, gamma=args.lr_gamma)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda") if args.amp else None
 
-    start_epoch, best_score, history = 0, -math.inf, []
-    if args.resume:
-        checkpoint = utils.load_checkpoint(args.resume)
-        try:
-            model_without_ddp.load_state_dict(checkpoint["model"])
-        except (KeyError, RuntimeError) as error:
-            message = f"--resume {args.resume}: does not fit --model {args.model} with this dataset's classes"
-            raise utils.UserError(message) from error
-        if not args.test_only:
-            if "optimizer" not in checkpoint:
-                raise utils.UserError(f"--resume {args.resume}: holds weights only; resume from checkpoint.pth")
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
-            if args.lr != checkpoint["args"]["lr"]:  # a lower --lr after a diverged run must take effect
-                print(f"--lr {args.lr} replaces the checkpoint's {checkpoint['args']['lr']}")
-                utils.set_base_lr(optimizer, lr_scheduler, args.lr)
-            if scaler is not None and "scaler" in checkpoint:
-                scaler.load_state_dict(checkpoint["scaler"])
-            start_epoch = checkpoint["epoch"] + 1
-            best_score = checkpoint["best_score"]
-            history = checkpoint["metrics"]
-            if len(checkpoint["rng"]) == utils.get_world_size():  # one state per rank
-                utils.set_rng_state(checkpoint["rng"][utils.get_rank()])
-            else:
-                print(f"--resume {args.resume}: saved by {len(checkpoint['rng'])} processes; random streams restart")
-
-    if args.test_only:
-        stats = evaluate(model_without_ddp, test_loader, device, dataset.classes)
-        if utils.is_main_process():
-            utils.write_json(stats, output_dir / "eval.json")
-        utils.cleanup_distributed()
-        return stats
+    start_epoch, best_score, history, all_changes = 0, -math.inf, [], []
+    if checkpoint is not None:
+        if "optimizer" not in checkpoint:
+            raise utils.UserError(f"--resume {args.resume}: holds weights only; resume from checkpoint.pth")
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        if args.lr != checkpoint["args"]["lr"]:  # a lower --lr after a diverged run must take effect
+            utils.set_base_lr(optimizer, lr_scheduler, args.lr)
+        if scaler is not None and "scaler" in checkpoint:
+            scaler.load_state_dict(checkpoint["scaler"])
+        start_epoch = checkpoint["epoch"] + 1
+        best_score = checkpoint["best_score"]
+        history = checkpoint["metrics"]
+        all_changes = [*checkpoint.get("changes", []), *({"epoch": start_epoch, **c} for c in changes)]
+        if len(checkpoint["rng"]) == utils.get_world_size():  # one state per rank
+            utils.set_rng_state(checkpoint["rng"][utils.get_rank()])
+        else:
+            print(f"--resume {args.resume}: saved by {len(checkpoint['rng'])} processes; random streams restart")
+        if start_epoch >= args.epochs:
+            print(f"{args.resume} has trained {start_epoch} epochs already: pass --epochs above {start_epoch}")
 
     if utils.is_main_process():
         for path in utils.remove_stale_temporaries(output_dir):  # left by a run that was killed while writing
             print(f"removed {path}, an unfinished write of a killed run")
-        utils.write_json({**vars(args), "class_names": dataset.classes}, output_dir / "args.json")
+        utils.write_json({**vars(args), "class_names": classes, "changes": all_changes}, output_dir / "args.json")
         utils.write_json(split, output_dir / "split.json")
         utils.write_jsonl(history, output_dir / "metrics.jsonl")  # drops epochs the checkpoint does not hold
-    config = {**model_config(model_without_ddp, args.model), "class_names": dataset.classes}
+    config = {**model_config(model_without_ddp, args.model), "class_names": classes}
     tensorboard = None
     if args.tensorboard and utils.is_main_process():
         tensorboard = TensorBoardLogger(output_dir / "tensorboard", start_epoch)
@@ -246,19 +398,19 @@ def main(args: argparse.Namespace) -> dict[str, list[float]] | None:
         lr = optimizer.param_groups[0]["lr"]
         lr_scheduler.step()
         start = time.time()
-        stats = evaluate(model_without_ddp, test_loader, device, dataset.classes)
+        stats = evaluate(model_without_ddp, test_loader, device, classes)
         eval_seconds = time.time() - start
 
         history.append(
             {"epoch": epoch, "lr": lr, **losses, **stats, "train_seconds": train_seconds, "eval_seconds": eval_seconds}
         )
-        score = stats["segm"][0] if "segm" in stats else stats["bbox"][0]
+        score = selection_score(stats)
         is_best, best_score = score > best_score, max(score, best_score)
         rng_states = utils.all_gather_object(utils.get_rng_state())  # every rank takes part; rank 0 writes
         if not utils.is_main_process():
             continue
         weights = {"model": model_without_ddp.state_dict(), "model_config": config, "args": vars(args)}
-        weights.update(epoch=epoch, stats=stats)
+        weights.update(split=split, changes=all_changes, epoch=epoch, stats=stats)
         if is_best:
             utils.save_checkpoint(weights, output_dir / "best.pth")
         checkpoint = {
@@ -278,16 +430,19 @@ def main(args: argparse.Namespace) -> dict[str, list[float]] | None:
             tensorboard.log(history[-1])
     if tensorboard is not None:
         tensorboard.close()
+    print_summary(history, output_dir)
     utils.cleanup_distributed()
     return stats
 
 
 if __name__ == "__main__":
-    arguments = get_args_parser().parse_args()
+    arguments, typed = parse_args()
     try:
-        main(arguments)
+        main(arguments, typed)
     except utils.UserError as error:
         utils.exit_with_user_error(error)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with --resume {Path(arguments.output_dir) / 'checkpoint.pth'}", flush=True)
+        resumed_in_place = arguments.resume and "output_dir" not in typed  # then the run's folder is the checkpoint's
+        folder = Path(arguments.resume).parent if resumed_in_place else Path(arguments.output_dir)
+        print(f"\ninterrupted; continue with --resume {folder / 'checkpoint.pth'}", flush=True)
         raise SystemExit(130) from None

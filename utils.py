@@ -140,6 +140,14 @@ def peak_memory_mb() -> float:
 # Data loading and seeding.
 
 
+def available_cpus() -> int:
+    """The CPU cores this process may use (a container's or taskset's limit, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows
+        return os.cpu_count() or 1
+
+
 def collate_fn(batch: list[tuple[Any, Any]]) -> tuple[tuple, tuple]:
     """Detection batches are lists: images differ in size and targets in length."""
     return tuple(zip(*batch, strict=True))  # type: ignore[return-value]

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator  # requirements-dev.txt has tensorboard
 
-from curves import TensorBoardLogger, plot_curves, scalars
+from curves import TensorBoardLogger, curves_figure, plot_curves, scalars
 
 
 def _record(epoch, masks=True):
@@ -29,13 +29,27 @@ def test_scalars_are_losses_ap_and_lr():
     assert "segm/AP" not in scalars(_record(2, masks=False))  # Faster R-CNN: boxes only
 
 
+def test_the_ap_axis_fits_the_data_epochs_are_whole_and_legends_hide_no_line():
+    history = [{**_record(e), "segm": [0.01 * e, 0.03 * e] + [0.0] * 10, "bbox": [0.02 * e] * 12} for e in range(7)]
+    figure = curves_figure(history)
+    figure.canvas.draw()
+    loss_axes, ap_axes = figure.axes
+    assert 0.18 <= ap_axes.get_ylim()[1] <= 0.25  # the largest AP is 0.18 (mask AP50 at epoch 6), not a 0..1 axis
+    for axes in (loss_axes, ap_axes):
+        ticks = [t for t in axes.get_xticks() if axes.get_xlim()[0] <= t <= axes.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+        legend, plot_area = axes.get_legend().get_window_extent(), axes.get_window_extent()
+        assert legend.x0 >= plot_area.x1  # beside the axes, not over the lines
+    assert curves_figure([_record(0)]).axes[1].get_ylim()[1] == pytest.approx(0.05)  # all zeros: a small axis
+
+
 @pytest.mark.parametrize("masks", [True, False])
 def test_curves_png_is_drawn_for_any_number_of_epochs(masks, tmp_path):
     for epochs in (1, 3):
         history = [_record(e, masks) for e in range(epochs)]
         plot_curves(history, tmp_path / "curves.png")
         with Image.open(tmp_path / "curves.png") as image:
-            assert image.format == "PNG" and image.size == (1100, 400)
+            assert image.format == "PNG" and image.size == (1200, 400)
             pixels = np.asarray(image.convert("L"))
         assert (pixels < 128).mean() > 0.001  # lines and text, not a blank canvas
     assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]  # written atomically, no temporary left

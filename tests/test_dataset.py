@@ -208,8 +208,10 @@ def test_get_dataset_infers_the_layout(pennfudan, tmp_path):
     assert type(get_dataset(None, pennfudan)) is PennFudanDataset
     folder = get_dataset(None, pennfudan / "PNGImages", mask_path=pennfudan / "PedMasks")
     assert type(folder) is MaskFolderDataset and len(folder) == len(LAYOUT)
-    with pytest.raises(UserError, match="no such folder; pass --download"):
+    with pytest.raises(UserError, match="absent: no such folder; check --data-path$"):  # not Penn-Fudan: no download
         get_dataset(None, tmp_path / "absent")
+    with pytest.raises(UserError, match="PennFudanPed: no such folder; pass --download"):
+        get_dataset(None, tmp_path / "elsewhere" / "PennFudanPed")
 
 
 def test_real_cvppp_plants_through_the_folder_route(cvppp):

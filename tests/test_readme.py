@@ -2,6 +2,8 @@
 
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -36,3 +38,27 @@ def test_labelme_example_meets_the_target_contract(tmp_path):
     assert target["masks"].shape == (2, 60, 80) and target["masks"].dtype == torch.uint8
     _, transformed = namespace["LabelMeDataset"](tmp_path, ["cat", "dog"], get_transform(train=True))[0]
     assert transformed["masks"].shape == (2, 60, 80)
+
+
+def test_the_resume_and_test_only_commands_work_as_written(pennfudan, tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    commands = [
+        line.split("#")[0].split() for line in readme.splitlines() if line.startswith("python train.py --resume")
+    ]
+    assert [command[2:4] for command in commands] == [
+        ["--resume", "output/checkpoint.pth"],
+        ["--resume", "output/best.pth"],
+    ]
+    first = ["--data-path", pennfudan, "--model", "maskrcnn_mobilenet_v3_large_fpn", "--weights", "none", "--lr", 0.001,
+             "--min-size", 64, "--max-size", 128, "--test-size", 3, "-j", 0, "--epochs", 1]  # fmt: skip
+    for command in [["python", "train.py", *map(str, first)], *commands]:
+        command = [sys.executable, str(ROOT / "train.py"), *command[2:]]
+        if "--epochs" in command:  # the README continues to epoch 20; 2 shows the same here
+            command[command.index("--epochs") + 1] = "2"
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)  # output/ is in the cwd
+        assert result.returncode == 0, result.stderr
+    assert "wrote output/eval.json" in result.stdout
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "output/metrics.jsonl").read_text().splitlines()] == [
+        0,
+        1,
+    ]

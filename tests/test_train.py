@@ -1,5 +1,7 @@
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 
@@ -30,7 +32,7 @@ def run_torchrun(num_processes, *args):
 
 
 def run_main(*args):
-    return train.main(train.get_args_parser().parse_args([*map(str, args)]))
+    return train.main(*train.parse_args([*map(str, args)]))
 
 
 def test_two_epochs_end_to_end(pennfudan, tmp_path):
@@ -76,12 +78,14 @@ def test_resume_gives_the_same_weights_as_a_straight_run(pennfudan, tmp_path):
     # Separate processes, as a user runs them: MKL_CBWR must take effect before MKL's first call.
     common = ["--data-path", pennfudan, *FAST, "--lr-step-size", 2, "--use-deterministic-algorithms", "-j", 1]
     for args in (
-        ["--epochs", 4, "--output-dir", tmp_path / "straight"],
-        ["--epochs", 2, "--output-dir", tmp_path / "resumed"],
-        ["--epochs", 4, "--output-dir", tmp_path / "resumed", "--resume", tmp_path / "resumed/checkpoint.pth"],
+        [*common, "--epochs", 4, "--output-dir", tmp_path / "straight"],
+        [*common, "--epochs", 2, "--output-dir", tmp_path / "resumed"],
+        ["--resume", tmp_path / "resumed/checkpoint.pth", "--epochs", 4],  # nothing else: the run's flags are stored
     ):
-        result = run_cli(*common, *args)
+        result = run_cli(*args)
         assert result.returncode == 0, result.stderr
+    assert "--epochs 4 replaces the run's 2" in result.stdout and result.stdout.count("replaces the run's") == 1
+    assert "Training maskrcnn_mobilenet_v3_large_fpn on 7 images, testing on 3" in result.stdout
     straight = torch.load(tmp_path / "straight/checkpoint.pth", weights_only=True)
     resumed = torch.load(tmp_path / "resumed/checkpoint.pth", weights_only=True)
     assert straight["epoch"] == resumed["epoch"] == 3
@@ -93,6 +97,8 @@ def test_resume_gives_the_same_weights_as_a_straight_run(pennfudan, tmp_path):
     untimed = [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in straight["metrics"]]
     assert untimed == [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in resumed["metrics"]]
     assert straight["optimizer"]["state"].keys() == resumed["optimizer"]["state"].keys()
+    assert straight["split"] == resumed["split"] and straight["model_config"] == resumed["model_config"]
+    assert resumed["changes"] == [{"epoch": 2, "flag": "--epochs", "from": 2, "to": 4}]
 
 
 def test_test_only_evaluates_the_checkpoint(pennfudan, tmp_path, capsys):
@@ -104,6 +110,122 @@ def test_test_only_evaluates_the_checkpoint(pennfudan, tmp_path, capsys):
     )
     assert stats == trained
     assert "IoU metric: bbox" in capsys.readouterr().out
+
+
+FOLDER_ROUTE = ["--dataset", "folder", "--mask-path", "PedMasks", "--mask-suffix", "_mask", "--test-size", 3]
+
+
+def train_folder_route(data, out, *more, epochs=2):
+    """A run as the issue's user made it: the folder route, its own --test-size, --lr and sizes."""
+    args = [*FAST, *FOLDER_ROUTE, "--data-path", data / "PNGImages", "--output-dir", out, "--epochs", epochs]
+    args[args.index("PedMasks")] = data / "PedMasks"
+    return run_main(*args, *more)
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network and an empty torch hub: a test fails if anything tries to download."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a resume tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+
+
+def test_test_only_from_best_pth_needs_no_flag_and_reproduces_its_ap(pennfudan, tmp_path, capsys, offline):
+    out = tmp_path / "run"
+    train_folder_route(pennfudan, out)
+    best = torch.load(out / "best.pth", weights_only=True)
+    (out / "split.json").unlink()  # best.pth holds the split itself
+    capsys.readouterr()
+    stats = run_main("--resume", out / "best.pth", "--test-only")
+    assert stats == best["stats"]
+    assert json.loads((out / "eval.json").read_text()) == json.loads(json.dumps(best["stats"]))
+    printed = capsys.readouterr().out
+    assert f"on the run's 3 test images of epoch {best['epoch']}; wrote {out / 'eval.json'}" in printed
+
+
+def test_a_resume_never_downloads_weights(pennfudan, tmp_path, offline):
+    out = tmp_path / "run"
+    train_folder_route(pennfudan, out, epochs=1)
+    checkpoint = torch.load(out / "checkpoint.pth", weights_only=True)
+    checkpoint["args"]["weights"] = "DEFAULT"  # as a run fine-tuned from COCO weights stores it
+    torch.save(checkpoint, out / "checkpoint.pth")
+    run_main("--resume", out / "checkpoint.pth", "--epochs", 2)
+    assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 1
+    assert run_main("--resume", out / "checkpoint.pth", "--test-only")["segm"][0] >= 0
+
+
+def test_a_resume_keeps_the_split_whatever_the_data_folder_holds_now(pennfudan, tmp_path, capsys):
+    out = tmp_path / "run"
+    train_folder_route(pennfudan, out, epochs=1)
+    split = json.loads((out / "split.json").read_text())
+    for name in ("FudanPed00000", "FudanPed00007"):  # two more images, labelled, since the run began
+        for folder, suffix in (("PNGImages", ""), ("PedMasks", "_mask")):
+            shutil.copy(pennfudan / folder / f"{name}{suffix}.png", pennfudan / folder / f"New{name}{suffix}.png")
+    (out / "split.json").unlink()
+    capsys.readouterr()
+    run_main("--resume", out / "checkpoint.pth", "--epochs", 2)
+    printed = capsys.readouterr().out
+    assert "note: 2 images are not in the run's split and stay out" in printed
+    assert "on 7 images, testing on 3" in printed
+    assert json.loads((out / "split.json").read_text()) == split
+
+    run_main("--resume", out / "checkpoint.pth", "--epochs", 3, "--allow-changes")
+    assert "on 9 images, testing on 3" in capsys.readouterr().out
+    now = json.loads((out / "split.json").read_text())
+    assert now["test"] == split["test"] and sorted(now["train"]) == sorted(
+        split["train"] + ["NewFudanPed00000.png", "NewFudanPed00007.png"]
+    )
+
+    gone = split["test"][0]  # its image and its mask
+    (pennfudan / "PNGImages" / gone).unlink()
+    (pennfudan / "PedMasks" / gone.replace(".png", "_mask.png")).unlink()
+    with pytest.raises(train.utils.UserError, match=f"^{gone}: a test image of the run, not in the data"):
+        run_main("--resume", out / "checkpoint.pth", "--epochs", 4)
+    capsys.readouterr()
+    run_main("--resume", out / "checkpoint.pth", "--epochs", 4, "--allow-changes")
+    assert "testing on 2" in capsys.readouterr().out
+
+
+def test_allow_changes_records_what_changed(pennfudan, tmp_path, capsys):
+    out = tmp_path / "run"
+    train_folder_route(pennfudan, out, epochs=1)
+    with pytest.raises(train.utils.UserError, match="^--min-size 96: the run has 64 .*--allow-changes"):
+        run_main("--resume", out / "checkpoint.pth", "--epochs", 2, "--min-size", 96)
+    capsys.readouterr()
+    run_main("--resume", out / "checkpoint.pth", "--epochs", 2, "--min-size", 96, "--allow-changes", "--lr", 0.0005)
+    printed = capsys.readouterr().out
+    assert "--min-size 96 replaces the run's 64 (--allow-changes)" in printed
+    assert printed.count("--lr 0.0005 replaces the run's 0.001") == 1
+    recorded = json.loads((out / "args.json").read_text())
+    assert recorded["min_size"] == 96 and recorded["lr"] == 0.0005
+    assert {"epoch": 1, "flag": "--min-size", "from": 64, "to": 96} in recorded["changes"]
+    assert {"epoch": 1, "flag": "--lr", "from": 0.001, "to": 0.0005} in recorded["changes"]
+    checkpoint = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert checkpoint["model_config"]["min_size"] == [96] and checkpoint["changes"] == recorded["changes"]
+    run_main("--resume", out / "checkpoint.pth", "--test-only", "--min-size", 80, "--allow-changes", "-j", 1)
+    evaluated = json.loads((out / "eval.json").read_text())
+    assert evaluated["changes"] == [{"flag": "--min-size", "from": 96, "to": 80}]  # -j changes no result: not listed
+
+
+def test_a_refused_flag_is_one_line_naming_it_and_both_values(pennfudan, tmp_path):
+    out = tmp_path / "run"
+    train_folder_route(pennfudan, out, epochs=1)
+    before = (out / "checkpoint.pth").read_bytes()
+    for flag, value, stored in (("--test-size", 5, 3), ("--augmentation", "none", "hflip"), ("--seed", 1, 0)):
+        result = run_cli("--resume", out / "checkpoint.pth", "--epochs", 2, flag, value)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stderr.startswith(f"error: {flag} {value}: the run has {stored} ({out / 'checkpoint.pth'})")
+    assert (out / "checkpoint.pth").read_bytes() == before
+
+
+def test_a_validation_set_that_is_the_training_set_is_refused(pennfudan, tmp_path):
+    with pytest.raises(train.utils.UserError, match="a test image is also a training image \\(10 such\\)"):
+        run_main("--data-path", pennfudan, "--val-data-path", pennfudan, *FAST, "--epochs", 1,
+                 "--output-dir", tmp_path / "out")  # fmt: skip
 
 
 def test_two_cpu_processes_train_resume_and_score_like_one(pennfudan, tmp_path):
@@ -165,7 +287,7 @@ def _break_first_image(root):
 USER_ERRORS = {
     "missing data path": (
         lambda root: ["--data-path", root.parent / "nowhere"],
-        "nowhere: no such folder; pass --download",
+        "nowhere: no such folder; check --data-path",
     ),
     "wrong layout": (
         lambda root: ["--data-path", root / "PNGImages"],
@@ -243,3 +365,10 @@ def test_a_fixed_validation_set_replaces_the_split(pennfudan, pennfudan_master, 
     assert split == {"train": names, "test": names, "skipped": []}  # every image trains; --test-size is unused
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(record["segm"]) == 12
+
+
+def test_workers_default_to_at_most_the_cores_this_process_may_use(monkeypatch):
+    monkeypatch.setattr(train.utils, "available_cpus", lambda: 2)
+    assert train.get_args_parser().parse_args([]).workers == 2  # PyTorch warns above the cores it may use
+    monkeypatch.setattr(train.utils, "available_cpus", lambda: 64)
+    assert train.get_args_parser().parse_args([]).workers == 4

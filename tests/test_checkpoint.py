@@ -1,0 +1,102 @@
+import json
+
+import pytest
+
+import train
+from checkpoint import MODEL_SETTINGS, OVERRIDABLE, SPLIT_SETTINGS, resume_settings, stored_split
+from utils import UserError
+
+STORED = {
+    **vars(train.get_args_parser().parse_args([])),
+    "data_path": "CVPPP",
+    "dataset": "folder",
+    "image_suffix": "_rgb",
+    "mask_suffix": "_label",
+    "weights": "none",
+    "lr": 0.001,
+    "test_size": 16,
+    "min_size": 320,
+    "max_size": 640,
+}
+# A value other than the run's for each setting that a resume refuses without --allow-changes.
+OTHER_VALUES = {
+    "data_path": "elsewhere", "dataset": "pennfudan", "mask_path": "masks", "image_suffix": "", "mask_suffix": "_mask",
+    "ann_file": "instances.json", "min_size": 800, "max_size": 1333, "augmentation": "none", "batch_size": 8,
+    "momentum": 0.8, "weight_decay": 1e-4, "lr_step_size": 5, "lr_gamma": 0.5, "aspect_ratio_group_factor": -1,
+    "sync_bn": True,
+}  # fmt: skip
+NEVER = {
+    "seed": 1, "test_size": 50, "val_data_path": "val", "val_ann_file": "val.json",
+    "model": "fasterrcnn_resnet50_fpn", "weights": "DEFAULT", "weights_backbone": "DEFAULT",
+    "trainable_backbone_layers": 5,
+}  # fmt: skip
+
+
+def resume(given, test_only=False, allow_changes=False):
+    return resume_settings(STORED, given, "out/checkpoint.pth", test_only, allow_changes)
+
+
+def test_every_setting_is_in_one_group():
+    settings = set(STORED) - {"resume", "test_only", "allow_changes", "download"}
+    assert settings == set(OVERRIDABLE) | set(OTHER_VALUES) | set(NEVER)
+    assert set(NEVER) == set(SPLIT_SETTINGS) | set(MODEL_SETTINGS)
+
+
+def test_no_flag_gives_the_run_as_it_was():
+    assert resume({}) == (STORED, [])
+    same = {"data_path": "./CVPPP", "lr": 0.001, "min_size": 320, "resume": "out/checkpoint.pth"}
+    assert resume(same) == (STORED, [])  # the same values, a path spelled otherwise, and the command flags
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_VALUES))
+def test_a_flag_that_changes_the_data_sizes_or_recipe_is_refused_by_name(name):
+    value = OTHER_VALUES[name]
+    option = "--" + name.replace("_", "-")
+    with pytest.raises(UserError) as error:
+        resume({name: value})
+    message = str(error.value)
+    assert message.startswith(f"{option} {value}: the run has {STORED[name]} (out/checkpoint.pth)")
+    assert "--allow-changes" in message and "\n" not in message
+    settings, changes = resume({name: value}, allow_changes=True)
+    assert settings[name] == value and changes == [{"flag": option, "from": STORED[name], "to": value}]
+
+
+@pytest.mark.parametrize("name", sorted(NEVER))
+def test_the_split_and_the_model_never_change(name):
+    option = "--" + name.replace("_", "-")
+    for allow_changes in (False, True):
+        with pytest.raises(UserError, match=f"^{option} {NEVER[name]}: the run has {STORED[name]} ") as error:
+            resume({name: NEVER[name]}, allow_changes=allow_changes)
+        assert "without --resume" in str(error.value)
+
+
+def test_safe_flags_override_and_say_so_once(capsys):
+    given = {"epochs": 30, "lr": 0.0005, "workers": 0, "device": "cpu", "print_freq": 1, "output_dir": "other"}
+    settings, changes = resume(given)
+    assert {name: settings[name] for name in given} == given
+    assert [change["flag"] for change in changes] == ["--epochs", "--lr", "--workers", "--print-freq", "--output-dir"]
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [
+        "--epochs 30 replaces the run's 10",
+        "--lr 0.0005 replaces the run's 0.001",
+        f"--workers 0 replaces the run's {STORED['workers']}",
+        "--print-freq 1 replaces the run's 10",
+        "--output-dir other replaces the run's output",
+    ]  # --device cpu is the run's already (no GPU here)
+
+
+def test_test_only_ignores_what_only_training_uses(capsys):
+    settings, changes = resume({"epochs": 30, "lr": 0.1}, test_only=True)
+    assert settings == STORED and changes == []
+    assert "--epochs 30: ignored with --test-only" in capsys.readouterr().out
+
+
+def test_the_split_comes_from_the_checkpoint_else_from_split_json(tmp_path):
+    split = {"train": ["a.png"], "test": ["b.png"], "skipped": []}
+    assert stored_split({"split": split}, tmp_path / "checkpoint.pth") == split
+    assert stored_split({}, tmp_path / "checkpoint.pth") is None
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    assert stored_split({}, tmp_path / "checkpoint.pth") == split
+    (tmp_path / "split.json").write_text("{")
+    with pytest.raises(UserError, match="split.json: not valid json"):
+        stored_split({}, tmp_path / "checkpoint.pth")
