@@ -46,6 +46,7 @@ from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
 import utils
+from bench_recipe import RECIPES, measure_recipes, recipe_table_rows
 from dataset import add_dataset_args, dataset_from_args, split_indices
 from engine import (
     autocast,
@@ -59,16 +60,17 @@ from engine import (
 )
 from group_by_aspect_ratio import training_batches
 from model import MODELS, get_model, model_from_checkpoint
+from recipe import make_optimizer
 from transforms import get_transform
 
-PARTS = ("data", "train", "eval", "epoch")
+PARTS = ("data", "train", "eval", "epoch", "recipe")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Benchmark training speed and memory")
     add = parser.add_argument
     add_dataset_args(parser)
-    add("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure (default: all)")
+    add("--parts", nargs="+", choices=PARTS, default=list(PARTS[:4]), help="what to measure (default: all but recipe)")
     add("--models", nargs="+", default=["maskrcnn_resnet50_fpn"], choices=list(MODELS), metavar="NAME")
     add("--weights", default="none", help="none (default), DEFAULT, or a local .pth (a COCO file: fine-tuning)")
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -84,6 +86,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--test-size", type=int, default=20, help="eval: images held out as train.py does (default: %(default)s)")
     add("--checkpoint", help="eval: a checkpoint of train.py to evaluate (default: the first of --models)")
     add("--epoch-images", type=int, default=0, help="epoch: train on the first N usable images (default: all)")
+    add(
+        "--recipes",
+        nargs="+",
+        default=["tutorial", *RECIPES],
+        choices=["tutorial", *RECIPES],
+        metavar="NAME",
+        help=f"recipe: which to run (default: all): tutorial, {', '.join(RECIPES)}",
+    )
+    add("--budget-minutes", type=float, default=43, help="recipe: wall clock for each (default: %(default)s)")
+    add("--recipe-args", default="", help='recipe: train.py flags added to each recipe, e.g. "--epochs 12"')
+    add("--tutorial-epochs", type=int, default=10, help="recipe: the tutorial's epochs (default: %(default)s)")
+    add("--seed", type=int, default=0, help="recipe: the split's seed, as train.py's (default: %(default)s)")
+    add("--plot", help="recipe: also draw AP against minutes into this PNG")
     add("--output", default="bench.json", help="where the JSON goes (default: %(default)s)")
     return parser
 
@@ -100,11 +115,10 @@ def machine(device: torch.device) -> dict[str, Any]:
 def model_and_optimizer(
     args: argparse.Namespace, model_name: str, num_classes: int, device: torch.device, channels_last: bool
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    """The model (--weights, sizes) on `device` in training mode, and SGD as train.py makes it."""
+    """The model (--weights, sizes) on `device` in training mode, and train.py's default optimizer (SGD)."""
     model = get_model(model_name, num_classes, weights=args.weights, min_size=args.min_size, max_size=args.max_size)
     model.to(device, memory_format=memory_format(channels_last)).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    return model, torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=5e-4)
+    return model, make_optimizer(model, lr=args.lr)
 
 
 def memory_format(channels_last: bool) -> torch.memory_format:
@@ -470,6 +484,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         print(f"one training epoch of {args.models[0]}")
         columns = {"loop": "", "images": "d", "left_out": "d", "seconds": ".1f", "images_per_second": ".2f"}
         print(table(report["epoch"], columns))
+    if "recipe" in args.parts:
+        report["recipes"] = measure_recipes(args)
+        print(f"held-out AP against wall-clock minutes, seed {args.seed}, {args.test_size} test images")
+        columns = {"recipe": "", "best_ap": ".3f", "best_minutes": ".1f", "minutes": ".1f", "epochs": "d"}
+        print(table(recipe_table_rows(report["recipes"]), columns))
     utils.write_json(report, args.output)
     print(f"wrote {args.output}")
     return report

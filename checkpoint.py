@@ -16,7 +16,7 @@ metrics (every epoch's record) and rng (every rank's random state).
 A resume is the same run, continued: its settings and its split come from the checkpoint,
 so `--resume output/checkpoint.pth` needs no other flag. A flag given beside it may change
 only what leaves the data, the split and the model as they were (OVERRIDABLE); other
-settings change only with --allow-changes, and the split and the model never do.
+settings change only with --allow-changes, and the split, the model and the optimizer never do.
 """
 
 from __future__ import annotations
@@ -35,7 +35,12 @@ OVERRIDABLE = (
 TRAINING_ONLY = ("epochs", "lr", "tensorboard")  # mean nothing to --test-only
 # Never changed by a resume, even with --allow-changes: a new split or model is a new run.
 SPLIT_SETTINGS = ("seed", "test_size", "val_data_path", "val_ann_file")
-MODEL_SETTINGS = ("model", "weights", "weights_backbone", "trainable_backbone_layers")
+MODEL_SETTINGS = (
+    "model", "weights", "weights_backbone", "trainable_backbone_layers", "mask_head", "box_batch_size_per_image",
+    "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
+    "box_detections_per_img",
+)  # fmt: skip
+OPTIMIZER_SETTINGS = ("opt", "lr_scheduler", "norm_weight_decay")  # the saved state is of this optimizer and schedule
 # Flags that say what to do this time, not what the run is.
 COMMANDS = ("resume", "test_only", "allow_changes", "download")
 PATHS = ("data_path", "mask_path", "ann_file", "val_data_path", "val_ann_file", "output_dir", "weights",
@@ -82,6 +87,11 @@ def resume_settings(
             raise UserError(
                 f"{said}; a resume continues the checkpoint's model: to start a new run from its weights, "
                 f"pass --weights {checkpoint_path} without --resume"
+            )
+        if name in OPTIMIZER_SETTINGS:
+            raise UserError(
+                f"{said}; a resume continues the checkpoint's optimizer state: to train with another, start a new "
+                f"run with --weights {checkpoint_path} without --resume"
             )
         if name not in OVERRIDABLE and not allow_changes:
             raise UserError(

@@ -87,25 +87,31 @@ def read_instance_mask(path: Path) -> np.ndarray:
         raise UserError(f"{path}: cannot read the mask ({error}); replace or remove the file") from error
 
 
+def boxes_of_masks(masks: torch.Tensor) -> torch.Tensor:
+    """N x 4 float32 XYXY boxes of N x H x W masks, in COCO's convention (x2 = last column + 1); 0s for an empty one."""
+    height, width = masks.shape[-2:]
+    rows, cols = masks.any(dim=2).to(torch.uint8), masks.any(dim=1).to(torch.uint8)  # N x H, N x W: touched or not
+    # The first touched index, and one past the last (argmax finds the first maximum).
+    y1, y2 = rows.argmax(dim=1), height - rows.flip(1).argmax(dim=1)
+    x1, x2 = cols.argmax(dim=1), width - cols.flip(1).argmax(dim=1)
+    boxes = torch.stack([x1, y1, x2, y2], dim=1).to(torch.float32).reshape(-1, 4)
+    boxes[rows.sum(dim=1) == 0] = 0
+    return boxes
+
+
 def masks_to_target(instance_mask: np.ndarray, image_id: int) -> dict[str, Any]:
     """Split an instance mask into per-instance binary masks with COCO-convention boxes and areas."""
     height, width = instance_mask.shape
     instance_ids = np.unique(instance_mask)
     instance_ids = instance_ids[instance_ids != 0]
-    masks = instance_mask[None] == instance_ids[:, None, None]  # N x H x W bool
-    rows = masks.any(axis=2)  # N x H: which rows each instance touches
-    cols = masks.any(axis=1)  # N x W
-    # First touched index, and one past the last (argmax finds the first True).
-    y1, y2 = rows.argmax(axis=1), height - rows[:, ::-1].argmax(axis=1)
-    x1, x2 = cols.argmax(axis=1), width - cols[:, ::-1].argmax(axis=1)
-    boxes = np.stack([x1, y1, x2, y2], axis=1).astype(np.float32).reshape(-1, 4)
+    masks = torch.from_numpy((instance_mask[None] == instance_ids[:, None, None]).astype(np.uint8))  # N x H x W
     n = len(instance_ids)
     return {
-        "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY", canvas_size=(height, width)),
+        "boxes": tv_tensors.BoundingBoxes(boxes_of_masks(masks), format="XYXY", canvas_size=(height, width)),
         "labels": torch.ones(n, dtype=torch.int64),
-        "masks": tv_tensors.Mask(torch.from_numpy(masks.astype(np.uint8))),
+        "masks": tv_tensors.Mask(masks),
         "image_id": image_id,
-        "area": torch.from_numpy(masks.sum(axis=(1, 2)).astype(np.float32)),
+        "area": masks.sum(dim=(1, 2), dtype=torch.float32),
         "iscrowd": torch.zeros(n, dtype=torch.int64),
     }
 

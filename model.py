@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights, WeightsEnum, detection
+from torchvision.models import MobileNet_V3_Large_Weights, ResNet18_Weights, ResNet50_Weights, WeightsEnum, detection
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import mobilenet_backbone
+from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from utils import UserError, load_checkpoint
@@ -61,8 +61,33 @@ def maskrcnn_mobilenet_v3_large_fpn(
     return model
 
 
-# name -> (builder, weights enum of the whole model, weights enum of the backbone)
-MODELS: dict[str, tuple[Callable[..., nn.Module], type[WeightsEnum], type[WeightsEnum]]] = {
+def maskrcnn_resnet18_fpn(
+    *,
+    weights: None = None,
+    weights_backbone: ResNet18_Weights | None = None,
+    num_classes: int | None = None,
+    trainable_backbone_layers: int | None = None,
+    **kwargs: Any,
+) -> detection.MaskRCNN:
+    """Mask R-CNN on a ResNet-18 FPN: R50's strides (4 to 32) at about a third of its backbone's work.
+
+    torchvision publishes no COCO weights for it: train from scratch, or from ImageNet
+    weights for the backbone (`weights_backbone`).
+    """
+    pretrained = weights_backbone is not None
+    if trainable_backbone_layers is None:
+        trainable_backbone_layers = 3 if pretrained else 5
+    backbone = resnet_fpn_backbone(
+        backbone_name="resnet18",
+        weights=weights_backbone,
+        norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d,
+        trainable_layers=trainable_backbone_layers,
+    )
+    return detection.MaskRCNN(backbone, num_classes or 91, **kwargs)
+
+
+# name -> (builder, weights enum of the whole model or None, weights enum of the backbone)
+MODELS: dict[str, tuple[Callable[..., nn.Module], type[WeightsEnum] | None, type[WeightsEnum]]] = {
     "maskrcnn_resnet50_fpn": (
         detection.maskrcnn_resnet50_fpn,
         detection.MaskRCNN_ResNet50_FPN_Weights,
@@ -93,18 +118,24 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], type[WeightsEnum], type[Weight
         detection.FasterRCNN_MobileNet_V3_Large_FPN_Weights,
         MobileNet_V3_Large_Weights,
     ),
+    "maskrcnn_resnet18_fpn": (maskrcnn_resnet18_fpn, None, ResNet18_Weights),
 }
 
 # torchvision's original COCO weights for these were trained with FrozenBatchNorm eps = 0.
 _ZERO_EPS_COCO_MODELS = ("maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn")
 
 
-def _resolve_weights(spec: str | None, enum: type[WeightsEnum], flag: str) -> WeightsEnum | Path | None:
+def _resolve_weights(spec: str | None, enum: type[WeightsEnum] | None, flag: str) -> WeightsEnum | Path | None:
     """`none`/None, a local file (a path that exists or ends in .pth/.pt), or a name in `enum` such as DEFAULT."""
     if spec is None or spec.lower() == "none":
         return None
     if Path(spec).exists() or spec.endswith((".pth", ".pt")):
         return Path(spec)
+    if enum is None:
+        raise UserError(
+            f"{flag} {spec}: torchvision has no COCO weights for this model; use --weights none "
+            "(with --weights-backbone DEFAULT for its ImageNet backbone) or --weights PATH"
+        )
     try:
         return enum.verify(spec)
     except (KeyError, ValueError, TypeError):
@@ -182,12 +213,59 @@ def _replace_predictors(model: nn.Module, num_classes: int) -> None:
         model.roi_heads.mask_predictor = MaskRCNNPredictor(in_channels, 256, num_classes)
 
 
+# The RoI-head settings that torchvision's builders take (None in get_model: the builder's own).
+HEAD_SETTINGS = (
+    "box_batch_size_per_image",  # RoIs sampled per image to train the box and mask heads (512)
+    "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train",  # proposals kept before / after NMS (2000, 2000)
+    "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",  # the same when predicting (1000, 1000)
+    "box_detections_per_img",  # detections per image at most (100)
+)  # fmt: skip
+
+
+def head_settings(model: nn.Module) -> dict[str, int]:
+    """The HEAD_SETTINGS values `model` was built with."""
+    rpn, roi_heads = model.rpn, model.roi_heads
+    return {
+        "box_batch_size_per_image": roi_heads.fg_bg_sampler.batch_size_per_image,
+        "rpn_pre_nms_top_n_train": rpn._pre_nms_top_n["training"],
+        "rpn_post_nms_top_n_train": rpn._post_nms_top_n["training"],
+        "rpn_pre_nms_top_n_test": rpn._pre_nms_top_n["testing"],
+        "rpn_post_nms_top_n_test": rpn._post_nms_top_n["testing"],
+        "box_detections_per_img": roi_heads.detections_per_img,
+    }
+
+
+def mask_head_shape(model: nn.Module) -> tuple[int, int] | None:
+    """(convolutions, channels) of the mask head (torchvision's: 4 of 256); None for a model without masks."""
+    if getattr(model.roi_heads, "mask_head", None) is None:
+        return None
+    return len(model.roi_heads.mask_head), model.roi_heads.mask_predictor.conv5_mask.in_channels
+
+
+def set_mask_head(model: nn.Module, layers: int, channels: int) -> None:
+    """A new, untrained mask head of `layers` 3x3 convolutions of `channels`, and a predictor to match.
+
+    A lighter head than torchvision's 4 x 256 costs less per sampled RoI, which is most of
+    a CPU step at small image sizes; it starts from scratch (COCO weights are for 4 x 256).
+    """
+    if mask_head_shape(model) == (layers, channels):
+        return
+    old_head, old_predictor = model.roi_heads.mask_head, model.roi_heads.mask_predictor
+    in_channels = old_head[0][0].in_channels
+    batch_norm = len(old_head[0]) == 3  # the v2 models' heads: convolution, BatchNorm, ReLU
+    norm_layer = nn.BatchNorm2d if batch_norm else None
+    model.roi_heads.mask_head = MaskRCNNHeads(in_channels, [channels] * layers, 1, norm_layer=norm_layer)
+    num_classes = old_predictor.mask_fcn_logits.out_channels
+    model.roi_heads.mask_predictor = MaskRCNNPredictor(channels, channels, num_classes)
+
+
 def get_model(
     name: str = "maskrcnn_resnet50_fpn",
     num_classes: int = 2,
     weights: str | None = "DEFAULT",
     weights_backbone: str | None = None,
     trainable_backbone_layers: int | None = None,
+    mask_head: tuple[int, int] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """A model of MODELS for `num_classes` (background included), with its weights loaded.
@@ -195,8 +273,10 @@ def get_model(
     weights: "DEFAULT" or a torchvision weights name (COCO, downloaded once into the torch
     hub cache), "none", or the path of a local .pth (torchvision's COCO state dict, or a
     checkpoint of train.py). weights_backbone: the same for the backbone alone, with
-    weights "none". kwargs reach the model (min_size, max_size, ...).
+    weights "none". mask_head: (convolutions, channels) for a new mask head (set_mask_head).
+    kwargs reach the model (min_size, max_size, HEAD_SETTINGS, ...); None values are dropped.
     """
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
     if name not in MODELS:
         raise UserError(f"--model {name}: unknown; choose one of {', '.join(MODELS)}")
     builder, weights_enum, backbone_enum = MODELS[name]
@@ -244,6 +324,8 @@ def get_model(
             f"(torchvision's file from {torch.hub.get_dir()}/checkpoints on a machine that has it)"
         ) from error
     _replace_predictors(model, num_classes)
+    if mask_head is not None and mask_head_shape(model) is not None:
+        set_mask_head(model, *mask_head)
     return model
 
 
@@ -276,6 +358,8 @@ def model_config(model: nn.Module, name: str) -> dict[str, Any]:
         "min_size": list(model.transform.min_size),
         "max_size": model.transform.max_size,
         "masks": getattr(model.roi_heads, "mask_predictor", None) is not None,
+        "heads": head_settings(model),
+        "mask_head": mask_head_shape(model),
     }
 
 
@@ -290,7 +374,10 @@ def model_from_config(config: dict[str, Any], **kwargs: Any) -> nn.Module:
     if name not in MODELS:
         raise UserError(f"the checkpoint's model {name} is not one of {', '.join(MODELS)}")
     sizes = {"min_size": tuple(config["min_size"]), "max_size": config["max_size"], **kwargs}
-    model = MODELS[name][0](weights=None, weights_backbone=None, num_classes=config["num_classes"], **sizes)
+    heads = config.get("heads", {})  # absent from checkpoints older than the head settings: the defaults
+    model = MODELS[name][0](weights=None, weights_backbone=None, num_classes=config["num_classes"], **heads, **sizes)
+    if config.get("mask_head"):
+        set_mask_head(model, *config["mask_head"])
     if config["frozen_bn_eps"] is not None:  # trained from pretrained weights: FrozenBatchNorm in the backbone
         freeze_batchnorm(model, config["frozen_bn_eps"])
     if "frozen_parameters" in config:

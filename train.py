@@ -31,8 +31,9 @@ from dataset import (
 )
 from engine import evaluate, selection_score, train_one_epoch
 from group_by_aspect_ratio import training_batches
-from model import MODELS, get_model, model_config, model_from_config
-from transforms import AUGMENTATIONS, get_transform
+from model import HEAD_SETTINGS, MODELS, get_model, model_config, model_from_config
+from recipe import OPTIMIZERS, SCHEDULERS, make_optimizer, make_scheduler, retarget_scheduler
+from transforms import AUGMENTATIONS, copy_paste_collate, get_transform, train_sizes
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -44,22 +45,30 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--weights", default="DEFAULT", help="DEFAULT (COCO), a torchvision weights name, none, or a local .pth")
     add("--weights-backbone", default=None, help="with --weights none: DEFAULT (ImageNet), a name, none, or a .pth")
     add("--trainable-backbone-layers", type=int, help="backbone stages to train (default: 3 if pretrained)")
+    for name in HEAD_SETTINGS:  # torchvision's names; see model.py
+        add(flag(name), type=int, help=f"the model's {name} (default: the model's own)")
+    add("--mask-head", type=int, nargs=2, metavar=("CONVS", "CHANNELS"), help="a lighter mask head (default: 4 256)")
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     add("--device", default=default_device, help="cuda, cuda:N or cpu (default: %(default)s)")
     add("-b", "--batch-size", type=int, default=2, help="images per training batch (default: %(default)s)")
     add("--epochs", type=int, default=10, help="total epochs to train (default: %(default)s)")
     workers = min(4, utils.available_cpus())
     add("-j", "--workers", type=int, default=workers, help="data loading processes (default: %(default)s)")
-    add("--lr", type=float, default=0.005, help="SGD learning rate (default: %(default)s; from scratch try 0.001)")
+    add("--opt", default="sgd", choices=OPTIMIZERS, help="optimizer (default: %(default)s)")
+    add("--lr", type=float, default=0.005, help="learning rate (default: %(default)s; from scratch try 0.001)")
     add("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
-    add("--weight-decay", "--wd", type=float, default=5e-4, help="SGD weight decay (default: %(default)s)")
-    add("--lr-step-size", type=int, default=3, help="epochs between lr decays (default: %(default)s)")
-    add("--lr-gamma", type=float, default=0.1, help="lr decay factor (default: %(default)s)")
+    add("--weight-decay", "--wd", type=float, default=5e-4, help="weight decay (default: %(default)s)")
+    add("--norm-weight-decay", type=float, help="weight decay of normalization layers (default: --weight-decay)")
+    add("--lr-scheduler", default="steplr", choices=SCHEDULERS, help="lr schedule per epoch (default: %(default)s)")
+    add("--lr-step-size", type=int, default=3, help="steplr: epochs between lr decays (default: %(default)s)")
+    add("--lr-steps", type=int, nargs="+", help="multisteplr: the epochs at which the lr decays")
+    add("--lr-gamma", type=float, default=0.1, help="steplr, multisteplr: lr decay factor (default: %(default)s)")
     add("--test-size", type=int, default=50, help="images held out for evaluation (default: %(default)s)")
     add("--seed", type=int, default=0, help="seeds the split, init and data order (default: %(default)s)")
     add("--min-size", type=int, default=800, help="shorter image side the model resizes to (default: %(default)s)")
     add("--max-size", type=int, default=1333, help="longer image side at most (default: %(default)s)")
     add("--augmentation", default="hflip", choices=AUGMENTATIONS, help="training augmentation (default: %(default)s)")
+    add("--use-copypaste", action="store_true", help="Simple Copy-Paste between training images (with lsj)")
     add("--amp", action="store_true", help="mixed precision: float16 on CUDA, bfloat16 on CPU")
     add("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC convolutions (default: on)")
     add("--aspect-ratio-group-factor", type=int, default=3, help="batch by aspect ratio; -1: off (default: 3)")
@@ -120,6 +129,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise utils.UserError("--download fetches Penn-Fudan only; drop it to train on your own data")
     if args.test_only and not args.resume:
         raise utils.UserError("--test-only needs --resume PATH: the checkpoint to evaluate")
+    if args.lr_scheduler == "multisteplr" and not args.lr_steps:
+        raise utils.UserError("--lr-scheduler multisteplr needs --lr-steps: the epochs at which the lr decays")
+    if args.use_copypaste and args.augmentation != "lsj":
+        raise utils.UserError("--use-copypaste pastes between images of one size: add --augmentation lsj")
     if args.allow_changes and not args.resume:
         raise utils.UserError("--allow-changes lets --resume change a run's settings; drop it for a new run")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -226,7 +239,8 @@ def make_loaders(
     test_data = dataset_from_args(args, get_transform(False), validation=fixed, strict=strict)
     train_data = None
     if not args.test_only:
-        train_data = dataset_from_args(args, get_transform(True, args.augmentation), include_crowd=False, strict=strict)
+        augment = get_transform(True, args.augmentation, args.min_size)
+        train_data = dataset_from_args(args, augment, include_crowd=False, strict=strict)
         if test_data.classes != train_data.classes:
             raise utils.UserError(
                 f"the validation set's classes {test_data.classes[1:]} differ from the training set's"
@@ -262,7 +276,8 @@ def make_loaders(
         # run augments as the straight one did. Test workers have nothing random: they persist (bench.py: first batch
         # time), seeded from their own generator, so that the main RNG is drawn from the same way with and without a
         # resume.
-        train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=batches, **common)
+        train_options = {**common, "collate_fn": copy_paste_collate if args.use_copypaste else utils.collate_fn}
+        train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=batches, **train_options)
     test_set = torch.utils.data.Subset(test_data, test_ids[rank::world_size])
     test_loader = torch.utils.data.DataLoader(
         test_set, batch_size=1, persistent_workers=args.workers > 0, generator=torch.Generator(), **common
@@ -274,6 +289,7 @@ def build_model(
     args: argparse.Namespace, classes: list[str], checkpoint: dict[str, Any] | None, device: torch.device
 ) -> torch.nn.Module:
     """The model of --model with --weights, or for a resume the checkpoint's own (nothing is downloaded)."""
+    sizes = {"min_size": train_sizes(args.augmentation, args.min_size), "max_size": args.max_size}
     if checkpoint is None:
         model = get_model(
             args.model,
@@ -281,8 +297,9 @@ def build_model(
             weights=args.weights,
             weights_backbone=args.weights_backbone,
             trainable_backbone_layers=args.trainable_backbone_layers,
-            min_size=args.min_size,
-            max_size=args.max_size,
+            mask_head=args.mask_head,
+            **{name: getattr(args, name) for name in HEAD_SETTINGS},
+            **sizes,
         )
     else:
         config = checkpoint["model_config"]
@@ -291,7 +308,7 @@ def build_model(
                 f"--resume {args.resume}: its classes {config['class_names'][1:]} differ from the dataset's "
                 f"{classes[1:]}; to fine-tune it for these, start a new run with --weights {args.resume}"
             )
-        model = model_from_config(config, min_size=args.min_size, max_size=args.max_size)
+        model = model_from_config(config, **sizes)
         try:
             model.load_state_dict(checkpoint["model"])
         except (KeyError, RuntimeError) as error:
@@ -352,9 +369,9 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
             model_without_ddp = model
         device_ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step_size, gamma=args.lr_gamma)
+    optimizer = make_optimizer(model, args.opt, args.lr, args.momentum, args.weight_decay, args.norm_weight_decay)
+    schedule = (args.epochs, args.lr_step_size, args.lr_steps, args.lr_gamma)
+    lr_scheduler = make_scheduler(optimizer, args.lr_scheduler, *schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda") if args.amp else None
 
     start_epoch, best_score, history, all_changes = 0, -math.inf, [], []
@@ -363,6 +380,7 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
             raise utils.UserError(f"--resume {args.resume}: holds weights only; resume from checkpoint.pth")
         optimizer.load_state_dict(checkpoint["optimizer"])
         lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        retarget_scheduler(lr_scheduler, *schedule)  # a changed --epochs, --lr-step-size, ... takes effect
         if args.lr != checkpoint["args"]["lr"]:  # a lower --lr after a diverged run must take effect
             utils.set_base_lr(optimizer, lr_scheduler, args.lr)
         if scaler is not None and "scaler" in checkpoint:

@@ -1,19 +1,105 @@
 """Augmentation presets on torchvision.transforms.v2, so boxes and masks move with the image.
 
-Every preset ends by converting the image to float in [0, 1] and dropping boxes that a
-transform made degenerate (zero width or height, or cut off), together with their
-masks, labels, areas and crowd flags. Resizing is left to the model (`--min-size`).
-Geometric presets leave `area` as it was before the transform: training does not
-use it, and evaluation uses the "none" preset.
+    hflip       a random horizontal flip (the tutorial's)
+    none        nothing
+    ssd         photometric distortion, zoom out, IoU crop and flip (torchvision's SSD preset)
+    multiscale  a flip, and the model resizes each training image to a random shorter side
+                between 0.6 x and 1 x --min-size (evaluation: --min-size); see train_sizes()
+    lsj         large-scale jitter (Ghiasi et al., 2021): scaled by 0.1-2 x, then cropped or
+                padded to a --min-size square; and a flip
+    topdown     both flips and a turn by 0, 90, 180 or 270 degrees: for pictures taken from
+                above (plants, cells, aerial, documents), whose orientation means nothing
+
+Every training preset ends by setting each box to the box of its mask (COCO's convention),
+since resampling moves masks and boxes a little apart, and by dropping instances that a
+transform left without pixels. The image becomes float in [0, 1]. Geometric presets leave
+`area` as it was before the transform: training does not use it, and evaluation uses "none".
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 
-AUGMENTATIONS = ("hflip", "none", "ssd")
+from dataset import boxes_of_masks
+from utils import collate_fn
+
+AUGMENTATIONS = ("hflip", "none", "ssd", "multiscale", "lsj", "topdown")
+IMAGENET_MEAN_PIXEL = (124, 116, 104)  # what padding shows: the mean colour, as torchvision's presets pad
+
+
+def train_sizes(augmentation: str, min_size: int) -> tuple[int, ...]:
+    """The shorter sides the model resizes training images to (one is drawn per image); it evaluates at the last."""
+    if augmentation == "multiscale":  # as Detectron2's ResizeShortestEdge: 0.6 x to 1 x in steps of 32 pixels
+        smallest = int(min_size * 0.6)
+        return (*range(smallest, min_size, 32), min_size)
+    return (min_size,)
+
+
+class RandomRot90(torch.nn.Module):
+    """Turn the image, its masks and boxes by 0, 90, 180 or 270 degrees (counter-clockwise), exactly."""
+
+    def forward(self, image: tv_tensors.Image, target: dict[str, Any]) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        turns = int(torch.randint(4, ()))
+        if turns == 0:
+            return image, target
+        image = tv_tensors.wrap(torch.rot90(image, turns, dims=(-2, -1)), like=image)
+        masks = torch.rot90(target["masks"], turns, dims=(-2, -1))
+        target = {**target, "masks": tv_tensors.Mask(masks)}
+        target["boxes"] = tv_tensors.BoundingBoxes(boxes_of_masks(masks), format="XYXY", canvas_size=masks.shape[-2:])
+        return image, target
+
+
+class BoxesFromMasks(torch.nn.Module):
+    """Set every box to the box of its mask, so that the two agree after any resampling."""
+
+    def forward(self, image: tv_tensors.Image, target: dict[str, Any]) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        if "masks" in target:
+            boxes = boxes_of_masks(target["masks"])
+            target = {**target, "boxes": tv_tensors.wrap(boxes.to(target["boxes"].dtype), like=target["boxes"])}
+        return image, target
+
+
+def copy_paste(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> list[tuple[torch.Tensor, dict[str, Any]]]:
+    """Simple Copy-Paste (Ghiasi et al., 2021), as torchvision's references apply it to a training batch.
+
+    Each image receives a random subset of the instances of the batch's previous image,
+    blended in through a Gaussian-blurred mask (sigma 2); what they cover is cut from the
+    image's own masks, and instances left without a pixel are dropped. Images must be of
+    one size (--augmentation lsj makes them so); others are left as they are.
+    """
+    pasted_batch = []
+    for index, (image, target) in enumerate(batch):
+        source_image, source = batch[index - 1]
+        keep = torch.rand(len(source["masks"])) < 0.5
+        if len(batch) < 2 or source_image.shape != image.shape or not keep.any():
+            pasted_batch.append((image, target))
+            continue
+        pasted = source["masks"][keep].bool()
+        cover = pasted.any(dim=0)
+        alpha = T.functional.gaussian_blur(cover[None].float(), kernel_size=[5, 5], sigma=[2.0, 2.0])
+        image = image * (1 - alpha) + source_image * alpha
+        own = target["masks"].bool() & ~cover
+        visible = own.flatten(1).any(dim=1)
+        masks = torch.cat([own[visible], pasted]).to(torch.uint8)
+        pasted_target = {
+            **target,
+            "masks": masks,
+            "boxes": boxes_of_masks(masks),
+            "labels": torch.cat([target["labels"][visible], source["labels"][keep]]),
+            "area": masks.sum(dim=(1, 2), dtype=torch.float32),
+            "iscrowd": torch.cat([target["iscrowd"][visible], source["iscrowd"][keep]]),
+        }
+        pasted_batch.append((image, pasted_target))
+    return pasted_batch
+
+
+def copy_paste_collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[tuple, tuple]:
+    """The DataLoader's collate_fn with --use-copypaste: copy_paste, then the usual lists."""
+    return collate_fn(copy_paste(batch))
 
 
 def _per_instance_fields(sample: tuple) -> tuple[torch.Tensor, ...]:
@@ -22,24 +108,25 @@ def _per_instance_fields(sample: tuple) -> tuple[torch.Tensor, ...]:
     return tuple(target[key] for key in ("labels", "area", "iscrowd") if key in target)
 
 
-def get_transform(train: bool, augmentation: str = "hflip") -> T.Compose:
+def get_transform(train: bool, augmentation: str = "hflip", size: int = 800) -> T.Compose:
     """The transform for training (`train=True`, with `augmentation`) or for evaluation (no augmentation).
 
-    augmentation: "hflip" (random horizontal flip, the tutorial's), "none", or "ssd"
-    (photometric distortion, zoom out, IoU crop and flip, as torchvision's SSD preset).
+    size: the model's --min-size, which lsj crops to. See the module docstring for the presets.
     """
     if augmentation not in AUGMENTATIONS:
         raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {augmentation!r}")
-    steps: list[T.Transform] = []
-    if train and augmentation == "hflip":
-        steps.append(T.RandomHorizontalFlip(0.5))
-    elif train and augmentation == "ssd":
-        steps += [
-            T.RandomPhotometricDistort(p=0.5),
-            T.RandomZoomOut(fill={tv_tensors.Image: (123, 117, 104), "others": 0}),
-            T.RandomIoUCrop(),
-            T.RandomHorizontalFlip(0.5),
-        ]
+    pad = {tv_tensors.Image: IMAGENET_MEAN_PIXEL, "others": 0}
+    presets: dict[str, list[Any]] = {
+        "none": [],
+        "hflip": [T.RandomHorizontalFlip(0.5)],
+        "multiscale": [T.RandomHorizontalFlip(0.5)],  # the model draws the scale: train_sizes()
+        "ssd": [T.RandomPhotometricDistort(p=0.5), T.RandomZoomOut(fill=pad), T.RandomIoUCrop(),
+                T.RandomHorizontalFlip(0.5)],
+        "lsj": [T.ScaleJitter((size, size), scale_range=(0.1, 2.0), antialias=True),
+                T.RandomCrop((size, size), pad_if_needed=True, fill=pad), T.RandomHorizontalFlip(0.5)],
+        "topdown": [T.RandomHorizontalFlip(0.5), T.RandomVerticalFlip(0.5), RandomRot90()],
+    }  # fmt: skip
+    steps = [*presets[augmentation], BoxesFromMasks()] if train else []
     steps += [
         T.ToDtype(torch.float32, scale=True),
         T.SanitizeBoundingBoxes(labels_getter=_per_instance_fields),

@@ -1,5 +1,7 @@
 import json
 
+from PIL import Image
+
 import bench
 
 
@@ -41,3 +43,28 @@ def test_bench_measures_every_part_beside_the_tutorial_s_way(pennfudan, tmp_path
     assert ours["images"] == tutorial["images"] == 9 and ours["left_out"] == tutorial["left_out"] == 1
     assert ours["seconds"] > 0 and tutorial["seconds"] > 0 and "error" not in tutorial
     assert "images_per_second" in capsys.readouterr().out  # the tables
+
+
+def test_recipe_part_records_ap_against_minutes_beside_the_tutorial_s_code(pennfudan, tmp_path):
+    # A smoke run at a tiny size: what is recorded, not how good or fast.
+    output, plot = tmp_path / "bench.json", tmp_path / "recipes.png"
+    args = bench.get_args_parser().parse_args(
+        ["--data-path", str(pennfudan), "--parts", "recipe", "--min-size", "64", "--max-size", "128", "-j", "0",
+         "--test-size", "3", "--tutorial-epochs", "2", "--recipe-args", "--min-size 64 --max-size 128 --epochs 2",
+         "--plot", str(plot), "--output", str(output)]
+    )  # fmt: skip
+    report = bench.main(args)
+    assert [row["recipe"] for row in report["recipes"]] == ["tutorial", *bench.RECIPES]
+    for row in report["recipes"]:
+        assert [point["epoch"] for point in row["points"]] == [0, 1]
+        minutes = [point["minutes"] for point in row["points"]]
+        assert 0 < minutes[0] < minutes[1] == row["minutes"]
+        assert all(0 <= point["score"] <= 1 and point["score"] == point["segm_ap"] for point in row["points"])
+        assert row["best_ap"] == max(point["score"] for point in row["points"])
+    assert "--seed 0 --test-size 3" in report["recipes"][1]["command"]
+    with Image.open(plot) as image:
+        assert image.format == "PNG"
+
+    args.recipes, args.budget_minutes, args.plot = ["r18-light-topdown"], 0.001, None  # stopped before an epoch
+    (stopped,) = bench.main(args)["recipes"]
+    assert stopped["points"] == [] and stopped["best_ap"] is None

@@ -3,10 +3,18 @@ import urllib.error
 import pytest
 import torch
 import torchvision.models._api
-from torchvision.models import mobilenet_v3_large, resnet50
+from torchvision.models import mobilenet_v3_large, resnet18, resnet50
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from model import MODELS, get_model, get_model_instance_segmentation, model_config, model_from_checkpoint
+from model import (
+    MODELS,
+    get_model,
+    get_model_instance_segmentation,
+    head_settings,
+    mask_head_shape,
+    model_config,
+    model_from_checkpoint,
+)
 from utils import UserError
 
 SMALL = {"min_size": 64, "max_size": 96}
@@ -204,3 +212,37 @@ def test_a_file_without_model_config_is_not_a_checkpoint(tmp_path):
     torch.save({"w": torch.zeros(1)}, tmp_path / "plain.pth")
     with pytest.raises(UserError, match="plain.pth: not a checkpoint of train.py"):
         model_from_checkpoint(tmp_path / "plain.pth")
+
+
+def test_head_settings_and_a_light_mask_head_are_built_and_rebuilt(tmp_path):
+    settings = {
+        "box_batch_size_per_image": 128, "rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300,
+        "rpn_pre_nms_top_n_test": 500, "rpn_post_nms_top_n_test": 250, "box_detections_per_img": 40,
+    }  # fmt: skip
+    torch.manual_seed(0)
+    model = get_model("maskrcnn_resnet18_fpn", 3, weights="none", mask_head=(2, 128), **settings, **SMALL)
+    assert head_settings(model) == settings and mask_head_shape(model) == (2, 128)
+    assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 3
+    default = get_model("maskrcnn_resnet18_fpn", 3, weights="none", **SMALL)
+    assert mask_head_shape(default) == (4, 256) and head_settings(default)["box_batch_size_per_image"] == 512
+    light = sum(p.numel() for p in model.roi_heads.mask_head.parameters())
+    assert light < sum(p.numel() for p in default.roi_heads.mask_head.parameters()) / 5  # 0.44 M against 2.36 M
+
+    config = {**model_config(model, "maskrcnn_resnet18_fpn"), "class_names": ["background", "a", "b"]}
+    torch.save({"model": model.state_dict(), "model_config": config}, tmp_path / "best.pth")
+    rebuilt, _ = model_from_checkpoint(tmp_path / "best.pth")
+    assert head_settings(rebuilt) == settings and mask_head_shape(rebuilt) == (2, 128)
+    model.eval(), rebuilt.eval()
+    image = torch.rand(3, 90, 110)
+    with torch.inference_mode():
+        expected, got = model([image])[0], rebuilt([image])[0]
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_resnet18_has_no_coco_weights_but_takes_imagenet_ones(tmp_path):
+    with pytest.raises(UserError, match="--weights DEFAULT: torchvision has no COCO weights for this model"):
+        get_model("maskrcnn_resnet18_fpn", 2)
+    torch.save(resnet18().state_dict(), tmp_path / "imagenet.pth")
+    model = get_model("maskrcnn_resnet18_fpn", 2, weights="none", weights_backbone=str(tmp_path / "imagenet.pth"))
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in model.backbone.body.modules())
+    assert not any(p.requires_grad for p in model.backbone.body.layer1.parameters())  # 3 stages train

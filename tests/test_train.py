@@ -13,6 +13,7 @@ from PIL import Image
 
 import dataset
 import train
+from model import model_from_checkpoint
 
 # Small and fast: MobileNet Mask R-CNN from scratch on ~100-pixel images.
 FAST = [
@@ -74,9 +75,18 @@ def test_two_epochs_end_to_end(pennfudan, tmp_path):
     assert "optimizer" not in best
 
 
-def test_resume_gives_the_same_weights_as_a_straight_run(pennfudan, tmp_path):
+RECIPES = {
+    "tutorial": ["--lr-step-size", 2],
+    # (a cosine schedule ends at --epochs, so a run stopped at 2 of 4 cannot be run as "--epochs 2": see test_recipe)
+    "adamw-multistep-lsj-copypaste": ["--opt", "adamw", "--lr-scheduler", "multisteplr", "--lr-steps", 1, 3,
+                                      "--norm-weight-decay", 0, "--augmentation", "lsj", "--use-copypaste"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_resume_gives_the_same_weights_as_a_straight_run(recipe, pennfudan, tmp_path):
     # Separate processes, as a user runs them: MKL_CBWR must take effect before MKL's first call.
-    common = ["--data-path", pennfudan, *FAST, "--lr-step-size", 2, "--use-deterministic-algorithms", "-j", 1]
+    common = ["--data-path", pennfudan, *FAST, *RECIPES[recipe], "--use-deterministic-algorithms", "-j", 1]
     for args in (
         [*common, "--epochs", 4, "--output-dir", tmp_path / "straight"],
         [*common, "--epochs", 2, "--output-dir", tmp_path / "resumed"],
@@ -99,6 +109,14 @@ def test_resume_gives_the_same_weights_as_a_straight_run(pennfudan, tmp_path):
     assert straight["optimizer"]["state"].keys() == resumed["optimizer"]["state"].keys()
     assert straight["split"] == resumed["split"] and straight["model_config"] == resumed["model_config"]
     assert resumed["changes"] == [{"epoch": 2, "flag": "--epochs", "from": 2, "to": 4}]
+
+
+def test_multiscale_trains_at_several_sizes_and_evaluates_at_the_largest(pennfudan, tmp_path):
+    run_main("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", tmp_path, "--augmentation", "multiscale")
+    checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert checkpoint["model_config"]["min_size"] == [38, 64]  # 0.6 x to 1 x --min-size 64
+    rebuilt, _ = model_from_checkpoint(tmp_path / "checkpoint.pth")
+    assert rebuilt.transform.min_size == (38, 64)  # eval uses the last
 
 
 def test_test_only_evaluates_the_checkpoint(pennfudan, tmp_path, capsys):

@@ -5,7 +5,7 @@ from conftest import instance_mask
 from torchvision import tv_tensors
 
 from dataset import masks_to_target
-from transforms import AUGMENTATIONS, get_transform
+from transforms import AUGMENTATIONS, RandomRot90, copy_paste, copy_paste_collate, get_transform, train_sizes
 
 
 def _sample(seed=0):
@@ -21,15 +21,46 @@ def _boxes_of(masks: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("augmentation", AUGMENTATIONS)
 def test_boxes_and_masks_move_with_the_image(augmentation):
     torch.manual_seed(0)
-    for _ in range(20):
-        image, target = get_transform(train=True, augmentation=augmentation)(*_sample())
+    counts = set()
+    for _ in range(30):
+        image, target = get_transform(train=True, augmentation=augmentation, size=64)(*_sample())
         assert image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
         n = len(target["boxes"])
+        counts.add(n)
         assert target["masks"].shape == (n, *image.shape[-2:])
         assert len(target["labels"]) == len(target["area"]) == len(target["iscrowd"]) == n
-        # Each box still encloses exactly its mask (ssd's crop may cut a box: then it is clamped to the mask's).
-        visible = target["masks"].flatten(1).any(1).bool()
-        torch.testing.assert_close(target["boxes"][visible], _boxes_of(target["masks"][visible]))
+        if augmentation == "lsj":
+            assert image.shape[-2:] == (64, 64)  # scaled, then cropped or padded to the square
+        # Nothing degenerate survives, and each box is exactly the box of its mask (COCO's convention).
+        assert target["masks"].flatten(1).any(1).all()
+        boxes = target["boxes"]
+        assert ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()
+        assert torch.equal(boxes, _boxes_of(target["masks"]))
+    if augmentation in ("ssd", "lsj"):
+        assert len(counts) > 1  # crops do cut instances out, and those are dropped
+
+
+def test_a_quarter_turn_moves_pixels_masks_and_boxes_exactly():
+    image, target = _sample()
+    turn = RandomRot90()
+    seen = {}
+    torch.manual_seed(0)
+    while len(seen) < 4:
+        turned, out = turn(image, target)
+        turns = next(k for k in range(4) if torch.equal(turned, torch.rot90(image, k, dims=(-2, -1))))
+        seen[turns] = out
+        assert torch.equal(out["masks"], torch.rot90(target["masks"], turns, dims=(-2, -1)))
+        assert out["boxes"].canvas_size == tuple(turned.shape[-2:])
+    x1, y1, x2, y2 = target["boxes"].unbind(1)
+    width = image.shape[-1]
+    expected = torch.stack([y1, width - x2, y2, width - x1], dim=1)  # a quarter turn counter-clockwise
+    assert torch.equal(seen[1]["boxes"].as_subclass(torch.Tensor), expected)
+
+
+def test_multiscale_draws_shorter_sides_up_to_the_evaluation_size():
+    assert train_sizes("multiscale", 800) == (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
+    assert train_sizes("multiscale", 320) == (192, 224, 256, 288, 320)
+    assert train_sizes("hflip", 320) == (320,)
 
 
 def test_hflip_mirrors_boxes():
@@ -64,3 +95,29 @@ def test_degenerate_boxes_are_dropped_with_their_masks_and_labels():
 def test_unknown_augmentation():
     with pytest.raises(ValueError, match="augmentation must be one of"):
         get_transform(True, "mosaic")
+
+
+def test_copy_paste_moves_instances_between_images_of_a_batch():
+    torch.manual_seed(0)
+    lsj = get_transform(train=True, augmentation="lsj", size=64)
+    pasted_any = False
+    for _ in range(10):
+        batch = [lsj(*_sample(seed)) for seed in range(3)]
+        for (image, target), (before_image, before) in zip(copy_paste(batch), batch, strict=True):
+            masks = target["masks"]
+            assert masks.shape[1:] == image.shape[1:] and masks.flatten(1).any(1).all()
+            assert torch.equal(target["boxes"], _boxes_of(masks))
+            assert len(target["labels"]) == len(target["area"]) == len(target["iscrowd"]) == len(masks)
+            assert (masks.sum(0) <= 1).all()  # a pasted instance covers what it lands on
+            if len(masks) > len(before["masks"]) or not torch.equal(image, before_image):
+                pasted_any = True
+    assert pasted_any
+    images, targets = copy_paste_collate([lsj(*_sample(seed)) for seed in range(2)])
+    assert len(images) == len(targets) == 2
+
+
+def test_copy_paste_leaves_images_of_other_sizes_alone():
+    small = get_transform(train=False)(*_sample())
+    other = (torch.zeros(3, 50, 50), {**small[1]})
+    out = copy_paste([small, other])
+    assert out[0][0] is small[0] and out[1][0] is other[0]

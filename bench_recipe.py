@@ -1,0 +1,185 @@
+"""bench.py --parts recipe: held-out AP against wall-clock minutes, for training recipes and for the tutorial's.
+
+Each of our recipes is a train.py command (RECIPES, plus the dataset flags, --seed,
+--test-size and any --recipe-args), run as a user runs it, in its own process; an epoch's
+point is the time from the command's start until its metrics.jsonl line appeared, so
+start-up, the pre-flight read, training and evaluation are all counted. A recipe that
+outlives --budget-minutes is stopped, and its points so far stand.
+
+"tutorial" is the tutorial's recipe run by the tutorial's code: its transforms (a flip),
+its loop (torchvision's reference train_one_epoch), SGD (momentum 0.9, weight decay 5e-4)
+with StepLR(3, 0.1), and the reference's evaluation, after every epoch, on the same split
+of the same data, at bench.py's --min-size, --max-size, --lr and -b, for as many epochs as
+the budget allows. Only its reader is ours: the tutorial's reads CVPPP's 4-bit palette
+masks wrong (see bench.py --parts epoch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torchvision.transforms import v2 as T
+
+import utils
+from dataset import dataset_from_args, split_indices
+from engine import selection_score
+from model import get_model
+from recipe import make_optimizer
+
+ROOT = Path(__file__).resolve().parent
+# train.py flags of each recipe (the dataset, split and output flags are added by the benchmark).
+RECIPES: dict[str, list[str]] = {
+    # The tutorial's hyper-parameters through train.py: the same model and recipe as "tutorial".
+    "tutorial-hparams": ["--model", "maskrcnn_resnet50_fpn", "--weights", "none", "--lr", "0.001", "-b", "2",
+                         "--min-size", "320", "--max-size", "640", "--epochs", "8", "--lr-step-size", "3"],
+    # A CPU candidate: ResNet-18 FPN with a light mask head and fewer sampled RoIs, all orientations of a
+    # top-down picture, a cosine schedule.
+    "r18-light-topdown": ["--model", "maskrcnn_resnet18_fpn", "--weights", "none", "--mask-head", "2", "128",
+                          "--box-batch-size-per-image", "128", "--augmentation", "topdown", "--lr", "0.01",
+                          "--norm-weight-decay", "0", "--lr-scheduler", "cosineannealinglr", "-b", "4",
+                          "--min-size", "320", "--max-size", "640", "--epochs", "24"],
+}  # fmt: skip
+
+
+def dataset_flags(args: argparse.Namespace) -> list[str]:
+    """The dataset flags of bench.py's command line, for train.py."""
+    flags = ["--data-path", args.data_path, "--image-suffix", args.image_suffix, "--mask-suffix", args.mask_suffix]
+    for name in ("dataset", "mask_path", "ann_file"):
+        if getattr(args, name):
+            flags += ["--" + name.replace("_", "-"), getattr(args, name)]
+    return flags
+
+
+def run_recipe(args: argparse.Namespace, name: str, output_dir: Path) -> dict[str, Any]:
+    """Run train.py with recipe `name` until it ends or the budget is spent; its AP after each epoch, in minutes."""
+    command = [sys.executable, str(ROOT / "train.py"), *dataset_flags(args), *RECIPES[name]]
+    command += shlex.split(args.recipe_args)
+    command += ["--seed", str(args.seed), "--test-size", str(args.test_size), "--output-dir", str(output_dir)]
+    command += ["-j", str(args.workers), "--device", args.device]
+    metrics, points, start = output_dir / "metrics.jsonl", [], time.time()
+    with open(output_dir.parent / f"{name}.log", "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)  # in our folder: relative paths
+        while True:
+            finished = process.poll() is not None
+            for record in utils.read_jsonl(metrics)[len(points) :]:
+                points.append(_point(record["epoch"], time.time() - start, record))
+            if finished:
+                break
+            if time.time() - start > args.budget_minutes * 60:
+                process.terminate()
+                process.wait()
+                break
+            time.sleep(0.5)
+    if process.returncode not in (0, -15) and not points:
+        tail = (output_dir.parent / f"{name}.log").read_text().strip().splitlines()[-1:]
+        raise utils.UserError(f"recipe {name} failed: {tail[0] if tail else process.returncode}")
+    return {"recipe": name, "command": " ".join(command[1:]), "points": points, **_best(points)}
+
+
+def _point(epoch: int, seconds: float, stats: dict[str, Any]) -> dict[str, Any]:
+    return {"epoch": epoch, "minutes": seconds / 60, "segm_ap": stats.get("segm", [None])[0],
+            "bbox_ap": stats["bbox"][0], "score": selection_score(stats)}  # fmt: skip
+
+
+def _best(points: list[dict[str, Any]]) -> dict[str, Any]:
+    best = max(points, key=lambda p: p["score"], default=None)
+    return {"best_ap": best["score"] if best else None, "best_minutes": best["minutes"] if best else None,
+            "minutes": points[-1]["minutes"] if points else None}  # fmt: skip
+
+
+def run_tutorial(args: argparse.Namespace) -> dict[str, Any]:
+    """The tutorial's recipe by the tutorial's code (module docstring), epoch after epoch until the budget ends."""
+    from bench import evaluate_like_the_tutorial, train_like_the_tutorial, tutorial_transform  # bench imports us
+
+    start = time.time()
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    train_data = dataset_from_args(args, None)
+    train_ids, test_ids = split_indices(len(train_data), args.test_size, args.seed)
+    reader = _Transformed(train_data, tutorial_transform())
+    test_reader = _Transformed(train_data, T.Compose([T.ToDtype(torch.float, scale=True), T.ToPureTensor()]))
+    common = {"num_workers": args.workers, "collate_fn": utils.collate_fn}
+    train_loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(reader, train_ids), batch_size=args.batch_size, shuffle=True, **common
+    )
+    test_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(test_reader, test_ids), batch_size=1, **common)
+    model = get_model("maskrcnn_resnet50_fpn", len(train_data.classes), weights=args.weights,
+                      min_size=args.min_size, max_size=args.max_size).to(device)  # fmt: skip
+    optimizer = make_optimizer(model, "sgd", lr=args.lr, momentum=0.9, weight_decay=5e-4)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.1)
+    points = []
+    for epoch in range(args.tutorial_epochs):
+        if time.time() - start > args.budget_minutes * 60:
+            break
+        train_like_the_tutorial(model, optimizer, train_loader, device)
+        scheduler.step()
+        stats = evaluate_like_the_tutorial(model, test_loader, device)
+        points.append(_point(epoch, time.time() - start, stats))
+        print(f"tutorial epoch {epoch}: AP {points[-1]['score']:.3f} at {points[-1]['minutes']:.1f} min", flush=True)
+    command = f"bench.py's tutorial code, R50, lr {args.lr}, -b {args.batch_size}, {args.min_size}/{args.max_size}"
+    return {"recipe": "tutorial", "command": command, "points": points, **_best(points)}
+
+
+class _Transformed(torch.utils.data.Dataset):
+    """Our reader's samples (before transforms) through the tutorial's transforms."""
+
+    def __init__(self, dataset: Any, transforms: Any) -> None:
+        self.dataset, self.transforms = dataset, transforms
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx: int) -> tuple[Any, dict[str, Any]]:
+        return self.transforms(*self.dataset.load(idx))
+
+
+def measure_recipes(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every recipe of --recipes, one after the other (each alone on the machine), and the plot of them all."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-recipes-") as tmp:
+        for name in args.recipes:
+            if name == "tutorial":
+                from bench import in_fresh_process
+
+                rows.append(in_fresh_process(run_tutorial, args))
+            else:
+                output_dir = Path(tmp) / name
+                output_dir.mkdir()
+                rows.append(run_recipe(args, name, output_dir))
+            row = rows[-1]
+            print(f"{name}: best AP {row['best_ap']} after {row['best_minutes']} min", flush=True)
+    if args.plot:
+        plot_recipes(rows, args.plot, f"{Path(args.data_path).name}, seed {args.seed}, {args.test_size} held out")
+    return rows
+
+
+def plot_recipes(rows: list[dict[str, Any]], path: str | Path, title: str) -> None:
+    """Held-out AP against wall-clock minutes, one line per recipe, as a PNG."""
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    for row in rows:
+        points = row["points"]
+        axes.plot([p["minutes"] for p in points], [p["score"] for p in points], marker="o", markersize=3,
+                  label=row["recipe"])  # fmt: skip
+    axes.set(title=title, xlabel="wall-clock minutes (start-up, training and evaluation)", ylabel="held-out AP")
+    axes.grid(alpha=0.3)
+    if axes.lines:
+        axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    utils.atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=100))
+
+
+def recipe_table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per recipe for bench.py's table."""
+    return [{key: row[key] for key in ("recipe", "best_ap", "best_minutes", "minutes")} | {"epochs": len(row["points"])}
+            for row in rows]  # fmt: skip
