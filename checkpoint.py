@@ -22,6 +22,7 @@ settings change only with --allow-changes, and the split, the model and the opti
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +62,18 @@ def _same(name: str, old: Any, new: Any) -> bool:
 
 
 def resume_settings(
-    stored: dict[str, Any], given: dict[str, Any], checkpoint_path: str | Path, test_only: bool, allow_changes: bool
+    stored: dict[str, Any],
+    given: dict[str, Any],
+    checkpoint_path: str | Path,
+    test_only: bool,
+    allow_changes: bool,
+    say: Callable[[str], Any] = print,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The settings of a resumed run, and what the `given` flags changed ({"flag", "from", "to"} each).
 
     stored: the checkpoint's settings; given: the flags on the command line, by setting
-    name. Each change is printed once. A flag that may not change its setting raises a
-    UserError naming the flag and both values.
+    name. Each change is said once (`say`). A flag that may not change its setting raises
+    a UserError naming the flag and both values.
     """
     settings, changes = dict(stored), []
     for name, value in given.items():
@@ -76,7 +82,7 @@ def resume_settings(
             continue
         said = f"{flag(name)} {value}: the run has {old} ({checkpoint_path})"
         if test_only and name in TRAINING_ONLY:
-            print(f"{flag(name)} {value}: ignored with --test-only")
+            say(f"{flag(name)} {value}: ignored with --test-only")
             continue
         if name in SPLIT_SETTINGS:
             raise UserError(
@@ -98,7 +104,7 @@ def resume_settings(
                 f"{said}; a resume keeps the run's data, sizes and recipe: drop the flag, or add --allow-changes "
                 "to change it on purpose"
             )
-        print(f"{flag(name)} {value} replaces the run's {old}" + ("" if name in OVERRIDABLE else " (--allow-changes)"))
+        say(f"{flag(name)} {value} replaces the run's {old}" + ("" if name in OVERRIDABLE else " (--allow-changes)"))
         settings[name] = value
         changes.append({"flag": flag(name), "from": old, "to": value})
     return settings, changes

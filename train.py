@@ -107,9 +107,10 @@ def settings_of_run(
     stored["output_dir"] = str(Path(args.resume).parent)  # the run goes on where its checkpoint is
     if given is None:
         given = {name for name, value in vars(args).items() if value != defaults[name]}
-    settings, changes = resume_settings(
-        stored, {name: getattr(args, name) for name in given}, args.resume, args.test_only, args.allow_changes
-    )
+    ranks = utils.distributed_env()  # before the process group exists: only rank 0 says what changed
+    say = print if ranks is None or ranks[0] == 0 else (lambda line: None)
+    values = {name: getattr(args, name) for name in given}
+    settings, changes = resume_settings(stored, values, args.resume, args.test_only, args.allow_changes, say)
     settings.update(resume=args.resume, test_only=args.test_only, allow_changes=args.allow_changes)
     settings.update(download=args.download)
     return argparse.Namespace(**settings), changes
