@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
@@ -46,12 +46,32 @@ PENNFUDAN_IMAGES = 170
 
 
 def read_image(path: Path) -> tv_tensors.Image:
-    """Decode any image PIL reads (grayscale, palette, RGBA, 16-bit) into uint8 RGB, 3 x H x W."""
+    """Decode any image PIL reads (grayscale, palette, RGBA, 16-bit) into uint8 RGB, 3 x H x W, upright.
+
+    A photo whose pixels are stored turned, with an EXIF Orientation tag (phones do this), is
+    turned as every viewer and labelling tool shows it, so that masks drawn on it fit.
+    """
     try:
         with Image.open(path) as img:
-            return tv_tensors.Image(F.pil_to_tensor(img.convert("RGB")))
+            return tv_tensors.Image(F.pil_to_tensor(ImageOps.exif_transpose(img).convert("RGB")))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:  # PIL: SyntaxError if broken
         raise UserError(f"{path}: cannot read the image ({error}); replace or remove the file") from error
+
+
+EXIF_ORIENTATION = 0x0112
+TURNED_A_QUARTER = (5, 6, 7, 8)  # the EXIF orientations that swap width and height
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of the image at `path` as read_image turns it upright, from its header alone."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if img.getexif().get(EXIF_ORIENTATION) in TURNED_A_QUARTER:
+                width, height = height, width
+    except (OSError, ValueError, SyntaxError) as error:
+        raise UserError(f"{path}: cannot read the image header ({error}); replace or remove the file") from error
+    return height, width
 
 
 MAX_COLOUR_INSTANCES = 1000  # more colours than this in an RGB mask: a photo, or lossy or anti-aliased edges
@@ -62,9 +82,11 @@ def read_instance_mask(path: Path) -> np.ndarray:
 
     Indexed (palette), grayscale, 16-bit and float masks give their values; RGB(A) masks,
     as many annotation tools export them, give one instance per colour, black the background.
+    An EXIF Orientation tag is applied, as read_image applies it.
     """
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as raw:
+            img = ImageOps.exif_transpose(raw)
             if img.mode in ("RGB", "RGBA"):
                 rgb = np.asarray(img.convert("RGB")).astype(np.int32)
                 codes = rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2]  # black is 0: background
@@ -185,6 +207,8 @@ class MaskFolderDataset(torch.utils.data.Dataset):
         self.mask_paths = [masks[k] for k in self.keys]
         self.transforms = transforms
         self.classes = ["background", "object"]
+        self.category_ids = [1]  # the dataset's own id of each class 1..K, for COCO results files
+        self.image_ids = list(range(len(self.keys)))  # the dataset's own id of each image: its index here
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -207,13 +231,8 @@ class MaskFolderDataset(torch.utils.data.Dataset):
         return image, masks_to_target(instance_mask, image_id=idx)
 
     def get_height_and_width(self, idx: int) -> tuple[int, int]:
-        """(height, width) of image `idx`, from its header alone: the pixels are not decoded."""
-        try:
-            with Image.open(self.image_paths[idx]) as img:
-                width, height = img.size
-        except (OSError, ValueError) as error:
-            raise UserError(f"{self.image_paths[idx]}: cannot read the image header ({error})") from error
-        return height, width
+        """(height, width) of image `idx` as read_image turns it, from its header alone: no pixel is decoded."""
+        return image_size(self.image_paths[idx])
 
 
 class PennFudanDataset(MaskFolderDataset):
@@ -265,7 +284,8 @@ class CocoDataset(torch.utils.data.Dataset):
     """Images in `image_dir` with COCO instance annotations (polygons, RLE or compressed RLE) in `ann_file`.
 
     Category ids, whatever they are, become labels 1..K in id order; `classes` holds their
-    names after "background". With `include_crowd=False` (for training), iscrowd regions
+    names after "background" and `category_ids` the json's ids; `image_ids` holds each
+    image's json id (a target's image_id is its index here). With `include_crowd=False` (for training), iscrowd regions
     are left out of the targets; evaluation keeps them, flagged, and COCO ignores them.
     See the module docstring for the target contract.
     """
@@ -288,6 +308,7 @@ class CocoDataset(torch.utils.data.Dataset):
         categories = sorted(self.coco.cats.values(), key=lambda c: c["id"])
         self.label_of = {c["id"]: label for label, c in enumerate(categories, start=1)}
         self.classes = ["background", *(str(c.get("name", c["id"])) for c in categories)]
+        self.category_ids = [c["id"] for c in categories]  # label k is category_ids[k - 1]
         self.image_ids = sorted(self.coco.imgs)
         self.image_paths = [self.image_dir / self.coco.imgs[i]["file_name"] for i in self.image_ids]
         # An annotation that cannot become a target makes its image a bad sample: load() raises its problem.

@@ -202,6 +202,7 @@ def evaluate(
     device: torch.device,
     class_names: list[str] | None = None,
     timings: dict[str, float] | None = None,
+    results: dict[str, list[dict]] | None = None,
 ) -> dict[str, Any]:
     """COCO bbox (and segm, for mask models) stats: {"bbox": [12 floats], "segm": [12 floats]}.
 
@@ -213,6 +214,8 @@ def evaluate(
     BatchNorm statistics (those that get saved); rank 0 scores all of them, in image id
     order, and every rank returns the same stats. A `timings` dict receives this rank's
     "images", "model_seconds" and "metric_seconds" (conversion to COCO and COCOeval).
+    A `results` dict receives, on rank 0, the detections as COCO results: "bbox" (and
+    "segm"), with the targets' image_id and the model's labels as category_id.
     """
     utils.copy_buffers_from_rank_0(model)
     model.eval()
@@ -235,11 +238,32 @@ def evaluate(
     start = time.time()
     per_image = sorted((item for part in utils.all_gather_object(per_image) for item in part), key=lambda i: i[0]["id"])
     stats = score_detections(per_image, class_names) if utils.is_main_process() else None
+    if results is not None and utils.is_main_process():
+        results["bbox"] = [r for _, _, boxes, _, _ in per_image for r in boxes]
+        if any(masks for *_, masks in per_image):
+            results["segm"] = [r for *_, segms, _ in per_image for r in segms]
     if timings is not None:
         timings["images"] = logger.meters["model_time"].count
         timings["model_seconds"] = logger.meters["model_time"].total
         timings["metric_seconds"] = logger.meters["metric_time"].total + time.time() - start
     return utils.broadcast_object(stats)
+
+
+def in_dataset_ids(
+    results: list[dict], image_ids: list[int], category_ids: list[int], file_names: list[str] | None = None
+) -> list[dict]:
+    """COCO results with the dataset's own ids: image_id i becomes image_ids[i], label k category_ids[k - 1].
+
+    With `file_names` (one per image index), each result also names its image's file.
+    """
+    mapped = []
+    for result in results:
+        index = result["image_id"]
+        record = {**result, "image_id": image_ids[index], "category_id": category_ids[result["category_id"] - 1]}
+        if file_names is not None:
+            record["file_name"] = file_names[index]
+        mapped.append(record)
+    return mapped
 
 
 def selection_score(stats: dict[str, Any]) -> float:

@@ -126,7 +126,7 @@ def main(args: argparse.Namespace) -> bool:
     model.eval()
     images = sample_images(args.image, config["min_size"][0])
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    utils.writable_folder(output.parent, "--output's folder")
     if args.format == "onnx":
         export_onnx(model, images[0], output, args.opset, config["masks"])
         run = onnx_runner(output)

@@ -4,7 +4,8 @@
 
 For each readable image, predictions/<name>.png shows the masks, boxes, class names and
 scores above --score-threshold; predictions/predictions.json lists the same detections
-in COCO results format (xywh boxes, RLE masks), each with its file_name. The checkpoint
+in COCO results format (xywh boxes, RLE masks), each with its file_name, in the training
+data's category ids (a COCO json's own ids) and, with --ann-file, that json's image ids. The checkpoint
 says which model to build, its classes and its sizes. A file that is not a readable image
 is reported in one line and skipped; the others are still predicted.
 """
@@ -21,8 +22,8 @@ from PIL import Image
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 import utils
-from dataset import read_image
-from engine import coco_detections
+from dataset import read_coco, read_image
+from engine import coco_detections, in_dataset_ids
 from model import model_from_checkpoint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -40,6 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
     add("-b", "--batch-size", type=int, default=4, help="images per forward pass (default: %(default)s)")
     add("-j", "--workers", type=int, default=2, help="image decoding processes (default: %(default)s)")
+    add("--ann-file", help="a COCO json listing the images: write its image_id for each image it lists")
     return parser
 
 
@@ -87,6 +89,25 @@ def draw(image: torch.Tensor, output: dict[str, torch.Tensor], class_names: list
     return draw_bounding_boxes(image, output["boxes"], labels=captions, colors=colors, width=2)
 
 
+def image_ids_of(paths: list[Path], ann_file: str | None) -> list[int]:
+    """The image_id of each input: its id in `ann_file` where the json lists it (by file_name, matched from the
+    end of the path), else its position, counted on from above the json's largest id, so ids stay unique."""
+    if ann_file is None:
+        return list(range(len(paths)))
+    coco = read_coco(Path(ann_file))
+    by_name = {Path(info["file_name"]).as_posix(): image_id for image_id, info in coco.imgs.items()}
+    first_free = max(coco.imgs, default=0) + 1
+    ids, unlisted = [], 0
+    for position, path in enumerate(paths):
+        parts = path.resolve().as_posix().split("/")
+        found = [by_name[name] for name in ("/".join(parts[-k:]) for k in range(len(parts), 0, -1)) if name in by_name]
+        ids.append(found[0] if found else first_free + position)
+        unlisted += not found
+    if unlisted:
+        print(f"note: {unlisted} images are not in {ann_file}; their image_id is counted from {first_free}")
+    return ids
+
+
 def output_names(paths: list[Path]) -> list[str]:
     """A picture name per input, <stem>.png, numbered where two inputs share a stem."""
     names, seen = [], set()
@@ -113,8 +134,10 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     model, config = model_from_checkpoint(args.checkpoint)
     model.to(device).eval()
     class_names = config.get("class_names") or ["background", *(f"class {i}" for i in range(1, config["num_classes"]))]
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    # the dataset's own category ids (COCO's, for a COCO json); older checkpoints: the labels 1..K
+    category_ids = config.get("category_ids") or list(range(1, config["num_classes"]))
+    image_ids = image_ids_of(paths, args.ann_file)
+    output_dir = utils.writable_folder(args.output_dir)
     names = output_names(paths)
 
     loader = torch.utils.data.DataLoader(
@@ -137,7 +160,9 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
             Image.fromarray(picture).save(output_dir / names[index])
             boxes, segms = coco_detections(index, output)
             for k, box in enumerate(boxes):
-                record = {"file_name": str(paths[index]), **box, "category_name": class_names[box["category_id"]]}
+                name = class_names[box["category_id"]]
+                box = in_dataset_ids([box], image_ids, category_ids)[0]
+                record = {"file_name": str(paths[index]), **box, "category_name": name}
                 if segms:
                     record["segmentation"] = segms[k]["segmentation"]
                 detections.append(record)

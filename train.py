@@ -29,7 +29,7 @@ from dataset import (
     sample_names,
     split_indices,
 )
-from engine import evaluate, selection_score, train_one_epoch
+from engine import evaluate, in_dataset_ids, selection_score, train_one_epoch
 from group_by_aspect_ratio import training_batches
 from model import HEAD_SETTINGS, MODELS, get_model, model_config, model_from_config
 from recipe import OPTIMIZERS, SCHEDULERS, make_optimizer, make_scheduler, retarget_scheduler
@@ -318,6 +318,19 @@ def build_model(
     return model.to(device, memory_format=memory_format)
 
 
+def write_results(results: dict[str, list[dict]], data: Any, output_dir: Path) -> list[str]:
+    """The test split's detections as COCO results files (results_bbox.json, results_segm.json) in the dataset's
+    own image and category ids, so that pycocotools scores them against the user's own json; their names."""
+    names = sample_names(data, list(range(len(data))))
+    written = []
+    for iou_type, found in results.items():
+        utils.write_json(
+            in_dataset_ids(found, data.image_ids, data.category_ids, names), output_dir / f"results_{iou_type}.json"
+        )
+        written.append(f"results_{iou_type}.json")
+    return written
+
+
 def print_summary(history: list[dict[str, Any]], output_dir: Path) -> None:
     """Where a run's results are: its best epoch and AP, the output folder, how to use best.pth."""
     if not history:
@@ -335,6 +348,7 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
         checkpoint = utils.load_checkpoint(args.resume)
         args, changes = settings_of_run(args, given, checkpoint)
     check_args(args)
+    utils.writable_folder(args.output_dir)  # now, not after the first epoch
     if args.use_deterministic_algorithms:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
         os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # MKL's results otherwise depend on memory alignment
@@ -352,14 +366,16 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
     model = build_model(args, classes, checkpoint, device)
 
     if args.test_only:
-        stats = evaluate(model, test_loader, device, classes)
+        results: dict[str, list[dict]] = {}
+        stats = evaluate(model, test_loader, device, classes, results=results)
         if utils.is_main_process():
+            written = write_results(results, test_loader.dataset.dataset, output_dir)
             # eval.json is the stats, and what --allow-changes changed in the evaluation (sizes, data), if anything
             changed = [c for c in changes if c["flag"] not in map(flag, OVERRIDABLE)]
             utils.write_json({**stats, "changes": changed} if changed else stats, output_dir / "eval.json")
             kind = "mask" if "segm" in stats else "box"
             print(f"{kind} AP {selection_score(stats):.3f} on the run's {len(split['test'])} test images of epoch "
-                  f"{checkpoint.get('epoch')}; wrote {output_dir / 'eval.json'}")  # fmt: skip
+                  f"{checkpoint.get('epoch')}; wrote {output_dir / 'eval.json'}, {', '.join(written)}")  # fmt: skip
         utils.cleanup_distributed()
         return stats
 
@@ -403,7 +419,9 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
         utils.write_json({**vars(args), "class_names": classes, "changes": all_changes}, output_dir / "args.json")
         utils.write_json(split, output_dir / "split.json")
         utils.write_jsonl(history, output_dir / "metrics.jsonl")  # drops epochs the checkpoint does not hold
-    config = {**model_config(model_without_ddp, args.model), "class_names": classes}
+    # The dataset's own category ids travel with the model: predict.py writes them
+    category_ids = test_loader.dataset.dataset.category_ids
+    config = {**model_config(model_without_ddp, args.model), "class_names": classes, "category_ids": category_ids}
     tensorboard = None
     if args.tensorboard and utils.is_main_process():
         tensorboard = TensorBoardLogger(output_dir / "tensorboard", start_epoch)

@@ -237,6 +237,24 @@ def atomic_write(path: str | Path, write: Any) -> None:
         os.close(folder)
 
 
+def writable_folder(path: str | Path, flag: str = "--output-dir") -> Path:
+    """Create folder `path` if need be and check that a file can be written in it; a UserError names `flag` if not.
+
+    Called before any work starts, so that a run does not train for hours and then fail to save.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except FileExistsError as error:
+        raise UserError(f"{flag} {path}: is a file, not a folder; choose another {flag}") from error
+    except OSError as error:  # a file on the way (NotADirectoryError), no permission, a read-only disk, ...
+        reason = error.strerror or type(error).__name__
+        raise UserError(f"{flag} {path}: cannot write there ({reason}); choose another {flag}") from error
+    return path
+
+
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     """Delete the temporary files that atomic_write leaves behind when its process is killed (kill -9 cannot be
     caught): `.NAME.XXXXXXXX.tmp`. Call it before writing into `folder`; returns what it deleted."""

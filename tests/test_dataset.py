@@ -320,3 +320,31 @@ def test_check_reports_coco_problems(coco_folder, capsys):
     out = capsys.readouterr().out
     assert "instances.json: annotation 1 of a.png has category_id 99" in out
     assert "instances.json: annotation 2 of a.png has bbox [100.0, 50.0, 60.0, 20.0] outside its 128x96 image" in out
+
+
+def write_phone_photo(folder, height, width, orientation):
+    """A JPEG stored turned, with the EXIF Orientation that shows it upright, and its upright mask PNG.
+
+    Upright, the picture is dark with a red block in its top-left part; the mask covers that block.
+    """
+    upright = np.full((height, width, 3), 40, np.uint8)
+    mask = np.zeros((height, width), np.uint8)
+    mask[4 : height // 2, 6 : width // 3] = 1
+    upright[mask == 1] = (230, 20, 20)
+    # exif_transpose undoes the orientation: store what undoing it turns upright
+    stored = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[orientation]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(upright).transpose(stored).save(folder / "photo.jpg", quality=95, exif=exif)
+    Image.fromarray(mask).save(folder / "photo_mask.png")
+    return folder
+
+
+@pytest.mark.parametrize(("height", "width", "orientation"), [(48, 48, 6), (40, 64, 6), (40, 64, 8), (36, 52, 3)])
+def test_a_phone_photo_is_read_upright_under_its_mask(tmp_path, height, width, orientation):
+    dataset = MaskFolderDataset(write_phone_photo(tmp_path, height, width, orientation), tmp_path)
+    assert dataset.get_height_and_width(0) == (height, width)  # from the header, turned as the pixels are
+    image, target = dataset[0]
+    assert image.shape[-2:] == (height, width)
+    under = image[:, target["masks"][0].bool()].float().mean(dim=1)
+    assert under[0] > 200 and under[1] < 60, f"mean RGB under the mask {under.tolist()}: read the wrong way up"

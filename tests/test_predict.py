@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pycocotools.mask as mask_utils
@@ -73,12 +74,34 @@ def test_the_score_threshold_filters_pictures_and_json(checkpoint, photos, tmp_p
     assert (np.asarray(Image.open(out / "a.png")) == np.asarray(Image.open(photos / "a.png"))).all()
 
 
+def test_detections_speak_the_datasets_ids(checkpoint, photos, tmp_path):
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["model_config"]["category_ids"] = [3, 7]  # a COCO json's own ids for "cat" and "dog"
+    torch.save(saved, checkpoint)
+    ann_file = tmp_path / "instances.json"
+    images = [{"id": 42, "file_name": "photos/a.png"}, {"id": 17, "file_name": "b.jpg"}]
+    images = [{**image, "height": 1, "width": 1} for image in images]
+    ann_file.write_text(json.dumps({"images": images, "annotations": [], "categories": [{"id": 3}, {"id": 7}]}))
+    out = tmp_path / "predictions"
+    inputs = [photos / "a.png", photos / "b.jpg", photos / "c.png"]
+    result = run_predict("--checkpoint", checkpoint, *inputs, "--output-dir", out, "--ann-file", ann_file,
+                         "--score-threshold", 0)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "note: 1 images are not in" in result.stdout
+    detections = json.loads((out / "predictions.json").read_text())
+    image_of = {Path(d["file_name"]).name: d["image_id"] for d in detections}
+    assert image_of == {"a.png": 42, "b.jpg": 17, "c.png": 43 + 2}  # c.png: counted on above the json's ids
+    assert {d["category_id"] for d in detections} <= {3, 7} and detections
+    assert all({3: "cat", 7: "dog"}[d["category_id"]] == d["category_name"] for d in detections)
+
+
 @pytest.mark.parametrize(
     "make_args,expected",
     [
         (lambda ckpt, photos: [photos / "notes.png"], "skipped"),  # nothing readable: reported, exit 2
         (lambda ckpt, photos: [photos / "gone.png"], "gone.png: no such file or folder"),
         (lambda ckpt, photos: ["--checkpoint", photos / "a.png", photos], "a.png: refused to load it"),
+        (lambda ckpt, photos: [photos, "--output-dir", photos / "a.png"], "a.png: is a file, not a folder"),
     ],
 )
 def test_user_errors_exit_2(make_args, expected, checkpoint, photos, tmp_path):

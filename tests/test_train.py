@@ -10,6 +10,8 @@ import pytest
 import torch
 from conftest import LAYOUT, ROOT, pennfudan_zip, write_coco
 from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 import dataset
 import train
@@ -326,6 +328,14 @@ USER_ERRORS = {
     "download with folder": (lambda root: ["--data-path", root, "--dataset", "folder", "--download"], "--download"),
     "no cuda": (lambda root: ["--data-path", root, "--device", "cuda"], "CUDA is not available here; use --device cpu"),
     "diverging": (lambda root: ["--data-path", root, "--lr", 10000], "the loss is nan"),
+    "output dir is a file": (
+        lambda root: ["--data-path", root, "--output-dir", root / "PNGImages" / "FudanPed00000.png"],
+        "FudanPed00000.png: is a file, not a folder; choose another --output-dir",
+    ),
+    "output dir under a file": (
+        lambda root: ["--data-path", root, "--output-dir", root / "PNGImages" / "FudanPed00000.png" / "out"],
+        "out: cannot write there (Not a directory); choose another --output-dir",
+    ),
 }  # fmt: skip
 
 
@@ -373,6 +383,33 @@ def test_trains_and_evaluates_real_cvppp_through_the_coco_route(cvppp, tmp_path)
     assert checkpoint["model_config"]["class_names"] == ["background", "leaf_even", "leaf_odd"]
     assert checkpoint["model_config"]["num_classes"] == 3
     assert json.loads((out / "args.json").read_text())["class_names"] == ["background", "leaf_even", "leaf_odd"]
+
+
+def test_test_only_writes_results_that_the_users_json_scores_alike(tmp_path, capsys):
+    from test_engine import coco_with_ids_of_its_own
+
+    ann_file = coco_with_ids_of_its_own(tmp_path)
+    out = tmp_path / "run"
+    run_main(*FAST, "--data-path", tmp_path, "--ann-file", ann_file, "--epochs", 1, "--output-dir", out)
+    capsys.readouterr()
+    stats = run_main("--resume", out / "checkpoint.pth", "--test-only")
+    assert "wrote" in capsys.readouterr().out
+    checkpoint = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert checkpoint["model_config"]["category_ids"] == [3, 7]
+    names = {image["file_name"]: image["id"] for image in json.loads(ann_file.read_text())["images"]}
+    test_ids = [names[name] for name in checkpoint["split"]["test"]]
+    ground_truth = COCO(str(ann_file))
+    for iou_type in ("bbox", "segm"):
+        results = json.loads((out / f"results_{iou_type}.json").read_text())
+        assert results and {r["image_id"] for r in results} <= set(test_ids)
+        assert {r["category_id"] for r in results} <= {3, 7}
+        assert all(names[r["file_name"]] == r["image_id"] for r in results)
+        evaluator = COCOeval(ground_truth, ground_truth.loadRes(results), iou_type)
+        evaluator.params.imgIds = test_ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+        assert stats[iou_type] == pytest.approx(evaluator.stats.tolist(), abs=1e-9)
 
 
 def test_a_fixed_validation_set_replaces_the_split(pennfudan, pennfudan_master, tmp_path):
