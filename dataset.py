@@ -161,7 +161,51 @@ def _problem(problems: list[str], message: str, strict: bool) -> None:
     problems.append(message)
 
 
-class MaskFolderDataset(torch.utils.data.Dataset):
+class InstanceDataset(torch.utils.data.Dataset):
+    """What every dataset here has, and all that train.py, the checks and the split rely on.
+
+    Attributes: `classes` (names, "background" first), `category_ids` (the dataset's own id
+    of each class 1..K, for COCO results files), `image_paths`, `image_dir` (the folder that
+    split.json names images relative to), `image_ids` (the dataset's own id of each image;
+    a target's image_id is the image's index), `problems` (with strict=False: what would
+    have stopped the run), `transforms`. Subclasses write `load` and `annotation_path`.
+    """
+
+    classes: list[str]
+    category_ids: list[int]
+    image_paths: list[Path]
+    image_dir: Path
+    image_ids: list[int]
+    problems: list[str]
+    transforms: Callable | None
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def __getitem__(self, idx: int) -> tuple[Any, dict[str, Any]]:
+        image, target = self.load(idx)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def load(self, idx: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        """Sample `idx` before transforms, as the module docstring's contract says; a UserError names a bad file."""
+        raise NotImplementedError
+
+    def annotation_path(self, idx: int) -> Path:
+        """The file that holds image `idx`'s instances (a mask, a label file, a json): what a report names."""
+        raise NotImplementedError
+
+    def get_height_and_width(self, idx: int) -> tuple[int, int]:
+        """(height, width) of image `idx` as read_image turns it, from its header alone: no pixel is decoded."""
+        return image_size(self.image_paths[idx])
+
+    def trains_on(self, idx: int) -> bool:
+        """Whether image `idx` may be a training image (a COCO file also lists images nobody labelled)."""
+        return True
+
+
+class MaskFolderDataset(InstanceDataset):
     """Images and instance-mask PNGs paired by name: `<key><image_suffix>.<ext>` with `<key><mask_suffix>.png`.
 
     The two folders may be one folder. Every mask value other than 0 is one instance,
@@ -210,15 +254,6 @@ class MaskFolderDataset(torch.utils.data.Dataset):
         self.category_ids = [1]  # the dataset's own id of each class 1..K, for COCO results files
         self.image_ids = list(range(len(self.keys)))  # the dataset's own id of each image: its index here
 
-    def __len__(self) -> int:
-        return len(self.image_paths)
-
-    def __getitem__(self, idx: int) -> tuple[Any, dict[str, Any]]:
-        image, target = self.load(idx)
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
-
     def load(self, idx: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
         """Sample `idx` before transforms; a UserError names the file if it is broken."""
         image = read_image(self.image_paths[idx])
@@ -230,9 +265,8 @@ class MaskFolderDataset(torch.utils.data.Dataset):
             )
         return image, masks_to_target(instance_mask, image_id=idx)
 
-    def get_height_and_width(self, idx: int) -> tuple[int, int]:
-        """(height, width) of image `idx` as read_image turns it, from its header alone: no pixel is decoded."""
-        return image_size(self.image_paths[idx])
+    def annotation_path(self, idx: int) -> Path:
+        return self.mask_paths[idx]
 
 
 class PennFudanDataset(MaskFolderDataset):
@@ -280,7 +314,7 @@ def read_coco(ann_file: Path) -> Any:
     return coco
 
 
-class CocoDataset(torch.utils.data.Dataset):
+class CocoDataset(InstanceDataset):
     """Images in `image_dir` with COCO instance annotations (polygons, RLE or compressed RLE) in `ann_file`.
 
     Category ids, whatever they are, become labels 1..K in id order; `classes` holds their
@@ -330,12 +364,12 @@ class CocoDataset(torch.utils.data.Dataset):
         self.transforms = transforms
         self.include_crowd = include_crowd
 
-    def __len__(self) -> int:
-        return len(self.image_ids)
+    def trains_on(self, idx: int) -> bool:
+        """Only images with an annotation that is not a crowd region: COCO files list unlabelled images too."""
+        return any(not a.get("iscrowd", 0) for a in self.coco.imgToAnns[self.image_ids[idx]])
 
-    def num_instances(self, idx: int) -> int:
-        """Annotations of image `idx` that are not crowd regions, without decoding anything."""
-        return sum(not a.get("iscrowd", 0) for a in self.coco.imgToAnns[self.image_ids[idx]])
+    def annotation_path(self, idx: int) -> Path:
+        return self.ann_file
 
     def _annotation_problem(self, annotation: dict[str, Any]) -> str | None:
         """What makes `annotation` unusable, naming the file, the annotation and its image; None if usable."""
@@ -367,12 +401,6 @@ class CocoDataset(torch.utils.data.Dataset):
         else:
             return f'{where} has no "segmentation" (polygons or RLE): Mask R-CNN learns from masks'
         return None
-
-    def __getitem__(self, idx: int) -> tuple[Any, dict[str, Any]]:
-        image, target = self.load(idx)
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
 
     def load(self, idx: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
         """Sample `idx` before transforms; a UserError names the file if it or an annotation of it is broken."""
@@ -414,7 +442,7 @@ class CocoDataset(torch.utils.data.Dataset):
         return info["height"], info["width"]
 
 
-DATASETS = ("pennfudan", "folder", "coco")
+DATASETS = ("pennfudan", "folder", "coco", "yolo")
 
 
 def get_dataset(
@@ -427,17 +455,25 @@ def get_dataset(
     ann_file: str | Path | None = None,
     include_crowd: bool = True,
     strict: bool = True,
-) -> torch.utils.data.Dataset:
-    """The dataset `name` at `data_path`; name None infers it: coco with `ann_file`, Penn-Fudan's layout
-    (or no folder yet), else "folder".
+    part: str = "train",
+) -> InstanceDataset:
+    """The dataset `name` at `data_path`; name None infers it: coco with `ann_file`, yolo for a data.yaml or a
+    folder of images/ and labels/, Penn-Fudan's layout (or no folder yet), else "folder".
 
     "folder": images in `data_path`, instance masks in `mask_path` (default: the same
     folder), paired by `<key><image_suffix>.<ext>` and `<key><mask_suffix>.png`.
     "coco": images in `data_path`, annotations in `ann_file`.
+    "yolo": an Ultralytics segmentation dataset (yolo_utils.py); `part` "train" or "val".
     """
+    from yolo_utils import is_yolo_source, yolo_dataset  # it builds on this module's reader and contract
+
     data_path = Path(data_path)
     if name is None and ann_file:
         name = "coco"
+    if name is None and is_yolo_source(data_path):
+        name = "yolo"
+    if name == "yolo":
+        return yolo_dataset(data_path, part, transforms, strict)
     if name == "coco":
         if not ann_file:
             raise UserError("--dataset coco needs --ann-file PATH: the COCO instances json")
@@ -532,8 +568,8 @@ MIN_INSTANCE_AREA = 16  # pixels; smaller instances all but vanish at the backbo
 def add_dataset_args(parser: argparse.ArgumentParser) -> None:
     """The flags that choose and read a dataset, for train.py and `dataset.py check` alike."""
     add = parser.add_argument
-    add("--data-path", default="PennFudanPed", help="dataset folder, or the image folder (default: %(default)s)")
-    add("--dataset", choices=DATASETS, help="pennfudan, folder or coco (default: inferred from the paths)")
+    add("--data-path", default="PennFudanPed", help="dataset folder, image folder or data.yaml (default: %(default)s)")
+    add("--dataset", choices=DATASETS, help="pennfudan, folder, coco or yolo (default: inferred from the paths)")
     add("--mask-path", help="with --dataset folder: the instance-mask folder (default: --data-path)")
     add("--image-suffix", default="", help="with --dataset folder: image names end <key><suffix>.png/.jpg")
     add("--mask-suffix", default="_mask", help="with --dataset folder: mask names end <key><suffix>.png")
@@ -549,11 +585,33 @@ def dataset_from_args(
 ) -> Any:
     """get_dataset with the flags of add_dataset_args; `validation` reads the fixed validation set they name."""
     data_path, ann_file, mask_path = args.data_path, args.ann_file, args.mask_path
+    if validation and _is_yolo(args):  # the data.yaml's val:
+        return get_dataset("yolo", data_path, transforms, part="val", **kwargs)
     if validation:
         data_path, mask_path = args.val_data_path or data_path, args.val_data_path or mask_path
         ann_file = args.val_ann_file or ann_file
     options = {"image_suffix": args.image_suffix, "mask_suffix": args.mask_suffix, "mask_path": mask_path}
     return get_dataset(args.dataset, data_path, transforms, ann_file=ann_file, **options, **kwargs)
+
+
+def _is_yolo(args: argparse.Namespace) -> bool:
+    from yolo_utils import is_yolo_source
+
+    return args.dataset == "yolo" or (
+        args.dataset is None and not args.ann_file and is_yolo_source(Path(args.data_path))
+    )
+
+
+def fixed_validation(args: argparse.Namespace) -> bool:
+    """Whether the flags name a fixed validation set (--val-data-path, --val-ann-file, a data.yaml's val:);
+    if not, the test images are split off the data with --test-size."""
+    if _is_yolo(args):
+        from yolo_utils import has_val
+
+        if args.val_data_path or args.val_ann_file:
+            raise UserError("--val-data-path: a YOLO dataset's validation images are its data.yaml's val: entry")
+        return has_val(args.data_path)
+    return bool(args.val_data_path or args.val_ann_file)
 
 
 class _Probe(torch.utils.data.Dataset):
@@ -602,8 +660,7 @@ def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:
         sizes[f"{image.shape[-1]}x{image.shape[-2]}"] += 1
         per_image.append(len(target["labels"]))
         if not per_image[-1]:
-            label_file = getattr(dataset, "mask_paths", dataset.image_paths)[idx]
-            warnings.append(f"{label_file}: no instances (an empty mask); the image teaches only background")
+            warnings.append(f"{dataset.annotation_path(idx)}: no instances in {path.name}; it teaches only background")
         pixels = target["masks"].flatten(1).sum(1).tolist()
         for k, (label, area) in enumerate(zip(target["labels"].tolist(), pixels, strict=True)):
             per_class[dataset.classes[label]] += 1
@@ -639,17 +696,22 @@ def main(argv: list[str] | None = None) -> int:
     add_dataset_args(commands.add_parser("check", help="read every file and report problems"))
     args, _ = parser.parse_known_args(argv)  # train.py's other flags may ride along
     try:
-        dataset = dataset_from_args(args, strict=False)
+        parts = {"": dataset_from_args(args, strict=False)}
+        if fixed_validation(args):
+            parts[" (validation)"] = dataset_from_args(args, validation=True, strict=False)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    report, errors, warnings = check_dataset(dataset)
-    print(f"dataset: {type(dataset).__name__} at {args.data_path}")
-    print("\n".join(report))
-    for line in [*(f"error: {e}" for e in errors), *(f"warning: {w}" for w in warnings)]:
+    all_errors, all_warnings = [], []
+    for part, dataset in parts.items():
+        report, errors, warnings = check_dataset(dataset)
+        print(f"dataset{part}: {type(dataset).__name__} at {args.data_path}")
+        print("\n".join(report))
+        all_errors, all_warnings = all_errors + errors, all_warnings + warnings
+    for line in [*(f"error: {e}" for e in all_errors), *(f"warning: {w}" for w in all_warnings)]:
         print(line)
-    print(f"{'not usable' if errors else 'usable'}: {len(errors)} errors, {len(warnings)} warnings")
-    return 2 if errors else 0
+    print(f"{'not usable' if all_errors else 'usable'}: {len(all_errors)} errors, {len(all_warnings)} warnings")
+    return 2 if all_errors else 0
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from dataset import (
     dataset_from_args,
     download_pennfudan,
     find_bad_samples,
+    fixed_validation,
     indices_of,
     sample_names,
     split_indices,
@@ -181,7 +182,7 @@ def check_held_out(train_data: Any, train_ids: list[int], test_data: Any, test_i
     if both:
         raise utils.UserError(
             f"{both[0]}: a test image is also a training image ({len(both)} such); the test set must be held out "
-            "(check --val-data-path and --val-ann-file)"
+            "(check --val-data-path, --val-ann-file or the data.yaml's val:)"
         )
 
 
@@ -207,18 +208,13 @@ def ids_of_run(
             print(f"{where}; going on without (--allow-changes)")
     if train_data is not None:
         assigned = set(train_ids) if fixed else set(train_ids) | set(test_ids)
-        new = [i for i in range(len(train_data)) if i not in assigned and _has_instances(train_data, i)]
+        new = [i for i in range(len(train_data)) if i not in assigned and train_data.trains_on(i)]
         if new and allow_changes:
             print(f"{len(new)} images not in the run's split join its training set (--allow-changes)")
             train_ids = sorted(train_ids + new)
         elif new:
             print(f"note: {len(new)} images are not in the run's split and stay out; --allow-changes trains on them")
     return train_ids, test_ids
-
-
-def _has_instances(data: Any, idx: int) -> bool:
-    """COCO files list unlabelled images: evaluate on them, do not train on them."""
-    return data.num_instances(idx) > 0 if hasattr(data, "num_instances") else True
 
 
 def make_loaders(
@@ -236,7 +232,7 @@ def make_loaders(
         download_pennfudan(data_path)  # once, by rank 0, while the other ranks wait
     utils.barrier()
     strict = not args.skip_bad_samples  # strict: a missing file stops the run; else it is left out, with a warning
-    fixed = bool(args.val_data_path or args.val_ann_file)  # a fixed validation set: train on every training image
+    fixed = fixed_validation(args)  # a fixed validation set: train on every training image
     test_data = dataset_from_args(args, get_transform(False), validation=fixed, strict=strict)
     train_data = None
     if not args.test_only:
@@ -253,7 +249,7 @@ def make_loaders(
     else:
         train_ids, test_ids = split_indices(len(test_data), args.test_size, args.seed)
     if train_data is not None:
-        train_ids = [i for i in train_ids if _has_instances(train_data, i)]
+        train_ids = [i for i in train_ids if train_data.trains_on(i)]
         check_held_out(train_data, train_ids, test_data, test_ids)
     parts = {} if train_data is None else {"training": (train_data, train_ids)}
     parts["test"] = (test_data, test_ids)

@@ -223,3 +223,28 @@ def coco_folder(tmp_path):
         pixels = np.where(mask[..., None] > 0, 200, 30).astype(np.uint8).repeat(3, axis=2)
         plants.append((name, pixels, mask))
     return tmp_path, write_coco(tmp_path, plants), plants
+
+
+def write_yolo(root: Path, layout: list = LAYOUT, val: tuple[int, ...] = (1, 4, 7)) -> Path:
+    """An Ultralytics segmentation dataset: images/{train,val}, labels/{train,val} and a data.yaml.
+
+    Instance k of an image is class k % 2, a rectangle polygon from the layout's box; images
+    `val` are the validation part. Image 2 of the layout has no instance: it gets no label file.
+    """
+    rng = np.random.default_rng(0)
+    for index, (height, width, instances) in enumerate(layout):
+        part = "val" if index in val else "train"
+        for kind in ("images", "labels"):
+            (root / kind / part).mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 80, (height, width, 3), dtype=np.uint8)
+        lines = []
+        for k, (_, y1, y2, x1, x2) in enumerate(instances):
+            pixels[y1:y2, x1:x2] = (200, 120 + 60 * (k % 2), 40)
+            corners = [(x1, y1), (x2, y1), (x2, y2), (x1, y2)]
+            lines.append(f"{k % 2} " + " ".join(f"{x / width:.6f} {y / height:.6f}" for x, y in corners))
+        Image.fromarray(pixels).save(root / "images" / part / f"img{index}.png")
+        if lines:
+            (root / "labels" / part / f"img{index}.txt").write_text("\n".join(lines) + "\n")
+    yaml = root / "data.yaml"
+    yaml.write_text("path: .\ntrain: images/train\nval: images/val\nnames:\n  0: stem\n  1: leaf\n")
+    return yaml

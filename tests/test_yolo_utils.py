@@ -1,0 +1,133 @@
+"""Ultralytics segmentation datasets: data.yaml forms, polygons as masks, and every malformed label named."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pycocotools.mask as mask_utils
+import pytest
+import torch
+from conftest import LAYOUT, ROOT, write_yolo
+from test_train import FAST, run_cli
+
+from dataset import get_dataset
+from utils import UserError
+from yolo_utils import YoloDataset, read_data_yaml, yolo_dataset
+
+
+def test_polygons_become_masks_with_their_boxes_and_classes(tmp_path):
+    data = yolo_dataset(write_yolo(tmp_path))
+    assert data.classes == ["background", "stem", "leaf"] and data.category_ids == [0, 1]
+    names = [p.name for p in data.image_paths]
+    assert names == [f"img{i}.png" for i in (0, 2, 3, 5, 6, 8, 9)]
+    for idx, name in enumerate(names):
+        height, width, instances = LAYOUT[int(name[3:-4])]
+        image, target = data[idx]
+        assert image.shape == (3, height, width) and target["masks"].shape == (len(instances), height, width)
+        assert target["labels"].tolist() == [k % 2 + 1 for k in range(len(instances))]
+        for k, (_, y1, y2, x1, x2) in enumerate(instances):
+            # as pycocotools rasterises the same polygon in pixels (COCO's rule), and the box is the mask's
+            polygon = [float(v) for v in (x1, y1, x2, y1, x2, y2, x1, y2)]
+            expected = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([polygon], height, width)))
+            assert abs(target["masks"][k].numpy().astype(int) - expected).sum() <= 2 * (y2 - y1 + x2 - x1)
+            assert target["boxes"][k].tolist() == pytest.approx([x1, y1, x2, y2], abs=1)
+            assert target["area"][k] == target["masks"][k].sum()
+    _, background = data[names.index("img2.png")]  # no label file: kept, with no instance
+    assert len(background["labels"]) == 0 and background["masks"].shape[0] == 0
+
+
+def test_data_yaml_forms_as_ultralytics_and_roboflow_write_them(tmp_path):
+    write_yolo(tmp_path / "ds")
+    roboflow = tmp_path / "ds" / "data.yaml"
+    roboflow.write_text("train: ../images/train\nval: ../images/val\nnc: 2\nnames: ['stem', 'leaf']\n")
+    parts = read_data_yaml(roboflow)  # "../images/train" is not there: tried as "images/train"
+    assert parts["names"] == ["stem", "leaf"] and len(parts["train"]) == 7 and len(parts["val"]) == 3
+    listed = tmp_path / "ds" / "train.txt"
+    listed.write_text("./images/train/img0.png\n./images/train/img3.png\n")
+    (tmp_path / "list.yaml").write_text("path: ds\ntrain: train.txt\nnames: [stem, leaf]\n")
+    parts = read_data_yaml(tmp_path / "list.yaml")
+    assert [p.name for p in parts["train"]] == ["img0.png", "img3.png"] and parts["val"] is None
+    assert len(yolo_dataset(tmp_path / "list.yaml")) == 2  # the other images' label files are no orphans
+
+
+def test_a_folder_of_images_and_labels_is_inferred_and_named_by_classes_txt(tmp_path):
+    write_yolo(tmp_path)
+    (tmp_path / "data.yaml").unlink()
+    assert get_dataset(None, tmp_path).classes == ["background", "class 0", "class 1"]  # numbered from the labels
+    (tmp_path / "labels" / "classes.txt").write_text("stem\nleaf\n")  # where LabelImg writes it
+    data = get_dataset(None, tmp_path)
+    assert isinstance(data, YoloDataset) and data.classes == ["background", "stem", "leaf"] and len(data) == 10
+
+
+MALFORMED = {
+    "not numbers": ("0 0.1 0.1 zero 0.5 0.2 0.9", "line 2 is not numbers"),
+    "class out of range": ("5 0.1 0.1 0.5 0.1 0.5 0.5", "line 2 has class 5; the dataset has classes 0 to 1"),
+    "a box line": ("0 0.5 0.5 0.2 0.2", "line 2 is a box (x y w h), not a polygon"),
+    "odd coordinates": ("1 0.1 0.1 0.5 0.1 0.5", "line 2 has 5 coordinates"),
+    "two points": ("1 0.1 0.1 0.5 0.1", "line 2 is a box"),
+    "not normalised": ("0 10 10 50 10 50 50", "line 2 has coordinates outside 0..1"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_a_malformed_line_is_named_with_its_file_and_line(case, tmp_path):
+    line, expected = MALFORMED[case]
+    label = tmp_path / "labels" / "train" / "img0.txt"
+    write_yolo(tmp_path)
+    label.write_text(label.read_text().splitlines()[0] + "\n" + line + "\n")
+    data = yolo_dataset(tmp_path / "data.yaml")
+    with pytest.raises(UserError, match=re.escape(f"img0.txt: {expected}")):
+        data.load(0)
+
+
+def test_a_label_file_without_its_image_stops_or_is_collected(tmp_path):
+    write_yolo(tmp_path)
+    (tmp_path / "images" / "train" / "img3.png").unlink()
+    with pytest.raises(UserError, match=r"img3.txt: a label file without an image"):
+        yolo_dataset(tmp_path / "data.yaml")
+    data = yolo_dataset(tmp_path / "data.yaml", strict=False)
+    assert len(data.problems) == 1 and len(data) == 6
+
+
+def test_trains_on_its_own_data_yaml_with_val_as_the_test_set(tmp_path):
+    yaml, out = write_yolo(tmp_path / "ds"), tmp_path / "out"
+    result = run_cli(*FAST, "--data-path", yaml, "--epochs", 1, "--output-dir", out)
+    assert result.returncode == 0, result.stderr
+    assert "Training maskrcnn_mobilenet_v3_large_fpn on 7 images, testing on 3" in result.stdout  # img2 too: background
+    split = json.loads((out / "split.json").read_text())
+    assert split["test"] == [f"images/val/img{i}.png" for i in (1, 4, 7)] and "images/train/img2.png" in split["train"]
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert set(record["per_class"]["segm"]) == {"stem", "leaf"}
+    config = torch.load(out / "best.pth", weights_only=True)["model_config"]
+    assert config["class_names"] == ["background", "stem", "leaf"] and config["category_ids"] == [0, 1]
+
+
+def test_skip_bad_samples_leaves_out_a_malformed_label_file_with_one_line(tmp_path):
+    yaml, out = write_yolo(tmp_path / "ds"), tmp_path / "out"
+    (tmp_path / "ds" / "labels" / "train" / "img5.txt").write_text("0 0.1 0.1\n")
+    stopped = run_cli(*FAST, "--data-path", yaml, "--epochs", 1, "--output-dir", out)
+    assert stopped.returncode == 2 and len(stopped.stderr.strip().splitlines()) == 1
+    assert "img5.txt: line 1 has 2 coordinates" in stopped.stderr
+    skipped = run_cli(*FAST, "--data-path", yaml, "--epochs", 1, "--output-dir", out, "--skip-bad-samples")
+    assert skipped.returncode == 0, skipped.stderr
+    assert "img5.txt: line 1 has 2 coordinates; a polygon needs x, y pairs, 3 or more; skipped" in skipped.stdout
+    assert "on 6 images, testing on 3" in skipped.stdout
+
+
+def test_dataset_check_reads_both_parts(tmp_path):
+    yaml = write_yolo(tmp_path)
+    (tmp_path / "labels" / "val" / "img4.txt").write_text("7 0.1 0.1 0.5 0.1 0.5 0.5\n")
+    result = subprocess.run([sys.executable, "dataset.py", "check", "--data-path", yaml], cwd=ROOT,
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 2
+    assert "dataset (validation): YoloDataset" in result.stdout
+    assert "img4.txt: line 1 has class 7" in result.stdout and "img2.txt: no instances in img2.png" in result.stdout
+    assert "not usable: 1 errors" in result.stdout
+
+
+def test_flags_that_do_not_fit_a_yolo_dataset_are_refused(tmp_path):
+    yaml, out = write_yolo(tmp_path / "ds"), tmp_path / "out"
+    result = run_cli(*FAST, "--data-path", yaml, "--val-data-path", tmp_path, "--output-dir", out)
+    assert result.returncode == 2 and "a YOLO dataset's validation images are its data.yaml's val:" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (out / "checkpoint.pth").exists()

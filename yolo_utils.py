@@ -1,0 +1,252 @@
+"""Ultralytics (YOLO) segmentation datasets, read in place: a data.yaml, or a folder holding images/ and labels/.
+
+    python train.py --data-path my-export/data.yaml    # Roboflow's and Ultralytics' own layout
+    python train.py --data-path my-export              # images/ and labels/ side by side
+
+Each image `.../images/.../NAME.EXT` has its labels in `.../labels/.../NAME.txt` (the last
+`images` folder of the path becomes `labels`, as Ultralytics finds them): one line per
+instance, `CLASS x1 y1 x2 y2 x3 y3 ...`, a polygon in coordinates normalised to [0, 1]. An
+image without a label file is a background image, and trains as one. YOLO class c is our
+label c + 1; its category id (in results files) stays c.
+
+data.yaml: `names` (a list, or a dict from class index to name) gives the classes; `train`
+and `val` name folders of images, text files listing images, or lists of these, relative to
+`path` (default: the yaml's own folder; "../x" that does not exist is also tried as "x", as
+Ultralytics does for Roboflow's exports). `train` is the training set and `val`, when given,
+the fixed validation set. Without a data.yaml the classes come from `classes.txt` beside
+images/ (one name per line) or are numbered.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import torch
+from torchvision import tv_tensors
+
+from dataset import IMAGE_EXTENSIONS, InstanceDataset, boxes_of_masks, read_image
+from utils import UserError
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def is_yolo_source(path: Path) -> bool:
+    """A data.yaml, or a folder holding images/ and labels/: what --dataset yolo reads."""
+    return path.suffix.lower() in YAML_SUFFIXES or ((path / "images").is_dir() and (path / "labels").is_dir())
+
+
+def read_data_yaml(path: Path) -> dict[str, Any]:
+    """{"names": [...], "train": [image paths], "val": [image paths] or None} from an Ultralytics data.yaml."""
+    import yaml  # PyYAML: only YOLO users pay for the import
+
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; pass the dataset's data.yaml (or its folder) as --data-path")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: not valid YAML ({str(error).splitlines()[0]}); check the file") from error
+    if not isinstance(data, dict) or "train" not in data:
+        raise UserError(f"{path}: no train: entry; an Ultralytics data.yaml names train: and val: image folders")
+    names = data.get("names")
+    if isinstance(names, dict):
+        if sorted(names) != list(range(len(names))):
+            raise UserError(f"{path}: names: must number the classes 0, 1, 2, ... without gaps; got {sorted(names)}")
+        names = [names[k] for k in range(len(names))]
+    elif names is None and isinstance(data.get("nc"), int):
+        names = [f"class {k}" for k in range(data["nc"])]
+    if not isinstance(names, list) or not names:
+        raise UserError(f"{path}: names: must list the class names (or a dict from class index to name)")
+    if isinstance(data.get("nc"), int) and data["nc"] != len(names):
+        raise UserError(f"{path}: nc: {data['nc']} but names: lists {len(names)} classes; make them agree")
+    base = path.parent / str(data.get("path") or ".")
+    parts = {"names": [str(name) for name in names]}
+    for part in ("train", "val"):
+        entries = data.get(part)
+        entries = entries if isinstance(entries, list) else [] if entries is None else [entries]
+        parts[part] = [image for entry in entries for image in _images_of(_resolve(base, str(entry), path, part))]
+        if entries and not parts[part]:
+            raise UserError(f"{path}: {part}: {', '.join(map(str, entries))} holds no images ({IMAGE_EXTENSIONS})")
+    if not parts["train"]:
+        raise UserError(f"{path}: train: is empty; name the training images' folder")
+    parts["val"] = parts["val"] or None
+    parts["base"] = base.resolve()
+    return parts
+
+
+def _resolve(base: Path, entry: str, yaml_path: Path, part: str) -> Path:
+    """Where a train:/val: entry points: base/entry, or base/x for a "../x" that is not there (Roboflow's exports)."""
+    found = base / entry
+    if not found.exists() and entry.startswith("../"):
+        found = base / entry[3:]
+    if not found.exists():
+        raise UserError(f"{yaml_path}: {part}: {entry} not found (looked in {base}); fix the path in the yaml")
+    return found.resolve()
+
+
+def _images_of(path: Path) -> list[Path]:
+    """The images a train:/val: entry names: a folder's (with subfolders), a list file's, or the file itself."""
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if path.suffix.lower() == ".txt":  # one image path per line, relative to the list's folder
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        return [(path.parent / line).resolve() for line in lines]
+    return [path]
+
+
+def label_path(image_path: Path) -> Path:
+    """Where Ultralytics looks for an image's labels: its last images/ folder becomes labels/, the suffix .txt."""
+    parts = list(image_path.parts)
+    if "images" not in parts:
+        raise UserError(f"{image_path}: not in an images/ folder; YOLO datasets keep images/ and labels/ side by side")
+    k = len(parts) - 1 - parts[::-1].index("images")
+    parts[k] = "labels"
+    return Path(*parts).with_suffix(".txt")
+
+
+def read_labels(path: Path, num_classes: int) -> tuple[list[int], list[np.ndarray]]:
+    """The classes and polygons (P x 2, normalised x, y) of a label file; a UserError names its first bad line."""
+    classes, polygons = [], []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: cannot read the label file ({error}); replace or remove it") from error
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}: line {number}"
+        try:
+            values = [float(v) for v in line.split()]
+        except ValueError:
+            raise UserError(f"{where} is not numbers: {line[:40]!r}; lines are CLASS x1 y1 x2 y2 ...") from None
+        category, coordinates = values[0], values[1:]
+        if category != int(category) or not 0 <= category < num_classes:
+            raise UserError(f"{where} has class {values[0]:g}; the dataset has classes 0 to {num_classes - 1}")
+        if len(coordinates) == 4:
+            raise UserError(
+                f"{where} is a box (x y w h), not a polygon; this route reads segmentation labels (x1 y1 x2 y2 ...)"
+            )
+        if len(coordinates) % 2 or len(coordinates) < 6:
+            raise UserError(f"{where} has {len(coordinates)} coordinates; a polygon needs x, y pairs, 3 or more")
+        polygon = np.asarray(coordinates, np.float64).reshape(-1, 2)
+        if polygon.min() < 0 or polygon.max() > 1:
+            raise UserError(f"{where} has coordinates outside 0..1; YOLO labels are normalised to the image size")
+        classes.append(int(category))
+        polygons.append(polygon)
+    return classes, polygons
+
+
+def polygon_masks(polygons: list[np.ndarray], height: int, width: int) -> torch.Tensor:
+    """N x H x W uint8 masks of normalised polygons, rasterised as pycocotools rasterises COCO's polygons."""
+    masks = np.zeros((len(polygons), height, width), np.uint8)
+    for k, polygon in enumerate(polygons):
+        pixels = (polygon * [width, height]).flatten().tolist()
+        masks[k] = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([pixels], height, width)))
+    return torch.from_numpy(masks)
+
+
+class YoloDataset(InstanceDataset):
+    """The images of one part of an Ultralytics segmentation dataset with their polygon labels as masks.
+
+    `names`: the class names, YOLO class c first at c. A label file without its image is a
+    problem (it stops the run, or with strict=False is collected). See the module docstring
+    for the layout and dataset.py's for the target contract.
+    """
+
+    def __init__(
+        self,
+        image_paths: list[Path],
+        names: list[str],
+        image_dir: Path,
+        transforms: Callable | None = None,
+        strict: bool = True,
+    ) -> None:
+        self.image_paths = list(dict.fromkeys(image_paths))
+        self.label_paths = [label_path(p) for p in self.image_paths]
+        self.classes = ["background", *names]
+        self.category_ids = list(range(len(names)))  # YOLO's own class indices
+        self.image_ids = list(range(len(self.image_paths)))
+        self.image_dir = Path(os.path.commonpath([image_dir, *(p.parent for p in self.image_paths)]))
+        self.transforms = transforms
+        self.problems: list[str] = []
+        for path in self.image_paths:
+            if not path.is_file():
+                self._problem(f"{path}: listed but not found; fix the list or add the image", strict)
+        # A label file whose image is not on disk (another part's images, listed elsewhere, are on disk: fine)
+        for image_folder in sorted({p.parent for p in self.image_paths if p.parent.is_dir()}):
+            labels = label_path(image_folder / "x.txt").parent
+            stems = {p.stem for p in image_folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
+            orphans = [p for p in labels.glob("*.txt") if p.stem not in stems and p.name != "classes.txt"]
+            for orphan in sorted(orphans):
+                self._problem(
+                    f"{orphan}: a label file without an image in {image_folder}; add it or remove this", strict
+                )
+
+    def _problem(self, message: str, strict: bool) -> None:
+        if strict:
+            raise UserError(message)
+        self.problems.append(message)
+
+    def load(self, idx: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        image = read_image(self.image_paths[idx])
+        height, width = image.shape[-2:]
+        classes, polygons = [], []
+        if self.label_paths[idx].is_file():  # no label file: a background image
+            classes, polygons = read_labels(self.label_paths[idx], len(self.classes) - 1)
+        masks = polygon_masks(polygons, height, width)
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(boxes_of_masks(masks), format="XYXY", canvas_size=(height, width)),
+            "labels": torch.tensor(classes, dtype=torch.int64) + 1,
+            "masks": tv_tensors.Mask(masks),
+            "image_id": idx,
+            "area": masks.sum(dim=(1, 2), dtype=torch.float32),
+            "iscrowd": torch.zeros(len(classes), dtype=torch.int64),
+        }
+        return image, target
+
+    def annotation_path(self, idx: int) -> Path:
+        return self.label_paths[idx]
+
+
+def yolo_dataset(
+    data_path: str | Path, part: str = "train", transforms: Callable | None = None, strict: bool = True
+) -> YoloDataset:
+    """Part "train" or "val" of the YOLO dataset at `data_path` (a data.yaml, or a folder of images/ and labels/)."""
+    data_path = Path(data_path)
+    if data_path.suffix.lower() in YAML_SUFFIXES:
+        parts = read_data_yaml(data_path)
+        if part == "val" and parts["val"] is None:
+            raise UserError(f"{data_path}: no val: images; the test split comes from train: (--test-size)")
+        return YoloDataset(parts[part], parts["names"], parts["base"], transforms, strict)
+    if not is_yolo_source(data_path):
+        raise UserError(f"{data_path}: holds no images/ and labels/ folders; pass them, or the data.yaml")
+    if part == "val":
+        raise UserError(f"{data_path}: a folder has no val: part; name one in a data.yaml, or split with --test-size")
+    images = _images_of(data_path / "images")
+    if not images:
+        raise UserError(f"{data_path / 'images'}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+    return YoloDataset(images, _names_of_folder(data_path), data_path.resolve(), transforms, strict)
+
+
+def has_val(data_path: str | Path) -> bool:
+    """Whether the YOLO dataset at `data_path` names a fixed validation set (a data.yaml's val:)."""
+    data_path = Path(data_path)
+    return data_path.suffix.lower() in YAML_SUFFIXES and read_data_yaml(data_path)["val"] is not None
+
+
+def _names_of_folder(folder: Path) -> list[str]:
+    """classes.txt's names (one per line, beside images/ or in labels/), else "class 0" up to the largest class."""
+    for names in (folder / "classes.txt", folder / "labels" / "classes.txt"):  # LabelImg writes the second
+        if names.is_file():
+            return [line.strip() for line in names.read_text().splitlines() if line.strip()]
+    largest = -1
+    for path in (p for p in (folder / "labels").rglob("*.txt") if p.name != "classes.txt"):
+        for line in path.read_text(errors="replace").splitlines():
+            first = line.split()[:1]
+            if first and first[0].replace(".", "", 1).isdigit():
+                largest = max(largest, int(float(first[0])))
+    return [f"class {k}" for k in range(largest + 1)] or ["class 0"]
