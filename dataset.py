@@ -38,9 +38,9 @@ from PIL import Image, ImageOps
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from utils import UserError
+from utils import UserError, one_line
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 PENNFUDAN_URL = "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip"
 PENNFUDAN_IMAGES = 170
 
@@ -690,17 +690,27 @@ def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python dataset.py check [train.py's dataset flags]`: report on a dataset; 0 if usable, 2 if not."""
-    parser = argparse.ArgumentParser(prog="dataset.py", description="Validate a dataset without training")
+    """`python dataset.py check|show [train.py's dataset flags]`: 0 when done (check: and usable), 2 if not."""
+    parser = argparse.ArgumentParser(prog="dataset.py", description="Check a dataset, or look at it, without training")
     commands = parser.add_subparsers(dest="command", required=True)
     add_dataset_args(commands.add_parser("check", help="read every file and report problems"))
+    show = commands.add_parser("show", help="draw a few samples' ground truth, before and after the augmentation")
+    add_dataset_args(show)
+    add = show.add_argument
+    add("--augmentation", default="hflip", help="train.py's preset to apply (default: %(default)s)")
+    add("--min-size", type=int, default=800, help="train.py's --min-size: lsj's square (default: %(default)s)")
+    add("--num-images", type=int, default=8, help="how many samples to draw (default: %(default)s)")
+    add("--seed", type=int, default=0, help="which samples, and their augmentation (default: %(default)s)")
+    add("--output-dir", default="show", help="where the pictures go (default: %(default)s)")
     args, _ = parser.parse_known_args(argv)  # train.py's other flags may ride along
     try:
+        if args.command == "show":
+            return show_dataset(args)
         parts = {"": dataset_from_args(args, strict=False)}
         if fixed_validation(args):
             parts[" (validation)"] = dataset_from_args(args, validation=True, strict=False)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     all_errors, all_warnings = [], []
     for part, dataset in parts.items():
@@ -712,6 +722,31 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     print(f"{'not usable' if all_errors else 'usable'}: {len(all_errors)} errors, {len(all_warnings)} warnings")
     return 2 if all_errors else 0
+
+
+def show_dataset(args: argparse.Namespace) -> int:
+    """`dataset.py show`: for --num-images samples, OUTPUT_DIR/<image>.png: the sample as read, then as trained on."""
+    from transforms import AUGMENTATIONS, get_transform  # the presets build on this module: import them late
+    from utils import writable_folder
+    from visualize import draw, grid, save_png
+
+    if args.augmentation not in AUGMENTATIONS:
+        raise UserError(f"--augmentation {args.augmentation}: unknown; choose one of {', '.join(AUGMENTATIONS)}")
+    if args.num_images <= 0 or args.min_size <= 0:
+        raise UserError("--num-images and --min-size must be positive")
+    dataset = dataset_from_args(args, get_transform(True, args.augmentation, args.min_size), include_crowd=False)
+    output_dir = writable_folder(args.output_dir)
+    torch.manual_seed(args.seed)
+    chosen = torch.randperm(len(dataset))[: args.num_images].sort().values.tolist()
+    for idx in chosen:
+        image, target = dataset.load(idx)
+        augmented, augmented_target = dataset.transforms(image, target)
+        path = output_dir / f"{dataset.image_paths[idx].stem}.png"
+        pictures = [draw(image, target, dataset.classes), draw(augmented, augmented_target, dataset.classes)]
+        save_png(grid([pictures]), path)
+        print(f"{path}: {len(target['labels'])} instances as read, {len(augmented_target['labels'])} after "
+              f"{args.augmentation}")  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":

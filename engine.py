@@ -8,6 +8,7 @@ import math
 import re
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 import utils
+
+SAMPLES_KEPT = 4  # evaluate(samples=...): held-out images kept for a picture
 
 
 def _to(value: Any, device: torch.device) -> Any:
@@ -62,6 +65,7 @@ def train_one_epoch(
     epoch: int,
     print_freq: int = 10,
     scaler: torch.amp.GradScaler | None = None,
+    first_batch: Callable[[tuple, tuple], None] | None = None,
 ) -> dict[str, float]:
     """Train for one epoch; return the mean of each loss (torchvision's names, plus "loss").
 
@@ -69,6 +73,7 @@ def train_one_epoch(
     (at most 1000), as torchvision's reference does. With a `scaler`, the forward pass
     runs under autocast: float16 on CUDA, bfloat16 on CPU. Under DDP the logged and
     returned losses are means over all ranks, so every rank stops together on a NaN.
+    `first_batch(images, targets)` sees the epoch's first batch as the loader made it.
     """
     model.train()
     logger = utils.MetricLogger()
@@ -84,6 +89,8 @@ def train_one_epoch(
             warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / 1000, total_iters=warmup_iters)
 
     for iteration, (images, targets) in enumerate(logger.log_every(data_loader, print_freq, f"Epoch: [{epoch}]")):
+        if iteration == 0 and first_batch is not None:
+            first_batch(images, targets)
         images, targets = to_device(images, targets, device)
         with autocast(device, enabled=scaler is not None):
             loss_dict = model(images, targets)
@@ -203,6 +210,7 @@ def evaluate(
     class_names: list[str] | None = None,
     timings: dict[str, float] | None = None,
     results: dict[str, list[dict]] | None = None,
+    samples: list[tuple] | None = None,
 ) -> dict[str, Any]:
     """COCO bbox (and segm, for mask models) stats: {"bbox": [12 floats], "segm": [12 floats]}.
 
@@ -215,7 +223,9 @@ def evaluate(
     order, and every rank returns the same stats. A `timings` dict receives this rank's
     "images", "model_seconds" and "metric_seconds" (conversion to COCO and COCOeval).
     A `results` dict receives, on rank 0, the detections as COCO results: "bbox" (and
-    "segm"), with the targets' image_id and the model's labels as category_id.
+    "segm"), with the targets' image_id and the model's labels as category_id. A `samples`
+    list receives (image, target, output) of this rank's first images, on the CPU, until it
+    holds SAMPLES_KEPT: for pictures.
     """
     utils.copy_buffers_from_rank_0(model)
     model.eval()
@@ -230,6 +240,8 @@ def evaluate(
         model_time = time.time() - start
         start = time.time()
         for image, target, output in zip(batch_images, targets, outputs, strict=True):
+            if samples is not None and len(samples) < SAMPLES_KEPT:
+                samples.append((image.cpu(), target, {key: value.cpu() for key, value in output.items()}))
             image_id = int(target["image_id"])
             record, gt = coco_ground_truth(image_id, image.shape[-2], image.shape[-1], target)
             per_image.append((record, gt, *coco_detections(image_id, output), "masks" in output))

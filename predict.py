@@ -19,16 +19,12 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 import utils
-from dataset import read_coco, read_image
+from dataset import IMAGE_EXTENSIONS, read_coco, read_image
 from engine import coco_detections, in_dataset_ids
 from model import model_from_checkpoint
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-# Distinct, colour-blind-friendly colours (Okabe-Ito), one per class, repeating after eight.
-COLORS = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
+from visualize import draw
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -51,7 +47,7 @@ def find_images(inputs: list[str]) -> list[Path]:
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            paths += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            paths += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         elif path.exists():
             paths.append(path)
         else:
@@ -73,20 +69,6 @@ class ImageFiles(torch.utils.data.Dataset):
             return index, read_image(self.paths[index])
         except utils.UserError as error:
             return index, str(error)
-
-
-def draw(image: torch.Tensor, output: dict[str, torch.Tensor], class_names: list[str]) -> torch.Tensor:
-    """The uint8 image with masks (half transparent), boxes and "class score" labels drawn on it."""
-    labels = output["labels"].tolist()
-    if not labels:
-        return image
-    colors = [COLORS[(label - 1) % len(COLORS)] for label in labels]
-    if "masks" in output:
-        image = draw_segmentation_masks(image, output["masks"][:, 0] > 0.5, alpha=0.5, colors=colors)
-    captions = [
-        f"{class_names[label]} {score:.2f}" for label, score in zip(labels, output["scores"].tolist(), strict=True)
-    ]
-    return draw_bounding_boxes(image, output["boxes"], labels=captions, colors=colors, width=2)
 
 
 def image_ids_of(paths: list[Path], ann_file: str | None) -> list[int]:
@@ -129,7 +111,7 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         raise utils.UserError(f"--device {args.device}: CUDA is not available here; use --device cpu")
     paths = find_images(args.inputs)
     if not paths:
-        raise utils.UserError(f"{' '.join(args.inputs)}: no images found ({', '.join(IMAGE_SUFFIXES)})")
+        raise utils.UserError(f"{' '.join(args.inputs)}: no images found ({', '.join(IMAGE_EXTENSIONS)})")
     device = torch.device(args.device)
     model, config = model_from_checkpoint(args.checkpoint)
     model.to(device).eval()

@@ -12,6 +12,7 @@ import argparse
 import math
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from group_by_aspect_ratio import training_batches
 from model import HEAD_SETTINGS, MODELS, get_model, model_config, model_from_config
 from recipe import OPTIMIZERS, SCHEDULERS, make_optimizer, make_scheduler, retarget_scheduler
 from transforms import AUGMENTATIONS, copy_paste_collate, get_transform, train_sizes
+from visualize import save_batch_picture, save_predictions_picture
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -426,12 +428,16 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
     for epoch in range(start_epoch, args.epochs):
         train_loader.batch_sampler.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         start = time.time()
-        losses = train_one_epoch(model, optimizer, train_loader, device, epoch, args.print_freq, scaler)
+        picture = None
+        if epoch == 0 and utils.is_main_process():  # what the model is fed, ground truth drawn: worth a look
+            picture = partial(save_batch_picture, class_names=classes, path=output_dir / "first_batch.png")
+        losses = train_one_epoch(model, optimizer, train_loader, device, epoch, args.print_freq, scaler, picture)
         train_seconds = time.time() - start
         lr = optimizer.param_groups[0]["lr"]
         lr_scheduler.step()
         start = time.time()
-        stats = evaluate(model_without_ddp, test_loader, device, classes)
+        samples: list[tuple] = []  # the first test images with their detections, for best_predictions.png
+        stats = evaluate(model_without_ddp, test_loader, device, classes, samples=samples)
         eval_seconds = time.time() - start
 
         history.append(
@@ -446,6 +452,7 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
         weights.update(split=split, changes=all_changes, epoch=epoch, stats=stats)
         if is_best:
             utils.save_checkpoint(weights, output_dir / "best.pth")
+            save_predictions_picture(samples, classes, output_dir / "best_predictions.png", score_threshold=0.5)
         checkpoint = {
             **weights,
             "optimizer": optimizer.state_dict(),

@@ -53,8 +53,14 @@ def test_two_epochs_end_to_end(pennfudan, tmp_path):
         "args.json",
         "curves.png",
         "tensorboard",
+        "first_batch.png",
+        "best_predictions.png",
     }
     assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    first_batch = np.asarray(Image.open(out / "first_batch.png"))
+    assert first_batch.shape[0] == 320 and first_batch.shape[1] > 2 * 320  # a batch of 2, side by side
+    predictions = np.asarray(Image.open(out / "best_predictions.png"))
+    assert predictions.shape[0] == 3 * 320 + 2 * 4  # one row per test image (3): ground truth | detections
 
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1]

@@ -1,0 +1,63 @@
+"""Pictures: what is drawn lands where the masks and boxes are; dataset.py show draws before and after."""
+
+import subprocess
+import sys
+
+import numpy as np
+import torch
+from conftest import LAYOUT, ROOT
+from PIL import Image
+
+from dataset import PennFudanDataset
+from visualize import draw, grid, to_uint8
+
+
+def test_a_target_is_drawn_inside_its_masks_and_boxes_only(pennfudan):
+    image, target = PennFudanDataset(pennfudan).load(0)
+    drawn = draw(image, target, ["background", "person"])
+    changed = (drawn != image).any(dim=0)
+    inside = target["masks"].bool().any(dim=0)
+    for x1, y1, x2, y2 in target["boxes"].round().int().tolist():
+        inside[max(y1 - 2, 0) : y2 + 2, max(x1 - 2, 0) : x2 + 2] = True  # the box's outline
+        inside[max(y1 - 14, 0) : y1 + 14, x1 : x1 + 6 * len("person")] = True  # its caption, which may stick out
+    assert changed[target["masks"][0].bool()].float().mean() > 0.9  # the mask is tinted
+    assert not changed[~inside].any()  # nothing outside
+
+
+def test_detections_are_cut_at_half_and_float_images_scaled():
+    image = torch.full((3, 40, 50), 0.5)
+    masks = torch.zeros(2, 1, 40, 50)
+    masks[0, 0, 5:15, 5:15] = 0.9
+    masks[1, 0, 20:30, 20:30] = 0.4  # below 0.5: not drawn as a mask
+    output = {"boxes": torch.tensor([[5.0, 5, 15, 15], [20, 20, 30, 30]]), "labels": torch.tensor([1, 1]),
+              "scores": torch.tensor([0.9, 0.8]), "masks": masks}  # fmt: skip
+    drawn = draw(image, output, ["background", "cat"])
+    assert to_uint8(image)[0, 0, 0] == 128 and drawn.dtype == torch.uint8
+    assert (drawn[:, 8:12, 8:12] != 128).any() and (drawn[:, 23:27, 23:27] == 128).all()
+
+
+def test_grid_scales_rows_to_one_height():
+    pictures = [torch.zeros(3, 10, 20, dtype=torch.uint8), torch.zeros(3, 20, 20, dtype=torch.uint8)]
+    canvas = grid([pictures, pictures[:1]], height=40, gap=2)
+    assert canvas.shape == (3, 82, 80 + 2 + 40)
+    assert (canvas[:, 40:42] == 255).all()  # the gap between rows is white
+
+
+def test_dataset_show_draws_samples_before_and_after_the_augmentation(pennfudan, tmp_path):
+    out = tmp_path / "show"
+    command = [sys.executable, "dataset.py", "show", "--data-path", pennfudan, "--augmentation", "lsj",
+               "--min-size", 64, "--num-images", 3, "--output-dir", out]  # fmt: skip
+    result = subprocess.run(list(map(str, command)), cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    pictures = sorted(out.iterdir())
+    assert len(pictures) == 3 and len(result.stdout.strip().splitlines()) == 3
+    for path in pictures:
+        height, width, _ = LAYOUT[int(path.stem[-5:])]
+        picture = np.asarray(Image.open(path))
+        # the image as read (scaled to 320 high), a gap, the lsj square (64 x 64, scaled to 320 x 320)
+        assert picture.shape[:2] == (320, round(width * 320 / height) + 4 + 320), path
+    bad = subprocess.run([sys.executable, "dataset.py", "show", "--data-path", str(pennfudan), "--augmentation",
+                          "sideways"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "error: --augmentation sideways: unknown; choose one of hflip, none, ssd, multiscale, lsj, topdown"
+    )

@@ -1,0 +1,91 @@
+"""Pictures of what the model sees and says: masks, boxes and class names drawn on images.
+
+predict.py draws its detections with `draw`; `python dataset.py show` and train.py draw the
+ground truth after the training transforms (first_batch.png), and train.py draws held-out
+predictions beside their ground truth whenever the best checkpoint improves
+(best_predictions.png). A wrong mask value, a mis-paired file or an augmentation that drops
+instances is found fastest by looking.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as F
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+import utils
+
+# Distinct, colour-blind-friendly colours (Okabe-Ito), one per class, repeating after eight.
+COLORS = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
+PICTURE_HEIGHT = 320  # each image in a grid is scaled to this height
+
+
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """A 3 x H x W image as uint8: float images (in [0, 1], after the transforms) are scaled to 0-255."""
+    if image.dtype == torch.uint8:
+        return image.cpu()
+    return (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def draw(image: torch.Tensor, found: dict[str, torch.Tensor], class_names: list[str]) -> torch.Tensor:
+    """The uint8 image with masks (half transparent), boxes and class names (with scores, for detections) on it.
+
+    `found`: a target of the dataset contract (binary N x H x W masks) or a model's output
+    (N x 1 x H x W mask probabilities, cut at 0.5, and "scores").
+    """
+    image = to_uint8(image)
+    labels = found["labels"].tolist()
+    if not labels:
+        return image
+    colors = [COLORS[(label - 1) % len(COLORS)] for label in labels]
+    if "masks" in found and len(found["masks"]):
+        masks = found["masks"]
+        masks = masks[:, 0] > 0.5 if masks.dim() == 4 else masks.bool()
+        image = draw_segmentation_masks(image, masks.cpu(), alpha=0.5, colors=colors)
+    names = [class_names[label] if label < len(class_names) else f"class {label}" for label in labels]
+    if "scores" in found:
+        names = [f"{name} {score:.2f}" for name, score in zip(names, found["scores"].tolist(), strict=True)]
+    boxes = torch.as_tensor(found["boxes"]).cpu().float()
+    return draw_bounding_boxes(image, boxes, labels=names, colors=colors, width=2)
+
+
+def grid(rows: list[list[torch.Tensor]], height: int = PICTURE_HEIGHT, gap: int = 4) -> torch.Tensor:
+    """uint8 pictures of any size in rows, each scaled to `height`, on a white background."""
+    rows = [[F.resize(p, [height, max(1, round(p.shape[-1] * height / p.shape[-2]))]) for p in row] for row in rows]
+    width = max(sum(p.shape[-1] for p in row) + gap * (len(row) - 1) for row in rows)
+    canvas = torch.full((3, len(rows) * (height + gap) - gap, width), 255, dtype=torch.uint8)
+    for r, row in enumerate(rows):
+        x = 0
+        for picture in row:
+            canvas[:, r * (height + gap) : r * (height + gap) + height, x : x + picture.shape[-1]] = picture
+            x += picture.shape[-1] + gap
+    return canvas
+
+
+def save_png(picture: torch.Tensor, path: str | Path) -> None:
+    """A 3 x H x W uint8 picture as a PNG, written atomically."""
+    image = Image.fromarray(picture.permute(1, 2, 0).numpy())
+    utils.atomic_write(path, lambda f: image.save(f, format="png"))
+
+
+def save_batch_picture(images: Any, targets: Any, class_names: list[str], path: str | Path, per_row: int = 4) -> None:
+    """A batch as the model is fed it (after the transforms), with its ground truth drawn: one picture."""
+    pictures = [draw(image, target, class_names) for image, target in zip(images, targets, strict=True)]
+    save_png(grid([pictures[k : k + per_row] for k in range(0, len(pictures), per_row)]), path)
+
+
+def save_predictions_picture(
+    samples: list[tuple[torch.Tensor, dict, dict]], class_names: list[str], path: str | Path, score_threshold: float
+) -> None:
+    """One row per held-out image: its ground truth, then the model's detections scoring at least `score_threshold`."""
+    rows = []
+    for image, target, output in samples:
+        keep = output["scores"] >= score_threshold
+        rows.append(
+            [draw(image, target, class_names), draw(image, {k: v[keep] for k, v in output.items()}, class_names)]
+        )
+    save_png(grid(rows), path)
