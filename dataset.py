@@ -67,7 +67,12 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             width, height = img.size
-            if img.getexif().get(EXIF_ORIENTATION) in TURNED_A_QUARTER:
+            if img.format == "PNG":  # PIL decodes a PNG to find an EXIF chunk after the pixels; read the header's only
+                exif = Image.Exif()
+                exif.load(img.info.get("exif", b""))
+            else:
+                exif = img.getexif()  # JPEG, TIFF, WebP: in the header
+            if exif.get(EXIF_ORIENTATION) in TURNED_A_QUARTER:
                 width, height = height, width
     except (OSError, ValueError, SyntaxError) as error:
         raise UserError(f"{path}: cannot read the image header ({error}); replace or remove the file") from error

@@ -322,7 +322,7 @@ def test_check_reports_coco_problems(coco_folder, capsys):
     assert "instances.json: annotation 2 of a.png has bbox [100.0, 50.0, 60.0, 20.0] outside its 128x96 image" in out
 
 
-def write_phone_photo(folder, height, width, orientation):
+def write_phone_photo(folder, height, width, orientation, suffix=".jpg"):
     """A JPEG stored turned, with the EXIF Orientation that shows it upright, and its upright mask PNG.
 
     Upright, the picture is dark with a red block in its top-left part; the mask covers that block.
@@ -335,14 +335,17 @@ def write_phone_photo(folder, height, width, orientation):
     stored = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[orientation]
     exif = Image.Exif()
     exif[0x0112] = orientation
-    Image.fromarray(upright).transpose(stored).save(folder / "photo.jpg", quality=95, exif=exif)
+    Image.fromarray(upright).transpose(stored).save(folder / f"photo{suffix}", quality=95, exif=exif)
     Image.fromarray(mask).save(folder / "photo_mask.png")
     return folder
 
 
-@pytest.mark.parametrize(("height", "width", "orientation"), [(48, 48, 6), (40, 64, 6), (40, 64, 8), (36, 52, 3)])
-def test_a_phone_photo_is_read_upright_under_its_mask(tmp_path, height, width, orientation):
-    dataset = MaskFolderDataset(write_phone_photo(tmp_path, height, width, orientation), tmp_path)
+@pytest.mark.parametrize(
+    ("height", "width", "orientation", "suffix"),
+    [(48, 48, 6, ".jpg"), (40, 64, 6, ".jpg"), (40, 64, 8, ".jpg"), (36, 52, 3, ".jpg"), (40, 64, 6, ".png")],
+)
+def test_a_phone_photo_is_read_upright_under_its_mask(tmp_path, height, width, orientation, suffix):
+    dataset = MaskFolderDataset(write_phone_photo(tmp_path, height, width, orientation, suffix), tmp_path)
     assert dataset.get_height_and_width(0) == (height, width)  # from the header, turned as the pixels are
     image, target = dataset[0]
     assert image.shape[-2:] == (height, width)

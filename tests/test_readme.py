@@ -1,4 +1,4 @@
-"""The README's Route 3 example must keep working: it is run here on LabelMe files made by the test."""
+"""The README's Route 4 example must keep working: it is run here on LabelMe files made by the test."""
 
 import json
 import re
@@ -14,15 +14,15 @@ from torchvision import tv_tensors
 from transforms import get_transform
 
 
-def _route_3_example() -> str:
+def _route_4_example() -> str:
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("**Route 3") :]
+    section = readme[readme.index("**Route 4") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
 def test_labelme_example_meets_the_target_contract(tmp_path):
     namespace: dict = {}
-    exec(compile(_route_3_example(), "README.md", "exec"), namespace)
+    exec(compile(_route_4_example(), "README.md", "exec"), namespace)
     Image.fromarray(np.full((60, 80, 3), 90, np.uint8)).save(tmp_path / "a.jpg")
     shapes = [
         {"label": "dog", "points": [[15, 15], [20, 15], [20, 20]]},  # hidden under the cat drawn next
