@@ -47,7 +47,8 @@ from torchvision.transforms.v2 import functional as F
 
 import utils
 from bench_recipe import RECIPES, measure_recipes, recipe_table_rows
-from dataset import add_dataset_args, dataset_from_args, split_indices
+from dataset import split_indices
+from dataset_cli import add_dataset_args, dataset_from_args
 from engine import (
     autocast,
     backward_and_step,

@@ -31,7 +31,8 @@ from matplotlib.figure import Figure
 from torchvision.transforms import v2 as T
 
 import utils
-from dataset import dataset_from_args, split_indices
+from dataset import split_indices
+from dataset_cli import dataset_from_args
 from engine import selection_score
 from model import get_model
 from recipe import make_optimizer

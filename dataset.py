@@ -17,12 +17,7 @@ N may be 0: an image without instances yields boxes 0 x 4, masks 0 x H x W, and 
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
-import json
 import shutil
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -38,7 +33,7 @@ from PIL import Image, ImageOps
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from utils import UserError, one_line
+from utils import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 PENNFUDAN_URL = "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip"
@@ -159,13 +154,6 @@ def _files_by_key(folder: Path, suffix: str, exclude_suffix: str | None = None) 
     return files
 
 
-def _problem(problems: list[str], message: str, strict: bool) -> None:
-    """Raise a dataset problem (strict, for training) or collect it (for `dataset.py check`)."""
-    if strict:
-        raise UserError(message)
-    problems.append(message)
-
-
 class InstanceDataset(torch.utils.data.Dataset):
     """What every dataset here has, and all that train.py, the checks and the split rely on.
 
@@ -204,6 +192,16 @@ class InstanceDataset(torch.utils.data.Dataset):
     def get_height_and_width(self, idx: int) -> tuple[int, int]:
         """(height, width) of image `idx` as read_image turns it, from its header alone: no pixel is decoded."""
         return image_size(self.image_paths[idx])
+
+    def _problem(self, message: str, strict: bool) -> None:
+        """Raise a dataset problem (strict, for training) or collect it in `problems` (for `dataset.py check`)."""
+        if strict:
+            raise UserError(message)
+        self.problems.append(message)
+
+    def annotation_warnings(self) -> list[str]:
+        """What `dataset.py check` warns of in the annotations beyond each sample's own reading: none here."""
+        return []
 
     def trains_on(self, idx: int) -> bool:
         """Whether image `idx` may be a training image (a COCO file also lists images nobody labelled)."""
@@ -246,11 +244,11 @@ class MaskFolderDataset(InstanceDataset):
         for key, path in images.items():
             if key not in masks:
                 message = f"{path}: no mask {key}{mask_suffix}.png in {self.mask_dir}; add one or remove it"
-                _problem(self.problems, message, strict)
+                self._problem(message, strict)
         for key, path in masks.items():
             if key not in images:
                 message = f"{path}: mask without an image {key}{image_suffix}.* in {self.image_dir}; add or remove one"
-                _problem(self.problems, message, strict)
+                self._problem(message, strict)
         self.keys = sorted(images.keys() & masks.keys())
         self.image_paths = [images[k] for k in self.keys]
         self.mask_paths = [masks[k] for k in self.keys]
@@ -283,218 +281,6 @@ class PennFudanDataset(MaskFolderDataset):
             raise UserError(f"{root}: no such folder; pass --download to fetch Penn-Fudan there, or check --data-path")
         super().__init__(root / "PNGImages", root / "PedMasks", "", "_mask", transforms, strict)
         self.classes = ["background", "person"]
-
-
-# The keys without which pycocotools cannot index a COCO file, or we cannot find and size an image.
-COCO_REQUIRED_KEYS = {"images": ("id", "file_name", "height", "width"), "annotations": ("id", "image_id"),
-                      "categories": ("id",)}  # fmt: skip
-
-
-def read_coco(ann_file: Path) -> Any:
-    """A pycocotools COCO index of `ann_file`, after checking the structure it relies on."""
-    from pycocotools.coco import COCO  # only COCO-format users pay for the import
-
-    try:
-        data = json.loads(ann_file.read_bytes())
-    except ValueError as error:  # json's and unicode's errors
-        raise UserError(f"{ann_file}: not valid json ({error}); check the file is a COCO instances json") from error
-    if not isinstance(data, dict):
-        raise UserError(
-            f"{ann_file}: holds a json {type(data).__name__}, not a COCO object with images and annotations"
-        )
-    for section, keys in COCO_REQUIRED_KEYS.items():
-        entries = data.get(section)
-        if not isinstance(entries, list):
-            raise UserError(
-                f'{ann_file}: no "{section}" list; COCO instances files have images, annotations, categories'
-            )
-        for k, entry in enumerate(entries):
-            missing = [key for key in keys if not isinstance(entry, dict) or key not in entry]
-            if missing:
-                raise UserError(f'{ann_file}: {section}[{k}] has no "{missing[0]}"; each of {section} needs {keys}')
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-        coco.createIndex()
-    return coco
-
-
-class CocoDataset(InstanceDataset):
-    """Images in `image_dir` with COCO instance annotations (polygons, RLE or compressed RLE) in `ann_file`.
-
-    Category ids, whatever they are, become labels 1..K in id order; `classes` holds their
-    names after "background" and `category_ids` the json's ids; `image_ids` holds each
-    image's json id (a target's image_id is its index here). With `include_crowd=False` (for training), iscrowd regions
-    are left out of the targets; evaluation keeps them, flagged, and COCO ignores them.
-    See the module docstring for the target contract.
-    """
-
-    def __init__(
-        self,
-        image_dir: str | Path,
-        ann_file: str | Path,
-        transforms: Callable | None = None,
-        include_crowd: bool = True,
-        strict: bool = True,
-    ) -> None:
-        self.image_dir, self.ann_file = Path(image_dir), Path(ann_file)
-        self.problems: list[str] = []  # with strict=False: what would have raised, for `dataset.py check`
-        if not self.image_dir.is_dir():
-            raise UserError(f"{self.image_dir}: image folder not found; check --data-path")
-        if not self.ann_file.is_file():
-            raise UserError(f"{self.ann_file}: annotation file not found; check --ann-file")
-        self.coco = read_coco(self.ann_file)
-        categories = sorted(self.coco.cats.values(), key=lambda c: c["id"])
-        self.label_of = {c["id"]: label for label, c in enumerate(categories, start=1)}
-        self.classes = ["background", *(str(c.get("name", c["id"])) for c in categories)]
-        self.category_ids = [c["id"] for c in categories]  # label k is category_ids[k - 1]
-        self.image_ids = sorted(self.coco.imgs)
-        self.image_paths = [self.image_dir / self.coco.imgs[i]["file_name"] for i in self.image_ids]
-        # An annotation that cannot become a target makes its image a bad sample: load() raises its problem.
-        self.bad_annotations: dict[int, str] = {}
-        for annotation in self.coco.anns.values():
-            problem = self._annotation_problem(annotation)
-            if problem and annotation["image_id"] not in self.bad_annotations:
-                self.bad_annotations[annotation["image_id"]] = problem
-        found = []
-        for i, path in enumerate(self.image_paths):
-            if path.is_file():
-                found.append(i)
-            else:
-                _problem(
-                    self.problems, f"{path}: listed in {self.ann_file.name} but not found; check --data-path", strict
-                )
-        self.image_ids = [self.image_ids[i] for i in found]
-        self.image_paths = [self.image_paths[i] for i in found]
-        self.transforms = transforms
-        self.include_crowd = include_crowd
-
-    def trains_on(self, idx: int) -> bool:
-        """Only images with an annotation that is not a crowd region: COCO files list unlabelled images too."""
-        return any(not a.get("iscrowd", 0) for a in self.coco.imgToAnns[self.image_ids[idx]])
-
-    def annotation_path(self, idx: int) -> Path:
-        return self.ann_file
-
-    def _annotation_problem(self, annotation: dict[str, Any]) -> str | None:
-        """What makes `annotation` unusable, naming the file, the annotation and its image; None if usable."""
-        info = self.coco.imgs.get(annotation["image_id"])
-        if info is None:
-            return None  # of no listed image: never read
-        where = f"{self.ann_file}: annotation {annotation['id']} of {info['file_name']}"
-        category = annotation.get("category_id")
-        if category not in self.label_of:
-            return f"{where} has category_id {category}, which is not in categories; add the category or fix it"
-        bbox = annotation.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)):
-            return f"{where} has bbox {bbox}; COCO boxes are [x, y, width, height]"
-        segmentation = annotation.get("segmentation")
-        if isinstance(segmentation, list):
-            if not segmentation:
-                return f"{where} has an empty segmentation; give it a polygon or delete the annotation"
-            for polygon in segmentation:
-                if not isinstance(polygon, list) or len(polygon) % 2:
-                    return f"{where} has a polygon {str(polygon)[:40]}; polygons are [x1, y1, x2, y2, ...] lists"
-                if len(polygon) < 6:
-                    return f"{where} has a polygon of {len(polygon) // 2} points; a polygon needs 3 or more"
-        elif isinstance(segmentation, dict):
-            if segmentation.get("size") != [info["height"], info["width"]] or "counts" not in segmentation:
-                return (
-                    f"{where} has an RLE of size {segmentation.get('size')} for an image of "
-                    f"height {info['height']} and width {info['width']}; fix its size or counts"
-                )
-        else:
-            return f'{where} has no "segmentation" (polygons or RLE): Mask R-CNN learns from masks'
-        return None
-
-    def load(self, idx: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
-        """Sample `idx` before transforms; a UserError names the file if it or an annotation of it is broken."""
-        if self.image_ids[idx] in self.bad_annotations:
-            raise UserError(self.bad_annotations[self.image_ids[idx]])
-        image = read_image(self.image_paths[idx])
-        height, width = image.shape[-2:]
-        info = self.coco.imgs[self.image_ids[idx]]
-        if (info.get("height", height), info.get("width", width)) != (height, width):
-            raise UserError(
-                f"{self.ann_file}: image {info['file_name']} is {width}x{height} but the file says "
-                f"{info['width']}x{info['height']}; fix the annotation"
-            )
-        annotations = [
-            a for a in self.coco.imgToAnns[self.image_ids[idx]] if self.include_crowd or not a.get("iscrowd", 0)
-        ]
-        masks = np.zeros((len(annotations), height, width), np.uint8)
-        boxes = np.zeros((len(annotations), 4), np.float32)
-        for k, annotation in enumerate(annotations):
-            masks[k] = self.coco.annToMask(annotation)
-            x, y, w, h = annotation["bbox"]
-            boxes[k] = [x, y, x + w, y + h]
-        np.clip(boxes, 0, [width, height, width, height], out=boxes)
-        target = {
-            "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY", canvas_size=(height, width)),
-            "labels": torch.tensor([self.label_of[a["category_id"]] for a in annotations], dtype=torch.int64),
-            "masks": tv_tensors.Mask(torch.from_numpy(masks)),
-            "image_id": idx,
-            "area": torch.tensor(
-                [a.get("area", m.sum()) for a, m in zip(annotations, masks, strict=True)], dtype=torch.float32
-            ),
-            "iscrowd": torch.tensor([int(a.get("iscrowd", 0)) for a in annotations], dtype=torch.int64),
-        }
-        return image, target
-
-    def get_height_and_width(self, idx: int) -> tuple[int, int]:
-        """(height, width) of image `idx` from the annotation file."""
-        info = self.coco.imgs[self.image_ids[idx]]
-        return info["height"], info["width"]
-
-
-DATASETS = ("pennfudan", "folder", "coco", "yolo")
-
-
-def get_dataset(
-    name: str | None,
-    data_path: str | Path,
-    transforms: Callable | None = None,
-    image_suffix: str = "",
-    mask_suffix: str = "_mask",
-    mask_path: str | Path | None = None,
-    ann_file: str | Path | None = None,
-    include_crowd: bool = True,
-    strict: bool = True,
-    part: str = "train",
-) -> InstanceDataset:
-    """The dataset `name` at `data_path`; name None infers it: coco with `ann_file`, yolo for a data.yaml or a
-    folder of images/ and labels/, Penn-Fudan's layout (or no folder yet), else "folder".
-
-    "folder": images in `data_path`, instance masks in `mask_path` (default: the same
-    folder), paired by `<key><image_suffix>.<ext>` and `<key><mask_suffix>.png`.
-    "coco": images in `data_path`, annotations in `ann_file`.
-    "yolo": an Ultralytics segmentation dataset (yolo_utils.py); `part` "train" or "val".
-    """
-    from yolo_utils import is_yolo_source, yolo_dataset  # it builds on this module's reader and contract
-
-    data_path = Path(data_path)
-    if name is None and ann_file:
-        name = "coco"
-    if name is None and is_yolo_source(data_path):
-        name = "yolo"
-    if name == "yolo":
-        return yolo_dataset(data_path, part, transforms, strict)
-    if name == "coco":
-        if not ann_file:
-            raise UserError("--dataset coco needs --ann-file PATH: the COCO instances json")
-        return CocoDataset(data_path, ann_file, transforms, include_crowd, strict)
-    if name is None and not data_path.exists():
-        if data_path.name.lower() != "pennfudanped":  # only a Penn-Fudan path can be downloaded
-            raise UserError(f"{data_path}: no such folder; check --data-path")
-        name = "pennfudan"
-    if name is None:
-        is_pennfudan = (data_path / "PNGImages").is_dir() or (data_path / "PedMasks").is_dir()  # one may be missing
-        name = "pennfudan" if is_pennfudan else "folder"
-    if name == "pennfudan":
-        return PennFudanDataset(data_path, transforms, strict)
-    if name == "folder":
-        return MaskFolderDataset(data_path, mask_path or data_path, image_suffix, mask_suffix, transforms, strict)
-    raise UserError(f"--dataset {name}: unknown; choose one of {', '.join(DATASETS)}")
 
 
 def download_pennfudan(root: str | Path, url: str | None = None, timeout: float = 60.0) -> Path:
@@ -564,195 +350,49 @@ def indices_of(dataset: Any, names: list[str]) -> tuple[list[int], list[str]]:
     return found, [name for name in names if name not in index]
 
 
-# ---------------------------------------------------------------------------
-# The dataset flags train.py shares, and `python dataset.py check`.
-
-MIN_INSTANCE_AREA = 16  # pixels; smaller instances all but vanish at the backbone's stride of 4 and more
-
-
-def add_dataset_args(parser: argparse.ArgumentParser) -> None:
-    """The flags that choose and read a dataset, for train.py and `dataset.py check` alike."""
-    add = parser.add_argument
-    add("--data-path", default="PennFudanPed", help="dataset folder, image folder or data.yaml (default: %(default)s)")
-    add("--dataset", choices=DATASETS, help="pennfudan, folder, coco or yolo (default: inferred from the paths)")
-    add("--mask-path", help="with --dataset folder: the instance-mask folder (default: --data-path)")
-    add("--image-suffix", default="", help="with --dataset folder: image names end <key><suffix>.png/.jpg")
-    add("--mask-suffix", default="_mask", help="with --dataset folder: mask names end <key><suffix>.png")
-    add("--ann-file", help="with --dataset coco: the COCO instances json (--data-path holds the images)")
-    add("--val-data-path", help="a fixed validation set in the same layout (default: split off --test-size images)")
-    add(
-        "--val-ann-file", help="with --dataset coco: a fixed validation json (images in --val-data-path or --data-path)"
-    )
+def check_held_out(train_data: Any, train_ids: list[int], test_data: Any, test_ids: list[int]) -> None:
+    """Refuse a split in which a test image is also a training image: its AP would not be a held-out figure."""
+    trained = {train_data.image_paths[i].resolve() for i in train_ids}
+    both = [test_data.image_paths[i] for i in test_ids if test_data.image_paths[i].resolve() in trained]
+    if both:
+        raise UserError(
+            f"{both[0]}: a test image is also a training image ({len(both)} such); the test set must be held out "
+            "(check --val-data-path, --val-ann-file or the data.yaml's val:)"
+        )
 
 
-def dataset_from_args(
-    args: argparse.Namespace, transforms: Callable | None = None, validation: bool = False, **kwargs: Any
-) -> Any:
-    """get_dataset with the flags of add_dataset_args; `validation` reads the fixed validation set they name."""
-    data_path, ann_file, mask_path = args.data_path, args.ann_file, args.mask_path
-    if validation and _is_yolo(args):  # the data.yaml's val:
-        return get_dataset("yolo", data_path, transforms, part="val", **kwargs)
-    if validation:
-        data_path, mask_path = args.val_data_path or data_path, args.val_data_path or mask_path
-        ann_file = args.val_ann_file or ann_file
-    options = {"image_suffix": args.image_suffix, "mask_suffix": args.mask_suffix, "mask_path": mask_path}
-    return get_dataset(args.dataset, data_path, transforms, ann_file=ann_file, **options, **kwargs)
+def ids_of_run(
+    split: dict[str, list[str]], train_data: Any | None, test_data: Any, fixed: bool, allow_changes: bool
+) -> tuple[list[int], list[int]]:
+    """A resumed run's split, found by name in the data as they are now; no image moves between its parts.
 
-
-def _is_yolo(args: argparse.Namespace) -> bool:
-    from yolo_utils import is_yolo_source
-
-    return args.dataset == "yolo" or (
-        args.dataset is None and not args.ann_file and is_yolo_source(Path(args.data_path))
-    )
-
-
-def fixed_validation(args: argparse.Namespace) -> bool:
-    """Whether the flags name a fixed validation set (--val-data-path, --val-ann-file, a data.yaml's val:);
-    if not, the test images are split off the data with --test-size."""
-    if _is_yolo(args):
-        from yolo_utils import has_val
-
-        if args.val_data_path or args.val_ann_file:
-            raise UserError("--val-data-path: a YOLO dataset's validation images are its data.yaml's val: entry")
-        return has_val(args.data_path)
-    return bool(args.val_data_path or args.val_ann_file)
-
-
-class _Probe(torch.utils.data.Dataset):
-    """Loads sample indices[k] and yields (index, its problem or None): no pixels cross between processes."""
-
-    def __init__(self, dataset: Any, indices: list[int]) -> None:
-        self.dataset, self.indices = dataset, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, k: int) -> tuple[int, str | None]:
-        idx = self.indices[k]
-        try:
-            getattr(self.dataset, "load", self.dataset.__getitem__)(idx)  # before transforms where it can
-        except UserError as error:
-            return idx, str(error)
-        return idx, None
-
-
-def find_bad_samples(dataset: Any, indices: list[int], workers: int = 0) -> dict[int, str]:
-    """Read samples `indices` once, in `workers` processes: {index: one-line problem} for each that fails."""
-    loader = torch.utils.data.DataLoader(
-        _Probe(dataset, list(indices)), batch_size=None, num_workers=workers, generator=torch.Generator()
-    )
-    return {idx: problem for idx, problem in loader if problem is not None}
-
-
-def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:
-    """Read every sample once: (report lines, errors, warnings). Each error and warning names its file.
-
-    Errors make the dataset unusable (unreadable, unpaired or mismatched files, unknown
-    categories); warnings do not (images without instances, empty or tiny instances,
-    boxes outside their image).
+    An image of the split that is gone stops the run (--allow-changes: it is left out);
+    an image that is new since is left out (--allow-changes: it joins training, never test).
     """
-    errors, warnings = list(dataset.problems), []
-    per_class: Counter[str] = Counter()
-    sizes: Counter[str] = Counter()
-    per_image = []
-    for idx, path in enumerate(dataset.image_paths):
-        try:
-            image, target = dataset[idx]
-        except UserError as error:
-            errors.append(str(error))
-            continue
-        sizes[f"{image.shape[-1]}x{image.shape[-2]}"] += 1
-        per_image.append(len(target["labels"]))
-        if not per_image[-1]:
-            warnings.append(f"{dataset.annotation_path(idx)}: no instances in {path.name}; it teaches only background")
-        pixels = target["masks"].flatten(1).sum(1).tolist()
-        for k, (label, area) in enumerate(zip(target["labels"].tolist(), pixels, strict=True)):
-            per_class[dataset.classes[label]] += 1
-            if area == 0:
-                warnings.append(f"{path}: instance {k} ({dataset.classes[label]}) has an empty mask")
-            elif area < MIN_INSTANCE_AREA:
-                warnings.append(
-                    f"{path}: instance {k} ({dataset.classes[label]}) has only {area} pixels, too few to learn"
-                )
-    if isinstance(dataset, CocoDataset):
-        for annotation in dataset.coco.anns.values():
-            info = dataset.coco.imgs[annotation["image_id"]]
-            x, y, w, h = annotation["bbox"]
-            if x < 0 or y < 0 or x + w > info["width"] + 1 or y + h > info["height"] + 1 or w <= 0 or h <= 0:
-                warnings.append(
-                    f"{dataset.ann_file}: annotation {annotation['id']} of {info['file_name']} has bbox "
-                    f"{[x, y, w, h]} outside its {info['width']}x{info['height']} image; it is clipped"
-                )
-    counts = ", ".join(f"{name} {n}" for name, n in sorted(per_class.items())) or "none"
-    report = [
-        f"images: {len(dataset.image_paths)} readable {len(per_image)}",
-        f"instances: {sum(per_class.values())} ({counts})",
-        "instances per image: " + (f"min {min(per_image)}, max {max(per_image)}" if per_image else "-"),
-        "image sizes: " + ", ".join(f"{size} ({n})" for size, n in sizes.most_common(5)),
-    ]
-    return report, errors, warnings
+    test_ids, missing = indices_of(test_data, split["test"])
+    parts = [("test", missing)]
+    train_ids: list[int] = []
+    if train_data is not None:
+        train_ids, missing = indices_of(train_data, split["train"])
+        parts.append(("training", missing))
+    for part, missing in parts:
+        if missing:
+            where = f"{missing[0]}: a {part} image of the run, not in the dataset now ({len(missing)} such)"
+            if not allow_changes:
+                raise UserError(f"{where}; put it back, or add --allow-changes to go on without")
+            print(f"{where}; going on without (--allow-changes)")
+    if train_data is not None:
+        assigned = set(train_ids) if fixed else set(train_ids) | set(test_ids)
+        new = [i for i in range(len(train_data)) if i not in assigned and train_data.trains_on(i)]
+        if new and allow_changes:
+            print(f"{len(new)} images not in the run's split join its training set (--allow-changes)")
+            train_ids = sorted(train_ids + new)
+        elif new:
+            print(f"note: {len(new)} images are not in the run's split and stay out; --allow-changes trains on them")
+    return train_ids, test_ids
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python dataset.py check|show [train.py's dataset flags]`: 0 when done (check: and usable), 2 if not."""
-    parser = argparse.ArgumentParser(prog="dataset.py", description="Check a dataset, or look at it, without training")
-    commands = parser.add_subparsers(dest="command", required=True)
-    add_dataset_args(commands.add_parser("check", help="read every file and report problems"))
-    show = commands.add_parser("show", help="draw a few samples' ground truth, before and after the augmentation")
-    add_dataset_args(show)
-    add = show.add_argument
-    add("--augmentation", default="hflip", help="train.py's preset to apply (default: %(default)s)")
-    add("--min-size", type=int, default=800, help="train.py's --min-size: lsj's square (default: %(default)s)")
-    add("--num-images", type=int, default=8, help="how many samples to draw (default: %(default)s)")
-    add("--seed", type=int, default=0, help="which samples, and their augmentation (default: %(default)s)")
-    add("--output-dir", default="show", help="where the pictures go (default: %(default)s)")
-    args, _ = parser.parse_known_args(argv)  # train.py's other flags may ride along
-    try:
-        if args.command == "show":
-            return show_dataset(args)
-        parts = {"": dataset_from_args(args, strict=False)}
-        if fixed_validation(args):
-            parts[" (validation)"] = dataset_from_args(args, validation=True, strict=False)
-    except UserError as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 2
-    all_errors, all_warnings = [], []
-    for part, dataset in parts.items():
-        report, errors, warnings = check_dataset(dataset)
-        print(f"dataset{part}: {type(dataset).__name__} at {args.data_path}")
-        print("\n".join(report))
-        all_errors, all_warnings = all_errors + errors, all_warnings + warnings
-    for line in [*(f"error: {e}" for e in all_errors), *(f"warning: {w}" for w in all_warnings)]:
-        print(line)
-    print(f"{'not usable' if all_errors else 'usable'}: {len(all_errors)} errors, {len(all_warnings)} warnings")
-    return 2 if all_errors else 0
+if __name__ == "__main__":  # python dataset.py check|show: the commands, and the flags they share, are dataset_cli.py's
+    from dataset_cli import main
 
-
-def show_dataset(args: argparse.Namespace) -> int:
-    """`dataset.py show`: for --num-images samples, OUTPUT_DIR/<image>.png: the sample as read, then as trained on."""
-    from transforms import AUGMENTATIONS, get_transform  # the presets build on this module: import them late
-    from utils import writable_folder
-    from visualize import draw, grid, save_png
-
-    if args.augmentation not in AUGMENTATIONS:
-        raise UserError(f"--augmentation {args.augmentation}: unknown; choose one of {', '.join(AUGMENTATIONS)}")
-    if args.num_images <= 0 or args.min_size <= 0:
-        raise UserError("--num-images and --min-size must be positive")
-    dataset = dataset_from_args(args, get_transform(True, args.augmentation, args.min_size), include_crowd=False)
-    output_dir = writable_folder(args.output_dir)
-    torch.manual_seed(args.seed)
-    chosen = torch.randperm(len(dataset))[: args.num_images].sort().values.tolist()
-    for idx in chosen:
-        image, target = dataset.load(idx)
-        augmented, augmented_target = dataset.transforms(image, target)
-        path = output_dir / f"{dataset.image_paths[idx].stem}.png"
-        pictures = [draw(image, target, dataset.classes), draw(augmented, augmented_target, dataset.classes)]
-        save_png(grid([pictures]), path)
-        print(f"{path}: {len(target['labels'])} instances as read, {len(augmented_target['labels'])} after "
-              f"{args.augmentation}")  # fmt: skip
-    return 0
-
-
-if __name__ == "__main__":
     raise SystemExit(main())

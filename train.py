@@ -21,16 +21,8 @@ import torch
 import utils
 from checkpoint import OVERRIDABLE, flag, resume_settings, stored_split
 from curves import TensorBoardLogger, plot_curves
-from dataset import (
-    add_dataset_args,
-    dataset_from_args,
-    download_pennfudan,
-    find_bad_samples,
-    fixed_validation,
-    indices_of,
-    sample_names,
-    split_indices,
-)
+from dataset import check_held_out, download_pennfudan, ids_of_run, sample_names, split_indices
+from dataset_cli import add_dataset_args, dataset_from_args, find_bad_samples, fixed_validation
 from engine import evaluate, in_dataset_ids, selection_score, train_one_epoch
 from group_by_aspect_ratio import training_batches
 from model import HEAD_SETTINGS, MODELS, get_model, model_config, model_from_config
@@ -175,48 +167,6 @@ def preflight(
     total = sum(len(ids) for _, ids in splits.values())
     print(f"Read {total} samples in {time.time() - start:.1f} s: {len(problems)} bad")
     return kept, problems
-
-
-def check_held_out(train_data: Any, train_ids: list[int], test_data: Any, test_ids: list[int]) -> None:
-    """Refuse a split in which a test image is also a training image: its AP would not be a held-out figure."""
-    trained = {train_data.image_paths[i].resolve() for i in train_ids}
-    both = [test_data.image_paths[i] for i in test_ids if test_data.image_paths[i].resolve() in trained]
-    if both:
-        raise utils.UserError(
-            f"{both[0]}: a test image is also a training image ({len(both)} such); the test set must be held out "
-            "(check --val-data-path, --val-ann-file or the data.yaml's val:)"
-        )
-
-
-def ids_of_run(
-    split: dict[str, list[str]], train_data: Any | None, test_data: Any, fixed: bool, allow_changes: bool
-) -> tuple[list[int], list[int]]:
-    """A resumed run's split, found by name in the data as they are now; no image moves between its parts.
-
-    An image of the split that is gone stops the run (--allow-changes: it is left out);
-    an image that is new since is left out (--allow-changes: it joins training, never test).
-    """
-    test_ids, missing = indices_of(test_data, split["test"])
-    parts = [("test", missing)]
-    train_ids: list[int] = []
-    if train_data is not None:
-        train_ids, missing = indices_of(train_data, split["train"])
-        parts.append(("training", missing))
-    for part, missing in parts:
-        if missing:
-            where = f"{missing[0]}: a {part} image of the run, not in the dataset now ({len(missing)} such)"
-            if not allow_changes:
-                raise utils.UserError(f"{where}; put it back, or add --allow-changes to go on without")
-            print(f"{where}; going on without (--allow-changes)")
-    if train_data is not None:
-        assigned = set(train_ids) if fixed else set(train_ids) | set(test_ids)
-        new = [i for i in range(len(train_data)) if i not in assigned and train_data.trains_on(i)]
-        if new and allow_changes:
-            print(f"{len(new)} images not in the run's split join its training set (--allow-changes)")
-            train_ids = sorted(train_ids + new)
-        elif new:
-            print(f"note: {len(new)} images are not in the run's split and stay out; --allow-changes trains on them")
-    return train_ids, test_ids
 
 
 def make_loaders(

@@ -186,11 +186,6 @@ class YoloDataset(InstanceDataset):
                     f"{orphan}: a label file without an image in {image_folder}; add it or remove this", strict
                 )
 
-    def _problem(self, message: str, strict: bool) -> None:
-        if strict:
-            raise UserError(message)
-        self.problems.append(message)
-
     def load(self, idx: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
         image = read_image(self.image_paths[idx])
         height, width = image.shape[-2:]

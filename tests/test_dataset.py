@@ -1,27 +1,15 @@
-import json
-import subprocess
-import sys
+"""dataset.py: the readers, the folder datasets, Penn-Fudan and its download, the split."""
 
 import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 import torch
-from conftest import CVPPP, LAYOUT, ROOT, instance_mask, pennfudan_zip
+from conftest import CVPPP, LAYOUT, instance_mask, pennfudan_zip
 from PIL import Image
 from torchvision import tv_tensors
 
-from dataset import (
-    CocoDataset,
-    MaskFolderDataset,
-    PennFudanDataset,
-    download_pennfudan,
-    get_dataset,
-    masks_to_target,
-    split_indices,
-)
-from dataset import (
-    main as dataset_main,
-)
+from dataset import MaskFolderDataset, PennFudanDataset, download_pennfudan, masks_to_target, split_indices
+from dataset_cli import get_dataset
 from utils import UserError
 
 
@@ -204,16 +192,6 @@ def test_download_failure_says_what_to_do(serve, tmp_path):
         download_pennfudan(tmp_path / "PennFudanPed", url=serve(b"<html>moved</html>"))
 
 
-def test_get_dataset_infers_the_layout(pennfudan, tmp_path):
-    assert type(get_dataset(None, pennfudan)) is PennFudanDataset
-    folder = get_dataset(None, pennfudan / "PNGImages", mask_path=pennfudan / "PedMasks")
-    assert type(folder) is MaskFolderDataset and len(folder) == len(LAYOUT)
-    with pytest.raises(UserError, match="absent: no such folder; check --data-path$"):  # not Penn-Fudan: no download
-        get_dataset(None, tmp_path / "absent")
-    with pytest.raises(UserError, match="PennFudanPed: no such folder; pass --download"):
-        get_dataset(None, tmp_path / "elsewhere" / "PennFudanPed")
-
-
 def test_real_cvppp_plants_through_the_folder_route(cvppp):
     counts = dict(line.split(", ") for line in (CVPPP / "A1.csv").read_text().split("\n") if line.strip())
     dataset = get_dataset("folder", cvppp, image_suffix="_rgb", mask_suffix="_label")
@@ -225,101 +203,8 @@ def test_real_cvppp_plants_through_the_folder_route(cvppp):
         assert (target["area"] > 0).all()
 
 
-def test_coco_dataset_reads_polygons_and_both_rles(coco_folder):
-    folder, ann_file, plants = coco_folder
-    dataset = CocoDataset(folder, ann_file)
-    assert dataset.classes == ["background", "leaf_even", "leaf_odd"]
-    assert [p.name for p in dataset.image_paths] == ["a.png", "b.jpg", "c.png"]
-    annotations = json.loads(ann_file.read_text())["annotations"]
-    for idx, (_, _, mask) in enumerate(plants):
-        image, target = dataset[idx]
-        assert image.shape == (3, *mask.shape) and target["image_id"] == idx
-        mine = [a for a in annotations if a["image_id"] == idx + 1]
-        assert target["labels"].tolist() == [{3: 1, 7: 2}[a["category_id"]] for a in mine]
-        assert target["iscrowd"].tolist() == [a["iscrowd"] for a in mine]
-        assert target["area"].tolist() == [a["area"] for a in mine]
-        for k, (annotation, value) in enumerate(zip(mine, [v for v in np.unique(mask) if v], strict=True)):
-            x, y, w, h = annotation["bbox"]
-            assert target["boxes"][k].tolist() == [x, y, x + w, y + h]
-            if isinstance(annotation["segmentation"], dict):  # RLE: exactly the instance
-                assert np.array_equal(target["masks"][k].numpy(), (mask == value).astype(np.uint8))
-            else:  # the bounding-rectangle polygon covers the instance's box
-                assert target["masks"][k].sum() >= (mask == value).sum()
-    assert len(dataset[2][1]["boxes"]) == 0 and not dataset.trains_on(2)
-
-
-def test_coco_crowd_regions_stay_out_of_training_targets(coco_folder):
-    folder, ann_file, _ = coco_folder
-    with_crowd, without = CocoDataset(folder, ann_file)[0][1], CocoDataset(folder, ann_file, include_crowd=False)[0][1]
-    assert with_crowd["iscrowd"].tolist() == [1, 0] and without["iscrowd"].tolist() == [0]
-    assert torch.equal(without["masks"][0], with_crowd["masks"][1])
-    assert CocoDataset(folder, ann_file).trains_on(0)  # one annotation that is not a crowd
-
-
-def test_coco_file_mistakes_name_the_file(coco_folder):
-    folder, ann_file, _ = coco_folder
-    data = json.loads(ann_file.read_text())
-    data["annotations"][0]["category_id"] = 99
-    (folder / "unknown.json").write_text(json.dumps(data))
-    with pytest.raises(UserError, match="unknown.json: annotation 1 of a.png has category_id 99"):
-        CocoDataset(folder, folder / "unknown.json")[0]  # its image is a bad sample
-    (folder / "broken.json").write_text("{not json")
-    with pytest.raises(UserError, match="broken.json: not valid json"):
-        CocoDataset(folder, folder / "broken.json")
-    with pytest.raises(UserError, match="missing.json: annotation file not found"):
-        get_dataset(None, folder, ann_file=folder / "missing.json")  # --ann-file alone means coco
-    (folder / "b.jpg").unlink()
-    with pytest.raises(UserError, match="b.jpg: listed in instances.json but not found"):
-        CocoDataset(folder, ann_file)
-    with pytest.raises(UserError, match="--dataset coco needs --ann-file"):
-        get_dataset("coco", folder)
-
-
 # ---------------------------------------------------------------------------
 # python dataset.py check
-
-
-def test_check_passes_real_cvppp_and_ignores_training_flags(cvppp):
-    counts = dict(line.split(", ") for line in (CVPPP / "A1.csv").read_text().split("\n") if line.strip())
-    expected = sum(int(counts[p.name]) for p in cvppp.glob("*_rgb.png"))
-    args = ["check", "--data-path", str(cvppp), "--image-suffix", "_rgb", "--mask-suffix", "_label", "--epochs", "3"]
-    result = subprocess.run([sys.executable, "dataset.py", *args], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"instances: {expected} (object {expected})" in result.stdout
-    assert "image sizes: 500x530 (6)" in result.stdout and "usable: 0 errors, 0 warnings" in result.stdout
-
-
-def test_check_names_every_problem_and_exits_2(pennfudan, capsys):
-    (pennfudan / "PNGImages" / "FudanPed00000.png").write_bytes(
-        (pennfudan / "PNGImages" / "FudanPed00000.png").read_bytes()[:300]
-    )
-    (pennfudan / "PNGImages" / "FudanPed00001.png").write_text("not an image")
-    Image.new("L", (10, 10)).save(pennfudan / "PedMasks" / "FudanPed00004_mask.png")
-    (pennfudan / "PNGImages" / "FudanPed00005.png").unlink()
-    tiny = np.zeros((100, 100), np.uint8)
-    tiny[20:80, 20:80], tiny[5:7, 5:8] = 1, 2  # a normal instance and one of 6 pixels
-    Image.fromarray(tiny).save(pennfudan / "PedMasks" / "FudanPed00007_mask.png")
-    assert dataset_main(["check", "--data-path", str(pennfudan)]) == 2
-    out = capsys.readouterr().out
-    assert "error: " in out and "FudanPed00000.png: cannot read the image" in out  # truncated
-    assert "FudanPed00001.png: cannot read the image" in out  # not an image
-    assert "FudanPed00004_mask.png: mask is 10x10 but its image" in out
-    assert "FudanPed00005_mask.png: mask without an image" in out
-    assert "warning: " in out and "FudanPed00007.png: instance 1 (person) has only 6 pixels" in out
-    assert "FudanPed00002_mask.png: no instances in FudanPed00002.png" in out
-    assert "not usable: 4 errors, 2 warnings" in out
-
-
-def test_check_reports_coco_problems(coco_folder, capsys):
-    folder, ann_file, _ = coco_folder
-    data = json.loads(ann_file.read_text())
-    data["annotations"][0]["category_id"] = 99
-    data["annotations"][1]["bbox"] = [100.0, 50.0, 60.0, 20.0]  # past the right edge of a 128-wide image
-    ann_file.write_text(json.dumps(data))
-    assert dataset_main(["check", "--data-path", str(folder), "--ann-file", str(ann_file)]) == 2
-    out = capsys.readouterr().out
-    assert "instances.json: annotation 1 of a.png has category_id 99" in out
-    assert "instances.json: annotation 2 of a.png has bbox [100.0, 50.0, 60.0, 20.0] outside its 128x96 image" in out
 
 
 def write_phone_photo(folder, height, width, orientation, suffix=".jpg"):

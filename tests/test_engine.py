@@ -10,7 +10,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 import dataset as dataset_module
-from dataset import CocoDataset, PennFudanDataset
+from coco_utils import CocoDataset
+from dataset import PennFudanDataset
 from engine import TrainingDiverged, evaluate, in_dataset_ids, train_one_epoch
 from model import get_model
 from transforms import get_transform

@@ -22,7 +22,9 @@ from conftest import ROOT
 from PIL import Image
 from test_train import FAST, run_cli
 
-from dataset import CocoDataset, PennFudanDataset, check_dataset
+from coco_utils import CocoDataset
+from dataset import PennFudanDataset
+from dataset_cli import check_dataset
 
 IMAGES, MASKS = "PNGImages", "PedMasks"
 

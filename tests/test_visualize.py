@@ -1,12 +1,6 @@
 """Pictures: what is drawn lands where the masks and boxes are; dataset.py show draws before and after."""
 
-import subprocess
-import sys
-
-import numpy as np
 import torch
-from conftest import LAYOUT, ROOT
-from PIL import Image
 
 from dataset import PennFudanDataset
 from visualize import draw, grid, to_uint8
@@ -41,23 +35,3 @@ def test_grid_scales_rows_to_one_height():
     canvas = grid([pictures, pictures[:1]], height=40, gap=2)
     assert canvas.shape == (3, 82, 80 + 2 + 40)
     assert (canvas[:, 40:42] == 255).all()  # the gap between rows is white
-
-
-def test_dataset_show_draws_samples_before_and_after_the_augmentation(pennfudan, tmp_path):
-    out = tmp_path / "show"
-    command = [sys.executable, "dataset.py", "show", "--data-path", pennfudan, "--augmentation", "lsj",
-               "--min-size", 64, "--num-images", 3, "--output-dir", out]  # fmt: skip
-    result = subprocess.run(list(map(str, command)), cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    pictures = sorted(out.iterdir())
-    assert len(pictures) == 3 and len(result.stdout.strip().splitlines()) == 3
-    for path in pictures:
-        height, width, _ = LAYOUT[int(path.stem[-5:])]
-        picture = np.asarray(Image.open(path))
-        # the image as read (scaled to 320 high), a gap, the lsj square (64 x 64, scaled to 320 x 320)
-        assert picture.shape[:2] == (320, round(width * 320 / height) + 4 + 320), path
-    bad = subprocess.run([sys.executable, "dataset.py", "show", "--data-path", str(pennfudan), "--augmentation",
-                          "sideways"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
-    assert bad.returncode == 2 and bad.stderr.strip() == (
-        "error: --augmentation sideways: unknown; choose one of hflip, none, ssd, multiscale, lsj, topdown"
-    )

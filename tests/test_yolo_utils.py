@@ -11,7 +11,7 @@ import torch
 from conftest import LAYOUT, ROOT, write_yolo
 from test_train import FAST, run_cli
 
-from dataset import get_dataset
+from dataset_cli import get_dataset
 from utils import UserError
 from yolo_utils import YoloDataset, read_data_yaml, yolo_dataset
 

@@ -1,0 +1,189 @@
+"""COCO instance annotations: a json read, checked, and served as a dataset of the target contract (dataset.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+
+from dataset import InstanceDataset, read_image
+from utils import UserError
+
+# The keys without which pycocotools cannot index a COCO file, or we cannot find and size an image.
+COCO_REQUIRED_KEYS = {"images": ("id", "file_name", "height", "width"), "annotations": ("id", "image_id"),
+                      "categories": ("id",)}  # fmt: skip
+
+
+def read_coco(ann_file: Path) -> Any:
+    """A pycocotools COCO index of `ann_file`, after checking the structure it relies on."""
+    from pycocotools.coco import COCO  # only COCO-format users pay for the import
+
+    try:
+        data = json.loads(ann_file.read_bytes())
+    except ValueError as error:  # json's and unicode's errors
+        raise UserError(f"{ann_file}: not valid json ({error}); check the file is a COCO instances json") from error
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{ann_file}: holds a json {type(data).__name__}, not a COCO object with images and annotations"
+        )
+    for section, keys in COCO_REQUIRED_KEYS.items():
+        entries = data.get(section)
+        if not isinstance(entries, list):
+            raise UserError(
+                f'{ann_file}: no "{section}" list; COCO instances files have images, annotations, categories'
+            )
+        for k, entry in enumerate(entries):
+            missing = [key for key in keys if not isinstance(entry, dict) or key not in entry]
+            if missing:
+                raise UserError(f'{ann_file}: {section}[{k}] has no "{missing[0]}"; each of {section} needs {keys}')
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        coco.createIndex()
+    return coco
+
+
+class CocoDataset(InstanceDataset):
+    """Images in `image_dir` with COCO instance annotations (polygons, RLE or compressed RLE) in `ann_file`.
+
+    Category ids, whatever they are, become labels 1..K in id order; `classes` holds their
+    names after "background" and `category_ids` the json's ids; `image_ids` holds each
+    image's json id (a target's image_id is its index here). With `include_crowd=False` (for training), iscrowd regions
+    are left out of the targets; evaluation keeps them, flagged, and COCO ignores them.
+    See the module docstring for the target contract.
+    """
+
+    def __init__(
+        self,
+        image_dir: str | Path,
+        ann_file: str | Path,
+        transforms: Callable | None = None,
+        include_crowd: bool = True,
+        strict: bool = True,
+    ) -> None:
+        self.image_dir, self.ann_file = Path(image_dir), Path(ann_file)
+        self.problems: list[str] = []  # with strict=False: what would have raised, for `dataset.py check`
+        if not self.image_dir.is_dir():
+            raise UserError(f"{self.image_dir}: image folder not found; check --data-path")
+        if not self.ann_file.is_file():
+            raise UserError(f"{self.ann_file}: annotation file not found; check --ann-file")
+        self.coco = read_coco(self.ann_file)
+        categories = sorted(self.coco.cats.values(), key=lambda c: c["id"])
+        self.label_of = {c["id"]: label for label, c in enumerate(categories, start=1)}
+        self.classes = ["background", *(str(c.get("name", c["id"])) for c in categories)]
+        self.category_ids = [c["id"] for c in categories]  # label k is category_ids[k - 1]
+        self.image_ids = sorted(self.coco.imgs)
+        self.image_paths = [self.image_dir / self.coco.imgs[i]["file_name"] for i in self.image_ids]
+        # An annotation that cannot become a target makes its image a bad sample: load() raises its problem.
+        self.bad_annotations: dict[int, str] = {}
+        for annotation in self.coco.anns.values():
+            problem = self._annotation_problem(annotation)
+            if problem and annotation["image_id"] not in self.bad_annotations:
+                self.bad_annotations[annotation["image_id"]] = problem
+        found = []
+        for i, path in enumerate(self.image_paths):
+            if path.is_file():
+                found.append(i)
+            else:
+                self._problem(f"{path}: listed in {self.ann_file.name} but not found; check --data-path", strict)
+        self.image_ids = [self.image_ids[i] for i in found]
+        self.image_paths = [self.image_paths[i] for i in found]
+        self.transforms = transforms
+        self.include_crowd = include_crowd
+
+    def trains_on(self, idx: int) -> bool:
+        """Only images with an annotation that is not a crowd region: COCO files list unlabelled images too."""
+        return any(not a.get("iscrowd", 0) for a in self.coco.imgToAnns[self.image_ids[idx]])
+
+    def annotation_path(self, idx: int) -> Path:
+        return self.ann_file
+
+    def annotation_warnings(self) -> list[str]:
+        """Boxes outside their image (they are clipped), one line each."""
+        warnings = []
+        for annotation in self.coco.anns.values():
+            info = self.coco.imgs[annotation["image_id"]]
+            x, y, w, h = annotation["bbox"]
+            if x < 0 or y < 0 or x + w > info["width"] + 1 or y + h > info["height"] + 1 or w <= 0 or h <= 0:
+                warnings.append(
+                    f"{self.ann_file}: annotation {annotation['id']} of {info['file_name']} has bbox "
+                    f"{[x, y, w, h]} outside its {info['width']}x{info['height']} image; it is clipped"
+                )
+        return warnings
+
+    def _annotation_problem(self, annotation: dict[str, Any]) -> str | None:
+        """What makes `annotation` unusable, naming the file, the annotation and its image; None if usable."""
+        info = self.coco.imgs.get(annotation["image_id"])
+        if info is None:
+            return None  # of no listed image: never read
+        where = f"{self.ann_file}: annotation {annotation['id']} of {info['file_name']}"
+        category = annotation.get("category_id")
+        if category not in self.label_of:
+            return f"{where} has category_id {category}, which is not in categories; add the category or fix it"
+        bbox = annotation.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)):
+            return f"{where} has bbox {bbox}; COCO boxes are [x, y, width, height]"
+        segmentation = annotation.get("segmentation")
+        if isinstance(segmentation, list):
+            if not segmentation:
+                return f"{where} has an empty segmentation; give it a polygon or delete the annotation"
+            for polygon in segmentation:
+                if not isinstance(polygon, list) or len(polygon) % 2:
+                    return f"{where} has a polygon {str(polygon)[:40]}; polygons are [x1, y1, x2, y2, ...] lists"
+                if len(polygon) < 6:
+                    return f"{where} has a polygon of {len(polygon) // 2} points; a polygon needs 3 or more"
+        elif isinstance(segmentation, dict):
+            if segmentation.get("size") != [info["height"], info["width"]] or "counts" not in segmentation:
+                return (
+                    f"{where} has an RLE of size {segmentation.get('size')} for an image of "
+                    f"height {info['height']} and width {info['width']}; fix its size or counts"
+                )
+        else:
+            return f'{where} has no "segmentation" (polygons or RLE): Mask R-CNN learns from masks'
+        return None
+
+    def load(self, idx: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        """Sample `idx` before transforms; a UserError names the file if it or an annotation of it is broken."""
+        if self.image_ids[idx] in self.bad_annotations:
+            raise UserError(self.bad_annotations[self.image_ids[idx]])
+        image = read_image(self.image_paths[idx])
+        height, width = image.shape[-2:]
+        info = self.coco.imgs[self.image_ids[idx]]
+        if (info.get("height", height), info.get("width", width)) != (height, width):
+            raise UserError(
+                f"{self.ann_file}: image {info['file_name']} is {width}x{height} but the file says "
+                f"{info['width']}x{info['height']}; fix the annotation"
+            )
+        annotations = [
+            a for a in self.coco.imgToAnns[self.image_ids[idx]] if self.include_crowd or not a.get("iscrowd", 0)
+        ]
+        masks = np.zeros((len(annotations), height, width), np.uint8)
+        boxes = np.zeros((len(annotations), 4), np.float32)
+        for k, annotation in enumerate(annotations):
+            masks[k] = self.coco.annToMask(annotation)
+            x, y, w, h = annotation["bbox"]
+            boxes[k] = [x, y, x + w, y + h]
+        np.clip(boxes, 0, [width, height, width, height], out=boxes)
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY", canvas_size=(height, width)),
+            "labels": torch.tensor([self.label_of[a["category_id"]] for a in annotations], dtype=torch.int64),
+            "masks": tv_tensors.Mask(torch.from_numpy(masks)),
+            "image_id": idx,
+            "area": torch.tensor(
+                [a.get("area", m.sum()) for a, m in zip(annotations, masks, strict=True)], dtype=torch.float32
+            ),
+            "iscrowd": torch.tensor([int(a.get("iscrowd", 0)) for a in annotations], dtype=torch.int64),
+        }
+        return image, target
+
+    def get_height_and_width(self, idx: int) -> tuple[int, int]:
+        """(height, width) of image `idx` from the annotation file."""
+        info = self.coco.imgs[self.image_ids[idx]]
+        return info["height"], info["width"]

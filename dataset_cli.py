@@ -1,0 +1,243 @@
+"""The dataset side of every command line: the flags that name a dataset (train.py, bench.py and
+`python dataset.py check|show` share them), the dataset they name, the pre-flight read of every
+sample, and the `check` and `show` commands.
+
+Library modules (dataset.py, coco_utils.py, yolo_utils.py) take plain values; this module turns
+flags into them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from coco_utils import CocoDataset
+from dataset import InstanceDataset, MaskFolderDataset, PennFudanDataset
+from transforms import AUGMENTATIONS, get_transform
+from utils import UserError, one_line, writable_folder
+from visualize import draw, grid, save_png
+from yolo_utils import has_val, is_yolo_source, yolo_dataset
+
+DATASETS = ("pennfudan", "folder", "coco", "yolo")
+
+
+def get_dataset(
+    name: str | None,
+    data_path: str | Path,
+    transforms: Callable | None = None,
+    image_suffix: str = "",
+    mask_suffix: str = "_mask",
+    mask_path: str | Path | None = None,
+    ann_file: str | Path | None = None,
+    include_crowd: bool = True,
+    strict: bool = True,
+    part: str = "train",
+) -> InstanceDataset:
+    """The dataset `name` at `data_path`; name None infers it: coco with `ann_file`, yolo for a data.yaml or a
+    folder of images/ and labels/, Penn-Fudan's layout (or no folder yet), else "folder".
+
+    "folder": images in `data_path`, instance masks in `mask_path` (default: the same
+    folder), paired by `<key><image_suffix>.<ext>` and `<key><mask_suffix>.png`.
+    "coco": images in `data_path`, annotations in `ann_file`.
+    "yolo": an Ultralytics segmentation dataset (yolo_utils.py); `part` "train" or "val".
+    """
+    data_path = Path(data_path)
+    if name is None and ann_file:
+        name = "coco"
+    if name is None and is_yolo_source(data_path):
+        name = "yolo"
+    if name == "yolo":
+        return yolo_dataset(data_path, part, transforms, strict)
+    if name == "coco":
+        if not ann_file:
+            raise UserError("--dataset coco needs --ann-file PATH: the COCO instances json")
+        return CocoDataset(data_path, ann_file, transforms, include_crowd, strict)
+    if name is None and not data_path.exists():
+        if data_path.name.lower() != "pennfudanped":  # only a Penn-Fudan path can be downloaded
+            raise UserError(f"{data_path}: no such folder; check --data-path")
+        name = "pennfudan"
+    if name is None:
+        is_pennfudan = (data_path / "PNGImages").is_dir() or (data_path / "PedMasks").is_dir()  # one may be missing
+        name = "pennfudan" if is_pennfudan else "folder"
+    if name == "pennfudan":
+        return PennFudanDataset(data_path, transforms, strict)
+    if name == "folder":
+        return MaskFolderDataset(data_path, mask_path or data_path, image_suffix, mask_suffix, transforms, strict)
+    raise UserError(f"--dataset {name}: unknown; choose one of {', '.join(DATASETS)}")
+
+
+def add_dataset_args(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose and read a dataset, for train.py and `dataset.py check` alike."""
+    add = parser.add_argument
+    add("--data-path", default="PennFudanPed", help="dataset folder, image folder or data.yaml (default: %(default)s)")
+    add("--dataset", choices=DATASETS, help="pennfudan, folder, coco or yolo (default: inferred from the paths)")
+    add("--mask-path", help="with --dataset folder: the instance-mask folder (default: --data-path)")
+    add("--image-suffix", default="", help="with --dataset folder: image names end <key><suffix>.png/.jpg")
+    add("--mask-suffix", default="_mask", help="with --dataset folder: mask names end <key><suffix>.png")
+    add("--ann-file", help="with --dataset coco: the COCO instances json (--data-path holds the images)")
+    add("--val-data-path", help="a fixed validation set in the same layout (default: split off --test-size images)")
+    add(
+        "--val-ann-file", help="with --dataset coco: a fixed validation json (images in --val-data-path or --data-path)"
+    )
+
+
+def dataset_from_args(
+    args: argparse.Namespace, transforms: Callable | None = None, validation: bool = False, **kwargs: Any
+) -> Any:
+    """get_dataset with the flags of add_dataset_args; `validation` reads the fixed validation set they name."""
+    data_path, ann_file, mask_path = args.data_path, args.ann_file, args.mask_path
+    if validation and _is_yolo(args):  # the data.yaml's val:
+        return get_dataset("yolo", data_path, transforms, part="val", **kwargs)
+    if validation:
+        data_path, mask_path = args.val_data_path or data_path, args.val_data_path or mask_path
+        ann_file = args.val_ann_file or ann_file
+    options = {"image_suffix": args.image_suffix, "mask_suffix": args.mask_suffix, "mask_path": mask_path}
+    return get_dataset(args.dataset, data_path, transforms, ann_file=ann_file, **options, **kwargs)
+
+
+def _is_yolo(args: argparse.Namespace) -> bool:
+    return args.dataset == "yolo" or (
+        args.dataset is None and not args.ann_file and is_yolo_source(Path(args.data_path))
+    )
+
+
+def fixed_validation(args: argparse.Namespace) -> bool:
+    """Whether the flags name a fixed validation set (--val-data-path, --val-ann-file, a data.yaml's val:);
+    if not, the test images are split off the data with --test-size."""
+    if _is_yolo(args):
+        if args.val_data_path or args.val_ann_file:
+            raise UserError("--val-data-path: a YOLO dataset's validation images are its data.yaml's val: entry")
+        return has_val(args.data_path)
+    return bool(args.val_data_path or args.val_ann_file)
+
+
+class _Probe(torch.utils.data.Dataset):
+    """Loads sample indices[k] and yields (index, its problem or None): no pixels cross between processes."""
+
+    def __init__(self, dataset: Any, indices: list[int]) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[int, str | None]:
+        idx = self.indices[k]
+        try:
+            getattr(self.dataset, "load", self.dataset.__getitem__)(idx)  # before transforms where it can
+        except UserError as error:
+            return idx, str(error)
+        return idx, None
+
+
+def find_bad_samples(dataset: Any, indices: list[int], workers: int = 0) -> dict[int, str]:
+    """Read samples `indices` once, in `workers` processes: {index: one-line problem} for each that fails."""
+    loader = torch.utils.data.DataLoader(
+        _Probe(dataset, list(indices)), batch_size=None, num_workers=workers, generator=torch.Generator()
+    )
+    return {idx: problem for idx, problem in loader if problem is not None}
+
+
+MIN_INSTANCE_AREA = 16  # pixels; smaller instances all but vanish at the backbone's stride of 4 and more
+
+
+def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:
+    """Read every sample once: (report lines, errors, warnings). Each error and warning names its file.
+
+    Errors make the dataset unusable (unreadable, unpaired or mismatched files, unknown
+    categories); warnings do not (images without instances, empty or tiny instances,
+    boxes outside their image).
+    """
+    errors, warnings = list(dataset.problems), []
+    per_class: Counter[str] = Counter()
+    sizes: Counter[str] = Counter()
+    per_image = []
+    for idx, path in enumerate(dataset.image_paths):
+        try:
+            image, target = dataset[idx]
+        except UserError as error:
+            errors.append(str(error))
+            continue
+        sizes[f"{image.shape[-1]}x{image.shape[-2]}"] += 1
+        per_image.append(len(target["labels"]))
+        if not per_image[-1]:
+            warnings.append(f"{dataset.annotation_path(idx)}: no instances in {path.name}; it teaches only background")
+        pixels = target["masks"].flatten(1).sum(1).tolist()
+        for k, (label, area) in enumerate(zip(target["labels"].tolist(), pixels, strict=True)):
+            per_class[dataset.classes[label]] += 1
+            if area == 0:
+                warnings.append(f"{path}: instance {k} ({dataset.classes[label]}) has an empty mask")
+            elif area < MIN_INSTANCE_AREA:
+                warnings.append(
+                    f"{path}: instance {k} ({dataset.classes[label]}) has only {area} pixels, too few to learn"
+                )
+    warnings += dataset.annotation_warnings()
+    counts = ", ".join(f"{name} {n}" for name, n in sorted(per_class.items())) or "none"
+    report = [
+        f"images: {len(dataset.image_paths)} readable {len(per_image)}",
+        f"instances: {sum(per_class.values())} ({counts})",
+        "instances per image: " + (f"min {min(per_image)}, max {max(per_image)}" if per_image else "-"),
+        "image sizes: " + ", ".join(f"{size} ({n})" for size, n in sizes.most_common(5)),
+    ]
+    return report, errors, warnings
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python dataset.py check|show [train.py's dataset flags]`: 0 when done (check: and usable), 2 if not."""
+    parser = argparse.ArgumentParser(prog="dataset.py", description="Check a dataset, or look at it, without training")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_dataset_args(commands.add_parser("check", help="read every file and report problems"))
+    show = commands.add_parser("show", help="draw a few samples' ground truth, before and after the augmentation")
+    add_dataset_args(show)
+    add = show.add_argument
+    add("--augmentation", default="hflip", help="train.py's preset to apply (default: %(default)s)")
+    add("--min-size", type=int, default=800, help="train.py's --min-size: lsj's square (default: %(default)s)")
+    add("--num-images", type=int, default=8, help="how many samples to draw (default: %(default)s)")
+    add("--seed", type=int, default=0, help="which samples, and their augmentation (default: %(default)s)")
+    add("--output-dir", default="show", help="where the pictures go (default: %(default)s)")
+    args, _ = parser.parse_known_args(argv)  # train.py's other flags may ride along
+    try:
+        if args.command == "show":
+            return show_dataset(args)
+        parts = {"": dataset_from_args(args, strict=False)}
+        if fixed_validation(args):
+            parts[" (validation)"] = dataset_from_args(args, validation=True, strict=False)
+    except UserError as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 2
+    all_errors, all_warnings = [], []
+    for part, dataset in parts.items():
+        report, errors, warnings = check_dataset(dataset)
+        print(f"dataset{part}: {type(dataset).__name__} at {args.data_path}")
+        print("\n".join(report))
+        all_errors, all_warnings = all_errors + errors, all_warnings + warnings
+    for line in [*(f"error: {e}" for e in all_errors), *(f"warning: {w}" for w in all_warnings)]:
+        print(line)
+    print(f"{'not usable' if all_errors else 'usable'}: {len(all_errors)} errors, {len(all_warnings)} warnings")
+    return 2 if all_errors else 0
+
+
+def show_dataset(args: argparse.Namespace) -> int:
+    """`dataset.py show`: for --num-images samples, OUTPUT_DIR/<image>.png: the sample as read, then as trained on."""
+    if args.augmentation not in AUGMENTATIONS:
+        raise UserError(f"--augmentation {args.augmentation}: unknown; choose one of {', '.join(AUGMENTATIONS)}")
+    if args.num_images <= 0 or args.min_size <= 0:
+        raise UserError("--num-images and --min-size must be positive")
+    dataset = dataset_from_args(args, get_transform(True, args.augmentation, args.min_size), include_crowd=False)
+    output_dir = writable_folder(args.output_dir)
+    torch.manual_seed(args.seed)
+    chosen = torch.randperm(len(dataset))[: args.num_images].sort().values.tolist()
+    for idx in chosen:
+        image, target = dataset.load(idx)
+        augmented, augmented_target = dataset.transforms(image, target)
+        path = output_dir / f"{dataset.image_paths[idx].stem}.png"
+        pictures = [draw(image, target, dataset.classes), draw(augmented, augmented_target, dataset.classes)]
+        save_png(grid([pictures]), path)
+        print(f"{path}: {len(target['labels'])} instances as read, {len(augmented_target['labels'])} after "
+              f"{args.augmentation}")  # fmt: skip
+    return 0
