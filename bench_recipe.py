@@ -31,9 +31,9 @@ from matplotlib.figure import Figure
 from torchvision.transforms import v2 as T
 
 import utils
+from coco_eval import selection_score
 from dataset import split_indices
 from dataset_cli import dataset_from_args
-from engine import selection_score
 from model import get_model
 from recipe import make_optimizer
 

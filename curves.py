@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 import utils
-from engine import selection_score
+from coco_eval import selection_score
 
 LOSSES = ("loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 # COCOeval's summary numbers worth a curve: (index in its 12 stats, name).

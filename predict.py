@@ -21,9 +21,9 @@ import torch
 from PIL import Image
 
 import utils
+from coco_eval import coco_detections, in_dataset_ids
 from coco_utils import read_coco
 from dataset import IMAGE_EXTENSIONS, read_image
-from engine import coco_detections, in_dataset_ids
 from model import model_from_checkpoint
 from visualize import draw
 

@@ -20,10 +20,11 @@ import torch
 
 import utils
 from checkpoint import OVERRIDABLE, flag, resume_settings, stored_split
+from coco_eval import in_dataset_ids, selection_score
 from curves import TensorBoardLogger, plot_curves
 from dataset import check_held_out, download_pennfudan, ids_of_run, sample_names, split_indices
 from dataset_cli import add_dataset_args, dataset_from_args, find_bad_samples, fixed_validation
-from engine import evaluate, in_dataset_ids, selection_score, train_one_epoch
+from engine import evaluate, train_one_epoch
 from group_by_aspect_ratio import training_batches
 from model import HEAD_SETTINGS, MODELS, get_model, model_config, model_from_config
 from recipe import OPTIMIZERS, SCHEDULERS, make_optimizer, make_scheduler, retarget_scheduler

@@ -5,14 +5,13 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 import torch
-from conftest import LAYOUT, instance_mask, write_coco
+from conftest import LAYOUT, instance_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 import dataset as dataset_module
-from coco_utils import CocoDataset
 from dataset import PennFudanDataset
-from engine import TrainingDiverged, evaluate, in_dataset_ids, train_one_epoch
+from engine import TrainingDiverged, evaluate, train_one_epoch
 from model import get_model
 from transforms import get_transform
 from utils import collate_fn
@@ -200,96 +199,3 @@ def test_non_finite_loss_names_the_iteration_and_suggests_lower_lr(pennfudan):
         train_one_epoch(model, optimizer, _train_loader(pennfudan, [0, 1, 3, 4]), torch.device("cpu"), epoch=3)
     assert model.weight.item() != 1.0  # the good first step was taken
     assert math.isfinite(model.weight.item())  # the bad one was not
-
-
-def test_per_class_ap_equals_pycocotools_restricted_to_each_category(tmp_path):
-    plants = []
-    for index in (0, 1, 4, 6, 8):
-        height, width, instances = LAYOUT[index]
-        mask = instance_mask(height, width, instances)
-        plants.append((f"{index}.png", np.where(mask[..., None] > 0, 200, 30).astype(np.uint8).repeat(3, 2), mask))
-    ann_file = write_coco(tmp_path, plants)
-    data = CocoDataset(tmp_path, ann_file, get_transform(train=False))
-    rng = np.random.default_rng(0)
-    outputs, results = [], []
-    for idx in range(len(data)):
-        _, target = data[idx]
-        n = len(target["labels"])
-        masks = torch.roll(target["masks"], shifts=tuple(rng.integers(-4, 5, 2).tolist()), dims=(1, 2))
-        output = {
-            "boxes": target["boxes"] + torch.from_numpy(rng.normal(0, 2, (n, 4)).astype(np.float32)),
-            "labels": target["labels"].flip(0) if idx == 3 else target["labels"],  # some wrong classes
-            "scores": torch.from_numpy(rng.uniform(0.1, 1, n).astype(np.float32)),
-            "masks": masks[:, None].float() * 0.9,
-        }
-        outputs.append(output)
-        for k in range(n):
-            rle = mask_utils.encode(np.asfortranarray(masks[k].numpy()))
-            category = {1: 3, 2: 7}[int(output["labels"][k])]
-            results.append(
-                {"image_id": idx + 1, "category_id": category, "segmentation": rle, "score": float(output["scores"][k])}
-            )
-    loader = torch.utils.data.DataLoader(data, batch_size=1, collate_fn=collate_fn)
-    stats = evaluate(StandIn(outputs), loader, torch.device("cpu"), data.classes)
-    ground_truth = COCO(str(ann_file))
-    detections = ground_truth.loadRes(results)
-    for category, name in ((3, "leaf_even"), (7, "leaf_odd")):
-        evaluator = COCOeval(ground_truth, detections, "segm")
-        evaluator.params.catIds = [category]
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-        assert stats["per_class"]["segm"][name] == pytest.approx(evaluator.stats[0], abs=1e-12)
-    assert stats["per_class"]["segm"]["leaf_even"] != stats["per_class"]["segm"]["leaf_odd"]
-    assert set(stats["per_class"]) == {"bbox", "segm"}
-
-
-def coco_with_ids_of_its_own(folder):
-    """A COCO json whose image ids are neither positions nor contiguous, and whose category ids are 3 and 7."""
-    plants = []
-    for index in (0, 1, 3, 4, 6, 8, 9):
-        height, width, instances = LAYOUT[index]
-        mask = instance_mask(height, width, instances)
-        plants.append((f"{index}.png", np.where(mask[..., None] > 0, 200, 30).astype(np.uint8).repeat(3, 2), mask))
-    ann_file = write_coco(folder, plants)
-    data = json.loads(ann_file.read_text())
-    own = {image["id"]: 1000 + 37 * image["id"] for image in data["images"]}
-    data["images"] = [{**image, "id": own[image["id"]]} for image in reversed(data["images"])]  # not in id order
-    data["annotations"] = [{**a, "image_id": own[a["image_id"]]} for a in data["annotations"]]
-    ann_file.write_text(json.dumps(data))
-    return ann_file
-
-
-def test_results_in_the_datasets_ids_score_the_same_against_the_users_json(tmp_path):
-    ann_file = coco_with_ids_of_its_own(tmp_path)
-    data = CocoDataset(tmp_path, ann_file, get_transform(train=False))
-    test_ids = [1, 2, 4, 6]  # a held-out part, as a split gives it
-    rng = np.random.default_rng(3)
-    outputs = []
-    for k, idx in enumerate(test_ids):
-        _, target = data[idx]
-        n = len(target["labels"])
-        masks = torch.roll(target["masks"], shifts=tuple(rng.integers(-4, 5, 2).tolist()), dims=(1, 2))
-        outputs.append({
-            "boxes": target["boxes"] + torch.from_numpy(rng.normal(0, 3, (n, 4)).astype(np.float32)),
-            "labels": target["labels"].flip(0) if k == 1 else target["labels"],  # some classes wrong
-            "scores": torch.from_numpy(rng.uniform(0.1, 1, n).astype(np.float32)),
-            "masks": masks[:, None].float() * 0.9,
-        })  # fmt: skip
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, test_ids), batch_size=1, collate_fn=collate_fn)
-    results = {}
-    stats = evaluate(StandIn(outputs), loader, torch.device("cpu"), data.classes, results=results)
-    assert set(results) == {"bbox", "segm"}
-
-    ground_truth = COCO(str(ann_file))  # the user's own file, as they would score our results
-    for iou_type, found in results.items():
-        mapped = in_dataset_ids(found, data.image_ids, data.category_ids)
-        assert {r["category_id"] for r in mapped} == {3, 7}
-        assert {r["image_id"] for r in mapped} == {data.image_ids[i] for i in test_ids}
-        evaluator = COCOeval(ground_truth, ground_truth.loadRes(mapped), iou_type)
-        evaluator.params.imgIds = [data.image_ids[i] for i in test_ids]
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-        assert stats[iou_type] == pytest.approx(evaluator.stats.tolist(), abs=1e-9)
-        assert 0.05 < stats[iou_type][0] < 0.95

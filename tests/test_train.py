@@ -392,7 +392,7 @@ def test_trains_and_evaluates_real_cvppp_through_the_coco_route(cvppp, tmp_path)
 
 
 def test_test_only_writes_results_that_the_users_json_scores_alike(tmp_path, capsys):
-    from test_engine import coco_with_ids_of_its_own
+    from test_coco_eval import coco_with_ids_of_its_own
 
     ann_file = coco_with_ids_of_its_own(tmp_path)
     out = tmp_path / "run"

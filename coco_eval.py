@@ -1,0 +1,156 @@
+"""Model outputs and targets as COCO records, scored with pycocotools: box and mask AP, overall and per class.
+
+engine.evaluate gathers the records; predict.py and train.py --test-only write the results
+files (in_dataset_ids maps them to the dataset's own ids).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+
+def _encode(masks: torch.Tensor) -> list[dict[str, Any]]:
+    """N x H x W binary masks to COCO compressed RLEs (counts as str, so json can write them)."""
+    if len(masks) == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(masks.permute(1, 2, 0).numpy().astype(np.uint8)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+def _xywh(boxes: torch.Tensor) -> list[list[float]]:
+    boxes = boxes.clone()
+    boxes[:, 2:] -= boxes[:, :2]
+    return boxes.tolist()
+
+
+def coco_ground_truth(image_id: int, height: int, width: int, target: dict[str, Any]) -> tuple[dict, list[dict]]:
+    """A COCO image record and its annotations, from one target of the contract."""
+    image = {"id": image_id, "height": height, "width": width}
+    annotations = []
+    segmentations = _encode(target["masks"].cpu()) if "masks" in target else [None] * len(target["labels"])
+    for box, label, area, crowd, segmentation in zip(
+        _xywh(target["boxes"].cpu()),
+        target["labels"].tolist(),
+        target["area"].tolist(),
+        target["iscrowd"].tolist(),
+        segmentations,
+        strict=True,
+    ):
+        annotation = {"image_id": image_id, "bbox": box, "category_id": label, "area": area, "iscrowd": crowd}
+        if segmentation is not None:
+            annotation["segmentation"] = segmentation
+        annotations.append(annotation)
+    return image, annotations
+
+
+def coco_detections(image_id: int, output: dict[str, torch.Tensor]) -> tuple[list[dict], list[dict]]:
+    """One image's model output as COCO results: (box results, mask results; empty for box models)."""
+    scores, labels = output["scores"].tolist(), output["labels"].tolist()
+    boxes = [
+        {"image_id": image_id, "category_id": label, "bbox": box, "score": score}
+        for box, label, score in zip(_xywh(output["boxes"].cpu()), labels, scores, strict=True)
+    ]
+    segms = []
+    if "masks" in output:
+        rles = _encode((output["masks"][:, 0] > 0.5).cpu())
+        segms = [
+            {"image_id": image_id, "category_id": label, "segmentation": rle, "score": score}
+            for rle, label, score in zip(rles, labels, scores, strict=True)
+        ]
+    return boxes, segms
+
+
+def coco_stats(
+    images: list[dict], annotations: list[dict], results: list[dict], iou_type: str
+) -> tuple[list[float], dict[int, float | None]]:
+    """COCOeval's 12 summary numbers for `results` against the ground truth, printing the summary,
+    and the AP@[.5:.95] of each category id (None for a category without ground truth)."""
+    categories = sorted({a["category_id"] for a in annotations} | {r["category_id"] for r in results})
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' "creating index..." chatter
+        gt = COCO()
+        gt.dataset = {
+            "images": images,
+            "annotations": [{**a, "id": i} for i, a in enumerate(annotations, start=1)],
+            "categories": [{"id": c} for c in categories],
+        }
+        gt.createIndex()
+        dt = gt.loadRes([dict(r) for r in results]) if results else COCO()
+        if not results:
+            dt.dataset = {"images": images, "annotations": [], "categories": gt.dataset["categories"]}
+            dt.createIndex()
+    evaluator = COCOeval(gt, dt, iou_type)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+    print(f"IoU metric: {iou_type}")
+    evaluator.summarize()
+    per_category = {}
+    for k, category in enumerate(evaluator.params.catIds):
+        precision = evaluator.eval["precision"][:, :, k, 0, -1]  # IoUs x recalls, all areas, 100 detections
+        per_category[category] = float(precision[precision > -1].mean()) if (precision > -1).any() else None
+    return [float(s) for s in evaluator.stats], per_category
+
+
+def score_detections(per_image: list[tuple], class_names: list[str] | None) -> dict[str, Any]:
+    """evaluate()'s stats from its per-image records."""
+    images = [record for record, *_ in per_image]
+    annotations = [a for _, gt, *_ in per_image for a in gt]
+    box_results = [r for _, _, boxes, _, _ in per_image for r in boxes]
+    mask_results = [r for *_, segms, _ in per_image for r in segms]
+    has_masks = any(masks for *_, masks in per_image)
+    iou_types = {"bbox": box_results}
+    if has_masks and all("segmentation" in a for a in annotations):
+        iou_types["segm"] = mask_results
+    stats, per_class = {}, {}
+    for iou_type, results in iou_types.items():
+        stats[iou_type], per_category = coco_stats(images, annotations, results, iou_type)
+        if class_names and len(class_names) > 2:
+            per_class[iou_type] = {name: per_category.get(label) for label, name in enumerate(class_names) if label}
+    if per_class:
+        stats["per_class"] = per_class
+        print(per_class_table(per_class))
+    return stats
+
+
+def per_class_table(per_class: dict[str, dict[str, float | None]]) -> str:
+    """AP@[.5:.95] per class and IoU type as an aligned text table ("-" where a class has no ground truth)."""
+    iou_types = list(per_class)
+    names = list(per_class[iou_types[0]])
+    width = max(len("class"), *(len(n) for n in names))
+    lines = [f"{'class':<{width}}  " + "  ".join(f"{t + ' AP':>8}" for t in iou_types)]
+    for name in names:
+        cells = [per_class[t][name] for t in iou_types]
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{c:8.3f}" if c is not None else f"{'-':>8}" for c in cells))
+    return "\n".join(lines)
+
+
+def in_dataset_ids(
+    results: list[dict], image_ids: list[int], category_ids: list[int], file_names: list[str] | None = None
+) -> list[dict]:
+    """COCO results with the dataset's own ids: image_id i becomes image_ids[i], label k category_ids[k - 1].
+
+    With `file_names` (one per image index), each result also names its image's file.
+    """
+    mapped = []
+    for result in results:
+        index = result["image_id"]
+        record = {**result, "image_id": image_ids[index], "category_id": category_ids[result["category_id"] - 1]}
+        if file_names is not None:
+            record["file_name"] = file_names[index]
+        mapped.append(record)
+    return mapped
+
+
+def selection_score(stats: dict[str, Any]) -> float:
+    """The number that ranks epochs (best.pth): mask AP, or box AP for a model without masks."""
+    return stats["segm"][0] if "segm" in stats else stats["bbox"][0]
