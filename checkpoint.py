@@ -11,7 +11,8 @@ Every epoch writes checkpoint.pth, and best.pth when the test AP improves. Both 
     epoch, stats   the epoch it ends and that epoch's evaluation
 
 and checkpoint.pth also the optimizer, lr_scheduler, scaler (with --amp), best_score,
-metrics (every epoch's record) and rng (every rank's random state).
+metrics (every epoch's record) and rng (every rank's random state). model_from_checkpoint
+rebuilds the model from either file alone (predict.py, export.py, bench.py).
 
 A resume is the same run, continued: its settings and its split come from the checkpoint,
 so `--resume output/checkpoint.pth` needs no other flag. A flag given beside it may change
@@ -22,11 +23,18 @@ settings change only with --allow-changes, and the split, the model and the opti
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from utils import UserError
+import numpy as np
+import torch
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
+
+from model import MODELS, freeze_batchnorm, freeze_like_pretrained, head_settings, mask_head_shape, set_mask_head
+from utils import UserError, load_checkpoint
 
 # Settings a resume may change: the length of the run, the learning rate after a divergence, the machine.
 OVERRIDABLE = (
@@ -121,3 +129,104 @@ def stored_split(checkpoint: dict[str, Any], checkpoint_path: str | Path) -> dic
         except ValueError as error:
             raise UserError(f"{beside}: not valid json ({error}); restore it from the run") from error
     return None
+
+
+# ---------------------------------------------------------------------------
+# The model: described by plain types, rebuilt with no flag and no download.
+
+
+def model_config(model: nn.Module, name: str) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild `model` without its original flags (plain types only)."""
+    frozen = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    return {
+        "name": name,
+        "num_classes": model.roi_heads.box_predictor.cls_score.out_features,
+        "frozen_bn_eps": frozen[0].eps if frozen else None,
+        "frozen_parameters": [key for key, param in model.named_parameters() if not param.requires_grad],
+        "min_size": list(model.transform.min_size),
+        "max_size": model.transform.max_size,
+        "masks": getattr(model.roi_heads, "mask_predictor", None) is not None,
+        "heads": head_settings(model),
+        "mask_head": mask_head_shape(model),
+    }
+
+
+def model_from_config(config: dict[str, Any], **kwargs: Any) -> nn.Module:
+    """The architecture that model_config() describes, untrained; nothing is downloaded.
+
+    FrozenBatchNorm and the frozen parameters are those of the model the config was
+    taken from, so an optimizer's saved state fits the rebuilt model's parameters.
+    kwargs replace the config's sizes (min_size, max_size).
+    """
+    name = config["name"]
+    if name not in MODELS:
+        raise UserError(f"the checkpoint's model {name} is not one of {', '.join(MODELS)}")
+    sizes = {"min_size": tuple(config["min_size"]), "max_size": config["max_size"], **kwargs}
+    heads = config.get("heads", {})  # absent from checkpoints older than the head settings: the defaults
+    model = MODELS[name][0](weights=None, weights_backbone=None, num_classes=config["num_classes"], **heads, **sizes)
+    if config.get("mask_head"):
+        set_mask_head(model, *config["mask_head"])
+    if config["frozen_bn_eps"] is not None:  # trained from pretrained weights: FrozenBatchNorm in the backbone
+        freeze_batchnorm(model, config["frozen_bn_eps"])
+    if "frozen_parameters" in config:
+        frozen = set(config["frozen_parameters"])
+        for key, param in model.named_parameters():
+            param.requires_grad_(key not in frozen)
+    elif config["frozen_bn_eps"] is not None:  # a checkpoint from before the list was kept: the default stages
+        freeze_like_pretrained(model, name, 3, config["frozen_bn_eps"])
+    return model
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The model a checkpoint of train.py holds, rebuilt from its model_config alone, and that config.
+
+    No training flag is needed and nothing is downloaded: the architecture, class count,
+    sizes and BatchNorm kind all come from the file.
+    """
+    checkpoint = load_checkpoint(path)
+    config = checkpoint.get("model_config") if isinstance(checkpoint, dict) else None
+    if not config or config.get("name") not in MODELS:
+        raise UserError(f"{path}: not a checkpoint of train.py (no model_config); pass its best.pth or checkpoint.pth")
+    model = model_from_config(config)
+    model.load_state_dict(checkpoint["model"])
+    return model, config
+
+
+# ---------------------------------------------------------------------------
+# Every random generator's state: a resumed run draws what the straight run would have.
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Every random generator's state as plain types and tensors, safe for weights_only loading."""
+    numpy_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what get_rng_state() returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
+            "has_gauss": numpy_state["has_gauss"],
+            "gauss": numpy_state["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 import utils
+from checkpoint import model_from_checkpoint
 from dataset import read_image
-from model import model_from_checkpoint
 
 OUTPUTS = ("boxes", "labels", "scores", "masks")
 # The largest absolute differences still accepted (pixels for boxes, probabilities for scores and masks).

@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 
 import utils
+from checkpoint import model_from_checkpoint
 from coco_eval import coco_detections, in_dataset_ids
 from coco_utils import read_coco
 from dataset import IMAGE_EXTENSIONS, read_image
-from model import model_from_checkpoint
 from visualize import draw
 
 

@@ -83,3 +83,12 @@ def retarget_scheduler(
         scheduler.milestones, scheduler.gamma = Counter(steps or []), gamma
     elif isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
         scheduler.T_max = max(epochs, 1)
+
+
+def set_base_lr(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, lr: float) -> None:
+    """Change the base learning rate of a resumed run, keeping the schedule's progress (its decays so far)."""
+    factor = lr / scheduler.base_lrs[0]
+    scheduler.base_lrs = [base * factor for base in scheduler.base_lrs]
+    for group in optimizer.param_groups:
+        group["initial_lr"] *= factor
+        group["lr"] *= factor

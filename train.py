@@ -19,15 +19,24 @@ from typing import Any
 import torch
 
 import utils
-from checkpoint import OVERRIDABLE, flag, resume_settings, stored_split
+from checkpoint import (
+    OVERRIDABLE,
+    flag,
+    get_rng_state,
+    model_config,
+    model_from_config,
+    resume_settings,
+    set_rng_state,
+    stored_split,
+)
 from coco_eval import in_dataset_ids, selection_score
 from curves import TensorBoardLogger, plot_curves
 from dataset import check_held_out, download_pennfudan, ids_of_run, sample_names, split_indices
 from dataset_cli import add_dataset_args, dataset_from_args, find_bad_samples, fixed_validation
 from engine import evaluate, train_one_epoch
 from group_by_aspect_ratio import training_batches
-from model import HEAD_SETTINGS, MODELS, get_model, model_config, model_from_config
-from recipe import OPTIMIZERS, SCHEDULERS, make_optimizer, make_scheduler, retarget_scheduler
+from model import HEAD_SETTINGS, MODELS, get_model
+from recipe import OPTIMIZERS, SCHEDULERS, make_optimizer, make_scheduler, retarget_scheduler, set_base_lr
 from transforms import AUGMENTATIONS, copy_paste_collate, get_transform, train_sizes
 from visualize import save_batch_picture, save_predictions_picture
 
@@ -348,7 +357,7 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
         lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
         retarget_scheduler(lr_scheduler, *schedule)  # a changed --epochs, --lr-step-size, ... takes effect
         if args.lr != checkpoint["args"]["lr"]:  # a lower --lr after a diverged run must take effect
-            utils.set_base_lr(optimizer, lr_scheduler, args.lr)
+            set_base_lr(optimizer, lr_scheduler, args.lr)
         if scaler is not None and "scaler" in checkpoint:
             scaler.load_state_dict(checkpoint["scaler"])
         start_epoch = checkpoint["epoch"] + 1
@@ -356,7 +365,7 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
         history = checkpoint["metrics"]
         all_changes = [*checkpoint.get("changes", []), *({"epoch": start_epoch, **c} for c in changes)]
         if len(checkpoint["rng"]) == utils.get_world_size():  # one state per rank
-            utils.set_rng_state(checkpoint["rng"][utils.get_rank()])
+            set_rng_state(checkpoint["rng"][utils.get_rank()])
         else:
             print(f"--resume {args.resume}: saved by {len(checkpoint['rng'])} processes; random streams restart")
         if start_epoch >= args.epochs:
@@ -396,7 +405,7 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
         )
         score = selection_score(stats)
         is_best, best_score = score > best_score, max(score, best_score)
-        rng_states = utils.all_gather_object(utils.get_rng_state())  # every rank takes part; rank 0 writes
+        rng_states = utils.all_gather_object(get_rng_state())  # every rank takes part; rank 0 writes
         if not utils.is_main_process():
             continue
         weights = {"model": model_without_ddp.state_dict(), "model_config": config, "args": vars(args)}

@@ -1,10 +1,27 @@
 import json
+import random
 import re
 
+import numpy as np
 import pytest
+import torch
+from test_model import _coco_state, _summary
 
 import train
-from checkpoint import MODEL_SETTINGS, OPTIMIZER_SETTINGS, OVERRIDABLE, SPLIT_SETTINGS, resume_settings, stored_split
+import utils
+from checkpoint import (
+    MODEL_SETTINGS,
+    OPTIMIZER_SETTINGS,
+    OVERRIDABLE,
+    SPLIT_SETTINGS,
+    get_rng_state,
+    model_config,
+    model_from_checkpoint,
+    resume_settings,
+    set_rng_state,
+    stored_split,
+)
+from model import get_model
 from utils import UserError
 
 STORED = {
@@ -105,3 +122,49 @@ def test_the_split_comes_from_the_checkpoint_else_from_split_json(tmp_path):
     (tmp_path / "split.json").write_text("{")
     with pytest.raises(UserError, match="split.json: not valid json"):
         stored_split({}, tmp_path / "checkpoint.pth")
+
+
+@pytest.mark.parametrize(
+    ("name", "weights"),
+    [
+        ("maskrcnn_resnet50_fpn", "coco"),
+        ("maskrcnn_mobilenet_v3_large_fpn", "none"),
+        ("fasterrcnn_resnet50_fpn_v2", "coco"),
+    ],
+)
+def test_a_checkpoint_rebuilds_its_model_without_any_flag(name, weights, tmp_path):
+    if weights == "coco":  # fine-tuned: FrozenBatchNorm (eps 0 for the v1 weights), new heads
+        torch.save(_coco_state(name), tmp_path / "coco.pth")
+        weights = str(tmp_path / "coco.pth")
+    torch.manual_seed(1)
+    layers = 2 if name.endswith("_v2") else None  # v2 keeps BatchNorm: only the stored list says what was frozen
+    trained = get_model(name, 3, weights, trainable_backbone_layers=layers, min_size=96, max_size=112).eval()
+    config = {**model_config(trained, name), "class_names": ["background", "a", "b"]}
+    torch.save({"model": trained.state_dict(), "model_config": config}, tmp_path / "best.pth")
+
+    rebuilt, loaded_config = model_from_checkpoint(tmp_path / "best.pth")
+    rebuilt.eval()
+    assert loaded_config == config
+    assert _summary(rebuilt) == _summary(trained)  # the same modules, FrozenBatchNorm, and trainable parameters
+    image = torch.rand(3, 100, 120)
+    with torch.inference_mode():
+        expected, got = trained([image])[0], rebuilt([image])[0]
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_a_file_without_model_config_is_not_a_checkpoint(tmp_path):
+    torch.save({"w": torch.zeros(1)}, tmp_path / "plain.pth")
+    with pytest.raises(UserError, match="plain.pth: not a checkpoint of train.py"):
+        model_from_checkpoint(tmp_path / "plain.pth")
+
+
+def test_rng_state_survives_a_weights_only_round_trip(tmp_path):
+    utils.seed_everything(3)
+    torch.rand(5), np.random.rand(5), random.random()
+    utils.save_checkpoint({"rng": get_rng_state()}, tmp_path / "rng.pth")
+    expected = (torch.rand(5), np.random.rand(5), random.random(), np.random.randn())
+    utils.seed_everything(99)
+    set_rng_state(torch.load(tmp_path / "rng.pth", weights_only=True)["rng"])
+    again = (torch.rand(5), np.random.rand(5), random.random(), np.random.randn())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
+    assert expected[2:] == again[2:]

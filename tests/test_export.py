@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import export
-from model import get_model, model_config
+from checkpoint import model_config
+from model import get_model
 
 
 @pytest.fixture

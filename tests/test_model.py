@@ -6,15 +6,8 @@ import torchvision.models._api
 from torchvision.models import mobilenet_v3_large, resnet18, resnet50
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from model import (
-    MODELS,
-    get_model,
-    get_model_instance_segmentation,
-    head_settings,
-    mask_head_shape,
-    model_config,
-    model_from_checkpoint,
-)
+from checkpoint import model_config, model_from_checkpoint
+from model import MODELS, get_model, get_model_instance_segmentation, head_settings, mask_head_shape
 from utils import UserError
 
 SMALL = {"min_size": 64, "max_size": 96}
@@ -178,40 +171,6 @@ def test_weights_that_run_code_when_unpickled_are_refused(tmp_path):
     with pytest.raises(UserError, match="evil.pth: refused to load it with weights_only=True"):
         get_model("maskrcnn_mobilenet_v3_large_fpn", 2, weights=str(tmp_path / "evil.pth"))
     assert not marker.exists()
-
-
-@pytest.mark.parametrize(
-    ("name", "weights"),
-    [
-        ("maskrcnn_resnet50_fpn", "coco"),
-        ("maskrcnn_mobilenet_v3_large_fpn", "none"),
-        ("fasterrcnn_resnet50_fpn_v2", "coco"),
-    ],
-)
-def test_a_checkpoint_rebuilds_its_model_without_any_flag(name, weights, tmp_path):
-    if weights == "coco":  # fine-tuned: FrozenBatchNorm (eps 0 for the v1 weights), new heads
-        torch.save(_coco_state(name), tmp_path / "coco.pth")
-        weights = str(tmp_path / "coco.pth")
-    torch.manual_seed(1)
-    layers = 2 if name.endswith("_v2") else None  # v2 keeps BatchNorm: only the stored list says what was frozen
-    trained = get_model(name, 3, weights, trainable_backbone_layers=layers, min_size=96, max_size=112).eval()
-    config = {**model_config(trained, name), "class_names": ["background", "a", "b"]}
-    torch.save({"model": trained.state_dict(), "model_config": config}, tmp_path / "best.pth")
-
-    rebuilt, loaded_config = model_from_checkpoint(tmp_path / "best.pth")
-    rebuilt.eval()
-    assert loaded_config == config
-    assert _summary(rebuilt) == _summary(trained)  # the same modules, FrozenBatchNorm, and trainable parameters
-    image = torch.rand(3, 100, 120)
-    with torch.inference_mode():
-        expected, got = trained([image])[0], rebuilt([image])[0]
-    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
-
-
-def test_a_file_without_model_config_is_not_a_checkpoint(tmp_path):
-    torch.save({"w": torch.zeros(1)}, tmp_path / "plain.pth")
-    with pytest.raises(UserError, match="plain.pth: not a checkpoint of train.py"):
-        model_from_checkpoint(tmp_path / "plain.pth")
 
 
 def test_head_settings_and_a_light_mask_head_are_built_and_rebuilt(tmp_path):

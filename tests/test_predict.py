@@ -10,7 +10,8 @@ import torch
 from conftest import ROOT
 from PIL import Image
 
-from model import get_model, model_config
+from checkpoint import model_config
+from model import get_model
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pycocotools.cocoeval import COCOeval
 
 import dataset
 import train
-from model import model_from_checkpoint
+from checkpoint import model_from_checkpoint
 
 # Small and fast: MobileNet Mask R-CNN from scratch on ~100-pixel images.
 FAST = [
