@@ -49,12 +49,12 @@ import utils
 from bench_recipe import RECIPES, measure_recipes, recipe_table_rows
 from checkpoint import model_from_checkpoint
 from coco_eval import coco_detections, coco_ground_truth, score_detections
-from dataset import split_indices
 from dataset_cli import add_dataset_args, dataset_from_args
 from engine import autocast, backward_and_step, evaluate, to_device, train_one_epoch
 from group_by_aspect_ratio import training_batches
 from model import MODELS, get_model
 from recipe import make_optimizer
+from split import split_indices
 from transforms import get_transform
 
 PARTS = ("data", "train", "eval", "epoch", "recipe")

@@ -32,10 +32,10 @@ from torchvision.transforms import v2 as T
 
 import utils
 from coco_eval import selection_score
-from dataset import split_indices
 from dataset_cli import dataset_from_args
 from model import get_model
 from recipe import make_optimizer
+from split import split_indices
 
 ROOT = Path(__file__).resolve().parent
 # train.py flags of each recipe (the dataset, split and output flags are added by the benchmark).

@@ -33,8 +33,9 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from distributed import get_rank, get_world_size
 from model import MODELS, freeze_batchnorm, freeze_like_pretrained, head_settings, mask_head_shape, set_mask_head
-from utils import UserError, load_checkpoint
+from utils import UserError, load_checkpoint, save_checkpoint
 
 # Settings a resume may change: the length of the run, the learning rate after a divergence, the machine.
 OVERRIDABLE = (
@@ -129,6 +130,59 @@ def stored_split(checkpoint: dict[str, Any], checkpoint_path: str | Path) -> dic
         except ValueError as error:
             raise UserError(f"{beside}: not valid json ({error}); restore it from the run") from error
     return None
+
+
+# ---------------------------------------------------------------------------
+# Saving an epoch, and taking a run up again where it stopped.
+
+
+def save_epoch(
+    output_dir: Path,
+    weights: dict[str, Any],
+    is_best: bool,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None,
+    best_score: float,
+    metrics: list[dict[str, Any]],
+    rng: list[dict[str, Any]],
+) -> None:
+    """Write checkpoint.pth (and best.pth when `is_best`), each atomically.
+
+    weights: what best.pth holds (model, model_config, args, split, changes, epoch, stats);
+    checkpoint.pth adds the optimizer, scheduler, scaler, best score, metrics and every rank's RNG.
+    """
+    if is_best:
+        save_checkpoint(weights, output_dir / "best.pth")
+    state = {**weights, "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}
+    state.update(best_score=best_score, metrics=metrics, rng=rng)
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    save_checkpoint(state, output_dir / "checkpoint.pth")
+
+
+def restore_training(
+    checkpoint: dict[str, Any],
+    checkpoint_path: str | Path,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None,
+) -> tuple[int, float, list[dict[str, Any]]]:
+    """Load a checkpoint.pth's optimizer, scheduler, scaler and this rank's RNG state into a new run.
+
+    Returns the epoch to start at, the best score so far and the metrics of the epochs done.
+    """
+    if "optimizer" not in checkpoint:
+        raise UserError(f"--resume {checkpoint_path}: holds weights only; resume from checkpoint.pth")
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+    if scaler is not None and "scaler" in checkpoint:
+        scaler.load_state_dict(checkpoint["scaler"])
+    if len(checkpoint["rng"]) == get_world_size():  # one state per rank
+        set_rng_state(checkpoint["rng"][get_rank()])
+    else:
+        print(f"--resume {checkpoint_path}: saved by {len(checkpoint['rng'])} processes; random streams restart")
+    return checkpoint["epoch"] + 1, checkpoint["best_score"], checkpoint["metrics"]
 
 
 # ---------------------------------------------------------------------------

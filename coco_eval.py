@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,8 @@ import pycocotools.mask as mask_utils
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+import utils
 
 
 def _encode(masks: torch.Tensor) -> list[dict[str, Any]]:
@@ -154,3 +157,21 @@ def in_dataset_ids(
 def selection_score(stats: dict[str, Any]) -> float:
     """The number that ranks epochs (best.pth): mask AP, or box AP for a model without masks."""
     return stats["segm"][0] if "segm" in stats else stats["bbox"][0]
+
+
+def write_results(
+    results: dict[str, list[dict]],
+    output_dir: Path,
+    image_ids: list[int],
+    category_ids: list[int],
+    file_names: list[str],
+) -> list[str]:
+    """evaluate()'s results as COCO results files (results_bbox.json, results_segm.json) in the dataset's own
+    image and category ids, each result with its image's file name: pycocotools scores them against the user's
+    own json. Returns the files' names."""
+    written = []
+    for iou_type, found in results.items():
+        mapped = in_dataset_ids(found, image_ids, category_ids, file_names)
+        utils.write_json(mapped, output_dir / f"results_{iou_type}.json")
+        written.append(f"results_{iou_type}.json")
+    return written

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+import distributed
 from coco_utils import CocoDataset
 from dataset import InstanceDataset, MaskFolderDataset, PennFudanDataset
 from transforms import AUGMENTATIONS, get_transform
@@ -144,6 +146,38 @@ def find_bad_samples(dataset: Any, indices: list[int], workers: int = 0) -> dict
 
 
 MIN_INSTANCE_AREA = 16  # pixels; smaller instances all but vanish at the backbone's stride of 4 and more
+
+
+def preflight(
+    splits: dict[str, tuple[InstanceDataset, list[int]]], workers: int, skip_bad_samples: bool
+) -> tuple[dict[str, list[int]], list[str]]:
+    """Read every sample once before training, so that a broken file stops the run now, not hours into it.
+
+    `splits` maps a part's name ("training", "test") to its dataset and indices; `workers`
+    processes read them, each rank its share. Without `skip_bad_samples` the first problem
+    stops the run (one line, exit 2); with it, each bad sample is left out with a warning.
+    Returns the indices that remain in each part, and the problems (for split.json).
+    """
+    start, rank, world_size = time.time(), distributed.get_rank(), distributed.get_world_size()
+    problems = list(dict.fromkeys(p for data, _ in splits.values() for p in data.problems))
+    kept = {}
+    for part, (data, ids) in splits.items():
+        bad: dict[int, str] = {}
+        for found in distributed.all_gather_object(find_bad_samples(data, ids[rank::world_size], workers)):
+            bad.update(found)
+        problems += [bad[i] for i in ids if i in bad]
+        kept[part] = [i for i in ids if i not in bad]
+    if problems and not skip_bad_samples:
+        more = f" ({len(problems)} bad samples: python dataset.py check lists them all)" if len(problems) > 1 else ""
+        raise UserError(f"{problems[0]}{more}; or leave them out with --skip-bad-samples")
+    for problem in problems:
+        print(f"warning: {problem}; skipped (--skip-bad-samples)")
+    for part, ids in kept.items():
+        if not ids:
+            raise UserError(f"{splits[part][0].image_dir}: no readable {part} images left")
+    total = sum(len(ids) for _, ids in splits.values())
+    print(f"Read {total} samples in {time.time() - start:.1f} s: {len(problems)} bad")
+    return kept, problems
 
 
 def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+import distributed
 import utils
 from coco_eval import coco_detections, coco_ground_truth, score_detections
 
@@ -91,7 +92,7 @@ def train_one_epoch(
             loss_dict = model(images, targets)
             loss = sum(loss_dict.values())
 
-        losses = utils.mean_over_ranks(loss_dict)
+        losses = distributed.mean_over_ranks(loss_dict)
         loss_value = sum(losses.values())
         if not math.isfinite(loss_value):
             shown = ", ".join(f"{name} {value:.4g}" for name, value in losses.items())
@@ -138,7 +139,7 @@ def evaluate(
     list receives (image, target, output) of this rank's first images, on the CPU, until it
     holds SAMPLES_KEPT: for pictures.
     """
-    utils.copy_buffers_from_rank_0(model)
+    distributed.copy_buffers_from_rank_0(model)
     model.eval()
     logger = utils.MetricLogger()
     per_image = []  # (image record, ground truth, box results, mask results, has masks) for each image
@@ -159,9 +160,11 @@ def evaluate(
         logger.update(model_time=model_time, metric_time=time.time() - start)
 
     start = time.time()
-    per_image = sorted((item for part in utils.all_gather_object(per_image) for item in part), key=lambda i: i[0]["id"])
-    stats = score_detections(per_image, class_names) if utils.is_main_process() else None
-    if results is not None and utils.is_main_process():
+    per_image = sorted(
+        (item for part in distributed.all_gather_object(per_image) for item in part), key=lambda i: i[0]["id"]
+    )
+    stats = score_detections(per_image, class_names) if distributed.is_main_process() else None
+    if results is not None and distributed.is_main_process():
         results["bbox"] = [r for _, _, boxes, _, _ in per_image for r in boxes]
         if any(masks for *_, masks in per_image):
             results["segm"] = [r for *_, segms, _ in per_image for r in segms]
@@ -169,4 +172,4 @@ def evaluate(
         timings["images"] = logger.meters["model_time"].count
         timings["model_seconds"] = logger.meters["model_time"].total
         timings["metric_seconds"] = logger.meters["metric_time"].total + time.time() - start
-    return utils.broadcast_object(stats)
+    return distributed.broadcast_object(stats)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+import distributed
 import utils
 from checkpoint import (
     OVERRIDABLE,
@@ -25,18 +26,20 @@ from checkpoint import (
     get_rng_state,
     model_config,
     model_from_config,
+    restore_training,
     resume_settings,
-    set_rng_state,
+    save_epoch,
     stored_split,
 )
-from coco_eval import in_dataset_ids, selection_score
+from coco_eval import selection_score, write_results
 from curves import TensorBoardLogger, plot_curves
-from dataset import check_held_out, download_pennfudan, ids_of_run, sample_names, split_indices
-from dataset_cli import add_dataset_args, dataset_from_args, find_bad_samples, fixed_validation
+from dataset import download_pennfudan
+from dataset_cli import add_dataset_args, dataset_from_args, fixed_validation, preflight
 from engine import evaluate, train_one_epoch
 from group_by_aspect_ratio import training_batches
 from model import HEAD_SETTINGS, MODELS, get_model
 from recipe import OPTIMIZERS, SCHEDULERS, make_optimizer, make_scheduler, retarget_scheduler, set_base_lr
+from split import check_held_out, ids_of_run, sample_names, split_indices
 from transforms import AUGMENTATIONS, copy_paste_collate, get_transform, train_sizes
 from visualize import save_batch_picture, save_predictions_picture
 
@@ -112,7 +115,7 @@ def settings_of_run(
     stored["output_dir"] = str(Path(args.resume).parent)  # the run goes on where its checkpoint is
     if given is None:
         given = {name for name, value in vars(args).items() if value != defaults[name]}
-    ranks = utils.distributed_env()  # before the process group exists: only rank 0 says what changed
+    ranks = distributed.distributed_env()  # before the process group exists: only rank 0 says what changed
     say = print if ranks is None or ranks[0] == 0 else (lambda line: None)
     values = {name: getattr(args, name) for name in given}
     settings, changes = resume_settings(stored, values, args.resume, args.test_only, args.allow_changes, say)
@@ -143,40 +146,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise utils.UserError("--allow-changes lets --resume change a run's settings; drop it for a new run")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise utils.UserError(f"--device {args.device}: CUDA is not available here; use --device cpu")
-    if args.sync_bn and not args.device.startswith("cuda") and utils.distributed_env() is not None:
+    if args.sync_bn and not args.device.startswith("cuda") and distributed.distributed_env() is not None:
         raise utils.UserError("--sync-bn: SyncBatchNorm runs on CUDA only; drop it when training on CPU processes")
-
-
-def preflight(
-    args: argparse.Namespace, splits: dict[str, tuple[Any, list[int]]]
-) -> tuple[dict[str, list[int]], list[str]]:
-    """Read every sample once before training, so that a broken file stops the run now, not hours into it.
-
-    `splits` maps a part's name ("training", "test") to its dataset and indices. Each rank
-    reads its share. Without --skip-bad-samples the first problem stops the run (one line,
-    exit 2); with it, each bad sample is left out with a warning. Returns the indices that
-    remain in each part, and the problems (for split.json).
-    """
-    start, rank, world_size = time.time(), utils.get_rank(), utils.get_world_size()
-    problems = list(dict.fromkeys(p for data, _ in splits.values() for p in getattr(data, "problems", [])))
-    kept = {}
-    for part, (data, ids) in splits.items():
-        bad: dict[int, str] = {}
-        for found in utils.all_gather_object(find_bad_samples(data, ids[rank::world_size], args.workers)):
-            bad.update(found)
-        problems += [bad[i] for i in ids if i in bad]
-        kept[part] = [i for i in ids if i not in bad]
-    if problems and not args.skip_bad_samples:
-        more = f" ({len(problems)} bad samples: python dataset.py check lists them all)" if len(problems) > 1 else ""
-        raise utils.UserError(f"{problems[0]}{more}; or leave them out with --skip-bad-samples")
-    for problem in problems:
-        print(f"warning: {problem}; skipped (--skip-bad-samples)")
-    for part, ids in kept.items():
-        if not ids:
-            raise utils.UserError(f"{args.data_path}: no readable {part} images left")
-    total = sum(len(ids) for _, ids in splits.values())
-    print(f"Read {total} samples in {time.time() - start:.1f} s: {len(problems)} bad")
-    return kept, problems
 
 
 def make_loaders(
@@ -190,9 +161,9 @@ def make_loaders(
     evaluates on every world_size-th test image, so each test image is counted exactly once.
     """
     data_path = Path(args.data_path)
-    if not data_path.exists() and args.download and utils.is_main_process():
+    if not data_path.exists() and args.download and distributed.is_main_process():
         download_pennfudan(data_path)  # once, by rank 0, while the other ranks wait
-    utils.barrier()
+    distributed.barrier()
     strict = not args.skip_bad_samples  # strict: a missing file stops the run; else it is left out, with a warning
     fixed = fixed_validation(args)  # a fixed validation set: train on every training image
     test_data = dataset_from_args(args, get_transform(False), validation=fixed, strict=strict)
@@ -215,14 +186,14 @@ def make_loaders(
         check_held_out(train_data, train_ids, test_data, test_ids)
     parts = {} if train_data is None else {"training": (train_data, train_ids)}
     parts["test"] = (test_data, test_ids)
-    kept, skipped = preflight(args, parts)
+    kept, skipped = preflight(parts, args.workers, args.skip_bad_samples)
     train_ids, test_ids = kept.get("training", []), kept["test"]
     split = {
         "train": sample_names(train_data, train_ids) if train_data is not None else (run_split or {}).get("train", []),
         "test": sample_names(test_data, test_ids),
         "skipped": list(dict.fromkeys([*(run_split or {}).get("skipped", []), *skipped])),
     }
-    rank, world_size = utils.get_rank(), utils.get_world_size()
+    rank, world_size = distributed.get_rank(), distributed.get_world_size()
     common = {"num_workers": args.workers, "collate_fn": utils.collate_fn, "pin_memory": device.type == "cuda"}
     train_loader = None
     if train_data is not None:
@@ -276,19 +247,6 @@ def build_model(
     return model.to(device, memory_format=memory_format)
 
 
-def write_results(results: dict[str, list[dict]], data: Any, output_dir: Path) -> list[str]:
-    """The test split's detections as COCO results files (results_bbox.json, results_segm.json) in the dataset's
-    own image and category ids, so that pycocotools scores them against the user's own json; their names."""
-    names = sample_names(data, list(range(len(data))))
-    written = []
-    for iou_type, found in results.items():
-        utils.write_json(
-            in_dataset_ids(found, data.image_ids, data.category_ids, names), output_dir / f"results_{iou_type}.json"
-        )
-        written.append(f"results_{iou_type}.json")
-    return written
-
-
 def print_summary(history: list[dict[str, Any]], output_dir: Path) -> None:
     """Where a run's results are: its best epoch and AP, the output folder, how to use best.pth."""
     if not history:
@@ -311,8 +269,8 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
         os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # MKL's results otherwise depend on memory alignment
         torch.use_deterministic_algorithms(True)
-    device = utils.init_distributed(args.device)
-    utils.seed_everything(args.seed + utils.get_rank())  # ranks augment differently; DDP copies rank 0's init
+    device = distributed.init_distributed(args.device)
+    utils.seed_everything(args.seed + distributed.get_rank())  # ranks augment differently; DDP copies rank 0's init
     output_dir = Path(args.output_dir)
 
     run_split = None
@@ -326,19 +284,21 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
     if args.test_only:
         results: dict[str, list[dict]] = {}
         stats = evaluate(model, test_loader, device, classes, results=results)
-        if utils.is_main_process():
-            written = write_results(results, test_loader.dataset.dataset, output_dir)
+        if distributed.is_main_process():
+            data = test_loader.dataset.dataset
+            names = sample_names(data, list(range(len(data))))
+            written = write_results(results, output_dir, data.image_ids, data.category_ids, names)
             # eval.json is the stats, and what --allow-changes changed in the evaluation (sizes, data), if anything
             changed = [c for c in changes if c["flag"] not in map(flag, OVERRIDABLE)]
             utils.write_json({**stats, "changes": changed} if changed else stats, output_dir / "eval.json")
             kind = "mask" if "segm" in stats else "box"
             print(f"{kind} AP {selection_score(stats):.3f} on the run's {len(split['test'])} test images of epoch "
                   f"{checkpoint.get('epoch')}; wrote {output_dir / 'eval.json'}, {', '.join(written)}")  # fmt: skip
-        utils.cleanup_distributed()
+        distributed.cleanup_distributed()
         return stats
 
     model_without_ddp = model  # what is saved, evaluated and resumed
-    if utils.is_distributed():
+    if distributed.is_distributed():
         if args.sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
             model_without_ddp = model
@@ -351,27 +311,15 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
 
     start_epoch, best_score, history, all_changes = 0, -math.inf, [], []
     if checkpoint is not None:
-        if "optimizer" not in checkpoint:
-            raise utils.UserError(f"--resume {args.resume}: holds weights only; resume from checkpoint.pth")
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        start_epoch, best_score, history = restore_training(checkpoint, args.resume, optimizer, lr_scheduler, scaler)
         retarget_scheduler(lr_scheduler, *schedule)  # a changed --epochs, --lr-step-size, ... takes effect
         if args.lr != checkpoint["args"]["lr"]:  # a lower --lr after a diverged run must take effect
             set_base_lr(optimizer, lr_scheduler, args.lr)
-        if scaler is not None and "scaler" in checkpoint:
-            scaler.load_state_dict(checkpoint["scaler"])
-        start_epoch = checkpoint["epoch"] + 1
-        best_score = checkpoint["best_score"]
-        history = checkpoint["metrics"]
         all_changes = [*checkpoint.get("changes", []), *({"epoch": start_epoch, **c} for c in changes)]
-        if len(checkpoint["rng"]) == utils.get_world_size():  # one state per rank
-            set_rng_state(checkpoint["rng"][utils.get_rank()])
-        else:
-            print(f"--resume {args.resume}: saved by {len(checkpoint['rng'])} processes; random streams restart")
         if start_epoch >= args.epochs:
             print(f"{args.resume} has trained {start_epoch} epochs already: pass --epochs above {start_epoch}")
 
-    if utils.is_main_process():
+    if distributed.is_main_process():
         for path in utils.remove_stale_temporaries(output_dir):  # left by a run that was killed while writing
             print(f"removed {path}, an unfinished write of a killed run")
         utils.write_json({**vars(args), "class_names": classes, "changes": all_changes}, output_dir / "args.json")
@@ -381,7 +329,7 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
     category_ids = test_loader.dataset.dataset.category_ids
     config = {**model_config(model_without_ddp, args.model), "class_names": classes, "category_ids": category_ids}
     tensorboard = None
-    if args.tensorboard and utils.is_main_process():
+    if args.tensorboard and distributed.is_main_process():
         tensorboard = TensorBoardLogger(output_dir / "tensorboard", start_epoch)
     stats = None
     print(f"Training {args.model} on {len(split['train'])} images, testing on {len(split['test'])}")
@@ -389,7 +337,7 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
         train_loader.batch_sampler.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         start = time.time()
         picture = None
-        if epoch == 0 and utils.is_main_process():  # what the model is fed, ground truth drawn: worth a look
+        if epoch == 0 and distributed.is_main_process():  # what the model is fed, ground truth drawn: worth a look
             picture = partial(save_batch_picture, class_names=classes, path=output_dir / "first_batch.png")
         losses = train_one_epoch(model, optimizer, train_loader, device, epoch, args.print_freq, scaler, picture)
         train_seconds = time.time() - start
@@ -405,25 +353,14 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
         )
         score = selection_score(stats)
         is_best, best_score = score > best_score, max(score, best_score)
-        rng_states = utils.all_gather_object(get_rng_state())  # every rank takes part; rank 0 writes
-        if not utils.is_main_process():
+        rng_states = distributed.all_gather_object(get_rng_state())  # every rank takes part; rank 0 writes
+        if not distributed.is_main_process():
             continue
         weights = {"model": model_without_ddp.state_dict(), "model_config": config, "args": vars(args)}
         weights.update(split=split, changes=all_changes, epoch=epoch, stats=stats)
+        save_epoch(output_dir, weights, is_best, optimizer, lr_scheduler, scaler, best_score, history, rng_states)
         if is_best:
-            utils.save_checkpoint(weights, output_dir / "best.pth")
             save_predictions_picture(samples, classes, output_dir / "best_predictions.png", score_threshold=0.5)
-        checkpoint = {
-            **weights,
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": lr_scheduler.state_dict(),
-            "best_score": best_score,
-            "metrics": history,
-            "rng": rng_states,
-        }
-        if scaler is not None:
-            checkpoint["scaler"] = scaler.state_dict()
-        utils.save_checkpoint(checkpoint, output_dir / "checkpoint.pth")
         utils.write_jsonl(history, output_dir / "metrics.jsonl")
         plot_curves(history, output_dir / "curves.png")
         if tensorboard is not None:
@@ -431,7 +368,7 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
     if tensorboard is not None:
         tensorboard.close()
     print_summary(history, output_dir)
-    utils.cleanup_distributed()
+    distributed.cleanup_distributed()
     return stats
 
 

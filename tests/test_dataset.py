@@ -8,7 +8,7 @@ from conftest import CVPPP, LAYOUT, instance_mask, pennfudan_zip
 from PIL import Image
 from torchvision import tv_tensors
 
-from dataset import MaskFolderDataset, PennFudanDataset, download_pennfudan, masks_to_target, split_indices
+from dataset import MaskFolderDataset, PennFudanDataset, download_pennfudan, masks_to_target
 from dataset_cli import get_dataset
 from utils import UserError
 
@@ -154,15 +154,6 @@ def test_mask_folder_shares_one_folder(tmp_path):
     assert [p.name for p in dataset.image_paths] == ["plant1_rgb.png", "plant2_rgb.png"]
     image, target = dataset[1]
     assert image.shape == (3, 10, 20) and target["boxes"].tolist() == [[3, 2, 9, 5]]
-
-
-def test_split_is_seeded_and_disjoint():
-    train, test = split_indices(20, 5, seed=0)
-    assert (train, test) == split_indices(20, 5, seed=0)
-    assert split_indices(20, 5, seed=1) != (train, test)
-    assert len(test) == 5 and sorted(train + test) == list(range(20))
-    with pytest.raises(UserError, match="--test-size 20"):
-        split_indices(20, 20, seed=0)
 
 
 # ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import socket
 import pytest
 import torch
 
+import distributed
 import utils
 
 
@@ -92,24 +93,24 @@ def test_collate_keeps_images_and_targets_apart():
 )
 def test_the_process_group_comes_from_torchrun_or_slurm_variables(environ, expected):
     environ = dict(environ)
-    assert utils.distributed_env(environ) == expected
+    assert distributed.distributed_env(environ) == expected
     if expected and "SLURM_PROCID" in environ:
         assert (environ["MASTER_ADDR"], environ["MASTER_PORT"]) == ("127.0.0.1", "29500")
 
 
 def test_slurm_on_several_nodes_needs_master_addr():
     with pytest.raises(utils.UserError, match="export MASTER_ADDR"):
-        utils.distributed_env({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "4", "SLURM_NNODES": "2"})
+        distributed.distributed_env({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "4", "SLURM_NNODES": "2"})
 
 
 def _collectives(rank, world_size, port, results):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
-    device = utils.init_distributed("cpu")
-    losses = utils.mean_over_ranks({"a": torch.tensor(float(rank)), "b": torch.tensor(10.0 * rank)})
-    gathered = utils.all_gather_object({"rank": rank})
-    shared = utils.broadcast_object(f"from {rank}")
-    results[rank] = (device.type, losses, gathered, shared, utils.get_world_size())
-    utils.cleanup_distributed()
+    device = distributed.init_distributed("cpu")
+    losses = distributed.mean_over_ranks({"a": torch.tensor(float(rank)), "b": torch.tensor(10.0 * rank)})
+    gathered = distributed.all_gather_object({"rank": rank})
+    shared = distributed.broadcast_object(f"from {rank}")
+    results[rank] = (device.type, losses, gathered, shared, distributed.get_world_size())
+    distributed.cleanup_distributed()
 
 
 def test_collectives_on_two_cpu_processes():
