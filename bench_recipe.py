@@ -36,6 +36,7 @@ from dataset_cli import dataset_from_args
 from model import get_model
 from recipe import make_optimizer
 from split import split_indices
+from tutorial import evaluate_like_the_tutorial, train_like_the_tutorial, tutorial_transform
 
 ROOT = Path(__file__).resolve().parent
 # train.py flags of each recipe (the dataset, split and output flags are added by the benchmark).
@@ -105,7 +106,6 @@ def _best(points: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_tutorial(args: argparse.Namespace) -> dict[str, Any]:
     """The tutorial's recipe by the tutorial's code (module docstring), epoch after epoch until the budget ends."""
-    from bench import evaluate_like_the_tutorial, train_like_the_tutorial, tutorial_transform  # bench imports us
 
     start = time.time()
     device = torch.device(args.device)
@@ -155,9 +155,7 @@ def measure_recipes(args: argparse.Namespace) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="bench-recipes-") as tmp:
         for name in args.recipes:
             if name == "tutorial":
-                from bench import in_fresh_process
-
-                rows.append(in_fresh_process(run_tutorial, args))
+                rows.append(utils.in_fresh_process(run_tutorial, args))
             else:
                 output_dir = Path(tmp) / name
                 output_dir.mkdir()

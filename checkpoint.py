@@ -3,7 +3,7 @@
 Every epoch writes checkpoint.pth, and best.pth when the test AP improves. Both hold
 
     model          the model's state dict
-    model_config   what rebuilds the model with no flag and no download (model.model_config)
+    model_config   what rebuilds the model with no flag and no download (model_config below)
     args           every setting of the run, as plain types
     split          {"train": [...], "test": [...], "skipped": [...]}: image paths relative to the
                    dataset's image folder, and the bad samples --skip-bad-samples left out

@@ -154,6 +154,11 @@ def in_dataset_ids(
     return mapped
 
 
+def best_epoch(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The record of the epoch that best.pth keeps (the highest selection_score); None before the first."""
+    return max(history, key=selection_score, default=None)
+
+
 def selection_score(stats: dict[str, Any]) -> float:
     """The number that ranks epochs (best.pth): mask AP, or box AP for a model without masks."""
     return stats["segm"][0] if "segm" in stats else stats["bbox"][0]

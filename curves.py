@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 import utils
-from coco_eval import selection_score
+from coco_eval import best_epoch
 
 LOSSES = ("loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 # COCOeval's summary numbers worth a curve: (index in its 12 stats, name).
@@ -58,7 +58,7 @@ def curves_figure(history: list[dict[str, Any]]) -> Figure:
             top = max([top, *(v for v in values if v is not None)])
     loss_axes.set(title="training losses (mean per epoch)", xlabel="epoch", yscale="log")
     ap_axes.set(title="COCO AP on the test split", xlabel="epoch", ylim=(0, min(1.0, max(0.05, top * 1.15))))
-    best = max(history, key=selection_score, default=None)
+    best = best_epoch(history)
     if best is not None:
         ap_axes.axvline(best["epoch"], color="grey", linestyle=":", label=f"best (epoch {best['epoch']})")
     for axes in (loss_axes, ap_axes):

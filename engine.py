@@ -39,6 +39,17 @@ def autocast(device: torch.device, enabled: bool) -> torch.autocast:
     )
 
 
+def forward_losses(
+    model: torch.nn.Module, images: tuple, targets: tuple, device: torch.device, amp: bool
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A training batch from the loader through the model on `device` (under autocast with `amp`):
+    the summed loss and each of torchvision's losses."""
+    images, targets = to_device(images, targets, device)
+    with autocast(device, enabled=amp):
+        loss_dict = model(images, targets)
+        return sum(loss_dict.values()), loss_dict
+
+
 def backward_and_step(
     loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None
 ) -> None:
@@ -87,10 +98,7 @@ def train_one_epoch(
     for iteration, (images, targets) in enumerate(logger.log_every(data_loader, print_freq, f"Epoch: [{epoch}]")):
         if iteration == 0 and first_batch is not None:
             first_batch(images, targets)
-        images, targets = to_device(images, targets, device)
-        with autocast(device, enabled=scaler is not None):
-            loss_dict = model(images, targets)
-            loss = sum(loss_dict.values())
+        loss, loss_dict = forward_losses(model, images, targets, device, amp=scaler is not None)
 
         losses = distributed.mean_over_ranks(loss_dict)
         loss_value = sum(losses.values())

@@ -35,7 +35,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--checkpoint", required=True, help="best.pth or checkpoint.pth written by train.py")
     add("--output-dir", default="predictions", help="where the pictures and JSON go (default: %(default)s)")
     add("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this (default: 0.5)")
-    add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    add("--device", default=utils.default_device(), help="cuda or cpu")
     add("-b", "--batch-size", type=int, default=4, help="images per forward pass (default: %(default)s)")
     add("-j", "--workers", type=int, default=2, help="image decoding processes (default: %(default)s)")
     add("--ann-file", help="a COCO json listing the images: write its image_id for each image it lists")
@@ -108,8 +108,7 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     """Predict every input; return {"predicted": [file names], "skipped": [one line per bad file]}."""
     if args.batch_size <= 0 or not 0 <= args.score_threshold <= 1:
         raise utils.UserError("--batch-size must be positive and --score-threshold between 0 and 1")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise utils.UserError(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    utils.check_device(args.device)
     paths = find_images(args.inputs)
     if not paths:
         raise utils.UserError(f"{' '.join(args.inputs)}: no images found ({', '.join(IMAGE_EXTENSIONS)})")

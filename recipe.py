@@ -20,6 +20,9 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("steplr", "multisteplr", "cosineannealinglr")
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
+# The tutorial's SGD, train.py's defaults: one definition for every command that builds an optimizer.
+LR, MOMENTUM, WEIGHT_DECAY = 0.005, 0.9, 5e-4
+
 
 def parameter_groups(model: nn.Module, weight_decay: float, norm_weight_decay: float | None) -> list[dict]:
     """The trainable parameters, in one group, or two when normalization layers get their own weight decay."""
@@ -37,9 +40,9 @@ def parameter_groups(model: nn.Module, weight_decay: float, norm_weight_decay: f
 def make_optimizer(
     model: nn.Module,
     name: str = "sgd",
-    lr: float = 0.005,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
+    lr: float = LR,
+    momentum: float = MOMENTUM,
+    weight_decay: float = WEIGHT_DECAY,
     norm_weight_decay: float | None = None,
 ) -> torch.optim.Optimizer:
     """SGD (with `momentum`) or AdamW over the model's trainable parameters."""

@@ -3,7 +3,7 @@
     python train.py --data-path PennFudanPed --download --epochs 10
     torchrun --nproc_per_node=2 train.py --data-path PennFudanPed --epochs 10   # DDP: GPUs, or CPU processes
 
-This file only wires the other modules together; see README.md for every flag.
+This file only wires the other modules together; docs/flags.md explains every flag.
 """
 
 from __future__ import annotations
@@ -31,14 +31,24 @@ from checkpoint import (
     save_epoch,
     stored_split,
 )
-from coco_eval import selection_score, write_results
+from coco_eval import best_epoch, selection_score, write_results
 from curves import TensorBoardLogger, plot_curves
 from dataset import download_pennfudan
 from dataset_cli import add_dataset_args, dataset_from_args, fixed_validation, preflight
 from engine import evaluate, train_one_epoch
 from group_by_aspect_ratio import training_batches
 from model import HEAD_SETTINGS, MODELS, get_model
-from recipe import OPTIMIZERS, SCHEDULERS, make_optimizer, make_scheduler, retarget_scheduler, set_base_lr
+from recipe import (
+    LR,
+    MOMENTUM,
+    OPTIMIZERS,
+    SCHEDULERS,
+    WEIGHT_DECAY,
+    make_optimizer,
+    make_scheduler,
+    retarget_scheduler,
+    set_base_lr,
+)
 from split import check_held_out, ids_of_run, sample_names, split_indices
 from transforms import AUGMENTATIONS, copy_paste_collate, get_transform, train_sizes
 from visualize import save_batch_picture, save_predictions_picture
@@ -56,16 +66,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     for name in HEAD_SETTINGS:  # torchvision's names; see model.py
         add(flag(name), type=int, help=f"the model's {name} (default: the model's own)")
     add("--mask-head", type=int, nargs=2, metavar=("CONVS", "CHANNELS"), help="a lighter mask head (default: 4 256)")
-    default_device = "cuda" if torch.cuda.is_available() else "cpu"
-    add("--device", default=default_device, help="cuda, cuda:N or cpu (default: %(default)s)")
+    add("--device", default=utils.default_device(), help="cuda, cuda:N or cpu (default: %(default)s)")
     add("-b", "--batch-size", type=int, default=2, help="images per training batch (default: %(default)s)")
     add("--epochs", type=int, default=10, help="total epochs to train (default: %(default)s)")
     workers = min(4, utils.available_cpus())
     add("-j", "--workers", type=int, default=workers, help="data loading processes (default: %(default)s)")
     add("--opt", default="sgd", choices=OPTIMIZERS, help="optimizer (default: %(default)s)")
-    add("--lr", type=float, default=0.005, help="learning rate (default: %(default)s; from scratch try 0.001)")
-    add("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
-    add("--weight-decay", "--wd", type=float, default=5e-4, help="weight decay (default: %(default)s)")
+    add("--lr", type=float, default=LR, help="learning rate (default: %(default)s; from scratch try 0.001)")
+    add("--momentum", type=float, default=MOMENTUM, help="SGD momentum (default: %(default)s)")
+    add("--weight-decay", "--wd", type=float, default=WEIGHT_DECAY, help="weight decay (default: %(default)s)")
     add("--norm-weight-decay", type=float, help="weight decay of normalization layers (default: --weight-decay)")
     add("--lr-scheduler", default="steplr", choices=SCHEDULERS, help="lr schedule per epoch (default: %(default)s)")
     add("--lr-step-size", type=int, default=3, help="steplr: epochs between lr decays (default: %(default)s)")
@@ -144,8 +153,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise utils.UserError("--use-copypaste pastes between images of one size: add --augmentation lsj")
     if args.allow_changes and not args.resume:
         raise utils.UserError("--allow-changes lets --resume change a run's settings; drop it for a new run")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise utils.UserError(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    utils.check_device(args.device)
     if args.sync_bn and not args.device.startswith("cuda") and distributed.distributed_env() is not None:
         raise utils.UserError("--sync-bn: SyncBatchNorm runs on CUDA only; drop it when training on CPU processes")
 
@@ -251,7 +259,7 @@ def print_summary(history: list[dict[str, Any]], output_dir: Path) -> None:
     """Where a run's results are: its best epoch and AP, the output folder, how to use best.pth."""
     if not history:
         return
-    best = max(history, key=selection_score)
+    best = best_epoch(history)
     kind = "mask" if "segm" in best else "box"
     print(f"Best epoch {best['epoch']}: {kind} AP {selection_score(best):.3f} on the test split; all in {output_dir}/")
     print(f"Predict: python predict.py --checkpoint {output_dir / 'best.pth'} IMAGES_OR_FOLDERS")

@@ -5,8 +5,10 @@ This module imports nothing from the project, so every other module can import i
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import json
+import multiprocessing
 import os
 import random
 import resource
@@ -260,9 +262,27 @@ def write_jsonl(records: list[dict[str, Any]], path: str | Path) -> None:
     atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records).encode()))
 
 
+def check_device(device: str) -> None:
+    """Refuse a CUDA device on a machine without one, in one line naming --device."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available here; use --device cpu")
+
+
+def default_device() -> str:
+    """cuda when a GPU is there, else cpu: the --device default of every command."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def exit_with_user_error(error: BaseException) -> None:
     """Print one line to stderr and exit with status 2 (every rank prints: the error may be one rank's alone)."""
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     where = f"[rank {torch.distributed.get_rank()}] " if distributed and torch.distributed.get_world_size() > 1 else ""
     sys.stderr.write(f"{where}error: {one_line(error)}\n")
     raise SystemExit(2)
+
+
+def in_fresh_process(function: Any, *args: Any) -> Any:
+    """Run function(*args) in a new Python process and return its result (its errors are raised here)."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(function, *args).result()
