@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from distributed import get_rank, get_world_size
+from distributed import distributed_env, get_rank, get_world_size
 from model import MODELS, freeze_batchnorm, freeze_like_pretrained, head_settings, mask_head_shape, set_mask_head
 from utils import UserError, load_checkpoint, save_checkpoint
 
@@ -117,6 +117,26 @@ def resume_settings(
         settings[name] = value
         changes.append({"flag": flag(name), "from": old, "to": value})
     return settings, changes
+
+
+def settings_of_run(
+    checkpoint: Any,
+    checkpoint_path: str | Path,
+    defaults: dict[str, Any],
+    given: dict[str, Any],
+    test_only: bool,
+    allow_changes: bool,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """For --resume: the run's settings (the checkpoint's, over the command line's `defaults`), changed by the
+    `given` flags as resume_settings allows; the run goes on in the checkpoint's folder. Only rank 0 says what
+    changed (this runs before the process group exists)."""
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("args"), dict):
+        raise UserError(f"--resume {checkpoint_path}: not a checkpoint of train.py; pass its checkpoint.pth")
+    stored = {**defaults, **{k: v for k, v in checkpoint["args"].items() if k in defaults}}
+    stored["output_dir"] = str(Path(checkpoint_path).parent)
+    ranks = distributed_env()
+    say = print if ranks is None or ranks[0] == 0 else (lambda line: None)
+    return resume_settings(stored, given, checkpoint_path, test_only, allow_changes, say)
 
 
 def stored_split(checkpoint: dict[str, Any], checkpoint_path: str | Path) -> dict[str, list[str]] | None:

@@ -21,14 +21,15 @@ import torch
 import distributed
 import utils
 from checkpoint import (
+    COMMANDS,
     OVERRIDABLE,
     flag,
     get_rng_state,
     model_config,
     model_from_config,
     restore_training,
-    resume_settings,
     save_epoch,
+    settings_of_run,
     stored_split,
 )
 from coco_eval import best_epoch, selection_score, write_results
@@ -108,29 +109,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[s
     unset = object()  # argparse fills in a default only where the namespace has no value yet
     typed = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(vars(args), unset)))
     return args, {name for name, value in vars(typed).items() if value is not unset}
-
-
-def settings_of_run(
-    args: argparse.Namespace, given: set[str] | None, checkpoint: dict[str, Any]
-) -> tuple[argparse.Namespace, list[dict[str, Any]]]:
-    """For --resume: the run's settings from `checkpoint`, changed by the `given` flags that may change them.
-
-    given None (main called with a namespace alone): every flag whose value is not its default.
-    """
-    defaults = vars(get_args_parser().parse_args([]))
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("args"), dict):
-        raise utils.UserError(f"--resume {args.resume}: not a checkpoint of train.py; pass its checkpoint.pth")
-    stored = {**defaults, **{k: v for k, v in checkpoint["args"].items() if k in defaults}}
-    stored["output_dir"] = str(Path(args.resume).parent)  # the run goes on where its checkpoint is
-    if given is None:
-        given = {name for name, value in vars(args).items() if value != defaults[name]}
-    ranks = distributed.distributed_env()  # before the process group exists: only rank 0 says what changed
-    say = print if ranks is None or ranks[0] == 0 else (lambda line: None)
-    values = {name: getattr(args, name) for name in given}
-    settings, changes = resume_settings(stored, values, args.resume, args.test_only, args.allow_changes, say)
-    settings.update(resume=args.resume, test_only=args.test_only, allow_changes=args.allow_changes)
-    settings.update(download=args.download)
-    return argparse.Namespace(**settings), changes
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -270,7 +248,15 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
     checkpoint, changes = None, []
     if args.resume:
         checkpoint = utils.load_checkpoint(args.resume)
-        args, changes = settings_of_run(args, given, checkpoint)
+        defaults = vars(get_args_parser().parse_args([]))
+        if given is None:  # main called with a namespace alone: every flag whose value is not its default
+            given = {name for name, value in vars(args).items() if value != defaults[name]}
+        values = {name: getattr(args, name) for name in given}
+        commands = {name: getattr(args, name) for name in COMMANDS}  # what to do this time, not what the run is
+        settings, changes = settings_of_run(
+            checkpoint, args.resume, defaults, values, args.test_only, args.allow_changes
+        )
+        args = argparse.Namespace(**{**settings, **commands})
     check_args(args)
     utils.writable_folder(args.output_dir)  # now, not after the first epoch
     if args.use_deterministic_algorithms:
