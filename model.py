@@ -13,11 +13,20 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models import MobileNet_V3_Large_Weights, ResNet18_Weights, ResNet50_Weights, WeightsEnum, detection
+from torchvision.models import (
+    MobileNet_V2_Weights,
+    MobileNet_V3_Large_Weights,
+    ResNet18_Weights,
+    ResNet50_Weights,
+    WeightsEnum,
+    detection,
+    mobilenet_v2,
+)
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from utils import UserError, load_checkpoint
@@ -86,6 +95,53 @@ def maskrcnn_resnet18_fpn(
     return detection.MaskRCNN(backbone, num_classes or 91, **kwargs)
 
 
+def fasterrcnn_mobilenet_v2(
+    *,
+    weights: None = None,
+    weights_backbone: MobileNet_V2_Weights | None = None,
+    num_classes: int | None = None,
+    trainable_backbone_layers: int | None = None,
+    masks: bool = False,
+    **kwargs: Any,
+) -> detection.FasterRCNN:
+    """Faster R-CNN (Mask R-CNN with `masks`) on MobileNetV2, built the tutorial's way: the worked example
+    of plugging in a backbone of your own. Copy this function and change steps 1 and 2.
+
+    One feature map, no FPN: coarse (stride 32), so small objects suffer; torchvision
+    publishes no COCO weights for it (ImageNet weights for the backbone: `weights_backbone`).
+    """
+    pretrained = weights_backbone is not None
+    # 1. Any network that turns an image into a feature map: here MobileNetV2's convolutions (its
+    #    classifier dropped). Pretrained, its BatchNorm is frozen: batches of 2 give useless statistics.
+    norm_layer = FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
+    backbone = mobilenet_v2(weights=weights_backbone, norm_layer=norm_layer).features
+    # 2. The detector needs to know how many channels that map has.
+    backbone.out_channels = 1280
+    # 3. Anchors for one feature map: 5 sizes x 3 aspect ratios at each position.
+    anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))
+    # 4. The RoI features come from that one map, named "0": 7 x 7 for the box head, 14 x 14 for masks.
+    box_roi_pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
+    heads = {"rpn_anchor_generator": anchors, "box_roi_pool": box_roi_pool}
+    if masks:
+        heads["mask_roi_pool"] = MultiScaleRoIAlign(featmap_names=["0"], output_size=14, sampling_ratio=2)
+    model = (detection.MaskRCNN if masks else detection.FasterRCNN)(backbone, num_classes or 91, **heads, **kwargs)
+    if pretrained:  # as torchvision's builders do: only the last `trainable_backbone_layers` stages train
+        freeze_like_pretrained(
+            model, "mobilenet_v2", 3 if trainable_backbone_layers is None else trainable_backbone_layers
+        )
+    return model
+
+
+def maskrcnn_mobilenet_v2(**kwargs: Any) -> detection.MaskRCNN:
+    """fasterrcnn_mobilenet_v2 with a mask head: the tutorial's backbone for instance segmentation."""
+    return fasterrcnn_mobilenet_v2(masks=True, **kwargs)
+
+
+def backbone_body(model: nn.Module) -> nn.Module:
+    """The backbone's feature extractor: `.body` of torchvision's FPN backbones, the backbone itself otherwise."""
+    return getattr(model.backbone, "body", model.backbone)
+
+
 # name -> (builder, weights enum of the whole model or None, weights enum of the backbone)
 MODELS: dict[str, tuple[Callable[..., nn.Module], type[WeightsEnum] | None, type[WeightsEnum]]] = {
     "maskrcnn_resnet50_fpn": (
@@ -119,6 +175,8 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], type[WeightsEnum] | None, type
         MobileNet_V3_Large_Weights,
     ),
     "maskrcnn_resnet18_fpn": (maskrcnn_resnet18_fpn, None, ResNet18_Weights),
+    "fasterrcnn_mobilenet_v2": (fasterrcnn_mobilenet_v2, None, MobileNet_V2_Weights),
+    "maskrcnn_mobilenet_v2": (maskrcnn_mobilenet_v2, None, MobileNet_V2_Weights),
 }
 
 # torchvision's original COCO weights for these were trained with FrozenBatchNorm eps = 0.
@@ -160,16 +218,16 @@ def freeze_like_pretrained(model: nn.Module, name: str, trainable_layers: int, e
     the v2 models keep BatchNorm, as torchvision builds them) and its first stages stop
     learning, leaving `trainable_layers` stages trainable.
     """
-    if not name.endswith("_v2"):
+    if not name.endswith("_fpn_v2"):  # torchvision builds its v2 models with BatchNorm that trains
         freeze_batchnorm(model, eps)
-    body = model.backbone.body
+    body = backbone_body(model)
     if "resnet" in name:
         trainable = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
         if trainable_layers == 5:
             trainable.append("bn1")
         for param_name, param in body.named_parameters():
             param.requires_grad_(any(param_name.startswith(layer) for layer in trainable))
-    else:  # MobileNetV3: stages begin at the first block and at each strided block
+    else:  # MobileNet V2 and V3: stages begin at the first block and at each strided block
         blocks = list(body.children())
         stages = [0] + [i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False)] + [len(blocks) - 1]
         freeze_before = len(blocks) if trainable_layers == 0 else stages[len(stages) - trainable_layers]
@@ -179,7 +237,7 @@ def freeze_like_pretrained(model: nn.Module, name: str, trainable_layers: int, e
 
 def freeze_batchnorm(model: nn.Module, eps: float | None = None) -> None:
     """Replace the BatchNorm layers of the backbone's body with FrozenBatchNorm2d (of `eps`, if given)."""
-    for parent in list(model.backbone.body.modules()):
+    for parent in list(backbone_body(model).modules()):
         for child_name, child in parent.named_children():
             if isinstance(child, nn.BatchNorm2d):
                 setattr(parent, child_name, FrozenBatchNorm2d(child.num_features, eps=child.eps))
@@ -192,7 +250,7 @@ def freeze_batchnorm(model: nn.Module, eps: float | None = None) -> None:
 def _load_backbone(model: nn.Module, path: Path) -> None:
     """Load an ImageNet classification state dict (as torchvision publishes it) into the backbone."""
     state, _ = _read_state_dict(path, "--weights-backbone")
-    body = model.backbone.body
+    body = backbone_body(model)
     wanted = body.state_dict().keys()
     state = {k.removeprefix("features."): v for k, v in state.items()}  # MobileNet keeps blocks in .features
     state = {k: v for k, v in state.items() if k in wanted}

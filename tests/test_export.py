@@ -53,3 +53,12 @@ def test_onnx_without_onnxruntime_is_one_line(checkpoint, tmp_path, monkeypatch)
     with pytest.raises(export.utils.UserError, match="pip install -r requirements-export.txt"):
         _export(checkpoint, tmp_path / "model.onnx", "onnx")
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_the_tutorials_backbone_exports_and_checks(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = get_model("maskrcnn_mobilenet_v2", num_classes=2, weights="none", min_size=64, max_size=96)
+    config = {**model_config(model, "maskrcnn_mobilenet_v2"), "class_names": ["background", "a"]}
+    torch.save({"model": model.state_dict(), "model_config": config}, tmp_path / "best.pth")
+    assert _export(tmp_path / "best.pth", tmp_path / "model.onnx", "onnx") is True
+    assert "matches PyTorch" in capsys.readouterr().out

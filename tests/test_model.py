@@ -3,11 +3,18 @@ import urllib.error
 import pytest
 import torch
 import torchvision.models._api
-from torchvision.models import mobilenet_v3_large, resnet18, resnet50
+from torchvision.models import mobilenet_v2, mobilenet_v3_large, resnet18, resnet50
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from checkpoint import model_config, model_from_checkpoint
-from model import MODELS, get_model, get_model_instance_segmentation, head_settings, mask_head_shape
+from model import (
+    MODELS,
+    backbone_body,
+    get_model,
+    get_model_instance_segmentation,
+    head_settings,
+    mask_head_shape,
+)
 from utils import UserError
 
 SMALL = {"min_size": 64, "max_size": 96}
@@ -122,14 +129,18 @@ def test_checkpoint_of_train_py_as_weights(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "classifier"),
-    [("maskrcnn_resnet50_fpn", resnet50), ("fasterrcnn_mobilenet_v3_large_fpn", mobilenet_v3_large)],
+    [
+        ("maskrcnn_resnet50_fpn", resnet50),
+        ("fasterrcnn_mobilenet_v3_large_fpn", mobilenet_v3_large),
+        ("maskrcnn_mobilenet_v2", mobilenet_v2),
+    ],
 )
 def test_backbone_weights_file(name, classifier, tmp_path):
     torch.manual_seed(1)
     state = classifier().state_dict()
     torch.save(state, tmp_path / "imagenet.pth")
     model = get_model(name, num_classes=2, weights="none", weights_backbone=str(tmp_path / "imagenet.pth"))
-    body = model.backbone.body.state_dict()
+    body = backbone_body(model).state_dict()
     checked = 0
     for key, value in state.items():
         key = key.removeprefix("features.")
@@ -137,7 +148,7 @@ def test_backbone_weights_file(name, classifier, tmp_path):
             assert torch.equal(body[key], value), key
             checked += 1
     assert checked > 100
-    assert any(isinstance(m, FrozenBatchNorm2d) for m in model.backbone.body.modules())
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in backbone_body(model).modules())
 
 
 def test_flag_mistakes_are_user_errors(tmp_path):
@@ -205,3 +216,29 @@ def test_resnet18_has_no_coco_weights_but_takes_imagenet_ones(tmp_path):
     model = get_model("maskrcnn_resnet18_fpn", 2, weights="none", weights_backbone=str(tmp_path / "imagenet.pth"))
     assert any(isinstance(m, FrozenBatchNorm2d) for m in model.backbone.body.modules())
     assert not any(p.requires_grad for p in model.backbone.body.layer1.parameters())  # 3 stages train
+
+
+@pytest.mark.parametrize("name", ["fasterrcnn_mobilenet_v2", "maskrcnn_mobilenet_v2"])
+def test_the_tutorials_own_backbone_is_built_the_tutorials_way(name, fake_hub):
+    model = get_model(name, num_classes=3, weights="none", **SMALL)
+    assert isinstance(model.backbone, torch.nn.Sequential) and model.backbone.out_channels == 1280  # .features
+    assert len(model.backbone) == len(mobilenet_v2().features)
+    anchors = model.rpn.anchor_generator
+    assert anchors.sizes == ((32, 64, 128, 256, 512),) and anchors.aspect_ratios == ((0.5, 1.0, 2.0),)
+    assert model.rpn.head.cls_logits.out_channels == 15  # 5 sizes x 3 ratios at each position of one map
+    assert model.roi_heads.box_roi_pool.featmap_names == ["0"] and model.roi_heads.box_roi_pool.output_size == (7, 7)
+    if name.startswith("maskrcnn"):
+        assert model.roi_heads.mask_roi_pool.output_size == (14, 14)
+    else:
+        assert getattr(model.roi_heads, "mask_predictor", None) is None
+    with pytest.raises(UserError, match="--weights DEFAULT: torchvision has no COCO weights for this model"):
+        get_model(name, 3)
+    torch.manual_seed(2)
+    fake_hub["state"] = mobilenet_v2().state_dict()  # ImageNet-shaped, as torchvision serves it
+    pretrained = get_model(name, num_classes=3, weights="none", weights_backbone="DEFAULT", **SMALL)
+    assert "mobilenet_v2" in fake_hub["url"]
+    served = fake_hub["state"]["features.18.0.weight"]
+    assert torch.equal(pretrained.backbone[18][0].weight, served)
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in pretrained.backbone.modules())
+    assert not any(p.requires_grad for p in pretrained.backbone[1].parameters())  # the first stages stay
+    assert all(p.requires_grad for p in pretrained.backbone[18].parameters())  # the last 3 train

@@ -109,3 +109,18 @@ def test_user_errors_exit_2(make_args, expected, checkpoint, photos, tmp_path):
     result = run_predict("--checkpoint", checkpoint, "--output-dir", tmp_path / "out", *make_args(checkpoint, photos))
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr, result.stderr
+
+
+def test_the_tutorials_backbone_predicts_and_draws(photos, tmp_path):
+    torch.manual_seed(0)
+    model = get_model("maskrcnn_mobilenet_v2", num_classes=2, weights="none", min_size=64, max_size=128)
+    config = {**model_config(model, "maskrcnn_mobilenet_v2"), "class_names": ["background", "leaf"]}
+    torch.save({"model": model.state_dict(), "model_config": config}, tmp_path / "best.pth")
+    out = tmp_path / "predictions"
+    result = run_predict("--checkpoint", tmp_path / "best.pth", photos / "a.png", "--output-dir", out,
+                         "--score-threshold", 0)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    detections = json.loads((out / "predictions.json").read_text())
+    assert detections and all(d["category_name"] == "leaf" and "segmentation" in d for d in detections)
+    drawn, source = np.asarray(Image.open(out / "a.png")), np.asarray(Image.open(photos / "a.png"))
+    assert drawn.shape == source.shape and (drawn != source).any()

@@ -88,6 +88,7 @@ RECIPES = {
     # (a cosine schedule ends at --epochs, so a run stopped at 2 of 4 cannot be run as "--epochs 2": see test_recipe)
     "adamw-multistep-lsj-copypaste": ["--opt", "adamw", "--lr-scheduler", "multisteplr", "--lr-steps", 1, 3,
                                       "--norm-weight-decay", 0, "--augmentation", "lsj", "--use-copypaste"],
+    "the-tutorials-backbone": ["--model", "maskrcnn_mobilenet_v2", "--lr-step-size", 2],  # model.py's worked example
 }  # fmt: skip
 
 
@@ -103,7 +104,8 @@ def test_resume_gives_the_same_weights_as_a_straight_run(recipe, pennfudan, tmp_
         result = run_cli(*args)
         assert result.returncode == 0, result.stderr
     assert "--epochs 4 replaces the run's 2" in result.stdout and result.stdout.count("replaces the run's") == 1
-    assert "Training maskrcnn_mobilenet_v3_large_fpn on 7 images, testing on 3" in result.stdout
+    model = "maskrcnn_mobilenet_v2" if recipe == "the-tutorials-backbone" else "maskrcnn_mobilenet_v3_large_fpn"
+    assert f"Training {model} on 7 images, testing on 3" in result.stdout
     straight = torch.load(tmp_path / "straight/checkpoint.pth", weights_only=True)
     resumed = torch.load(tmp_path / "resumed/checkpoint.pth", weights_only=True)
     assert straight["epoch"] == resumed["epoch"] == 3
@@ -117,6 +119,14 @@ def test_resume_gives_the_same_weights_as_a_straight_run(recipe, pennfudan, tmp_
     assert straight["optimizer"]["state"].keys() == resumed["optimizer"]["state"].keys()
     assert straight["split"] == resumed["split"] and straight["model_config"] == resumed["model_config"]
     assert resumed["changes"] == [{"epoch": 2, "flag": "--epochs", "from": 2, "to": 4}]
+
+
+def test_the_tutorials_box_model_trains_and_scores_boxes_only(pennfudan, tmp_path):
+    out = tmp_path / "output"
+    run_main("--data-path", pennfudan, *FAST, "--model", "fasterrcnn_mobilenet_v2", "--epochs", 1, "--output-dir", out)
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(record["bbox"]) == 12 and "segm" not in record and "loss_mask" not in record
+    assert torch.load(out / "best.pth", weights_only=True)["model_config"]["name"] == "fasterrcnn_mobilenet_v2"
 
 
 def test_multiscale_trains_at_several_sizes_and_evaluates_at_the_largest(pennfudan, tmp_path):
