@@ -34,8 +34,9 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from distributed import distributed_env, get_rank, get_world_size
-from model import MODELS, freeze_batchnorm, freeze_like_pretrained, head_settings, mask_head_shape, set_mask_head
+from model import MODELS, head_settings, mask_head_shape, set_mask_head
 from utils import UserError, load_checkpoint, save_checkpoint
+from weights import freeze_batchnorm, freeze_like_pretrained
 
 # Settings a resume may change: the length of the run, the learning rate after a divergence, the machine.
 OVERRIDABLE = (

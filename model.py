@@ -29,7 +29,15 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from utils import UserError, load_checkpoint
+from utils import UserError
+from weights import (
+    ZERO_EPS_COCO_MODELS,
+    freeze_like_pretrained,
+    load_backbone,
+    load_matching,
+    read_state_dict,
+    resolve_weights,
+)
 
 
 def maskrcnn_mobilenet_v3_large_fpn(
@@ -137,11 +145,6 @@ def maskrcnn_mobilenet_v2(**kwargs: Any) -> detection.MaskRCNN:
     return fasterrcnn_mobilenet_v2(masks=True, **kwargs)
 
 
-def backbone_body(model: nn.Module) -> nn.Module:
-    """The backbone's feature extractor: `.body` of torchvision's FPN backbones, the backbone itself otherwise."""
-    return getattr(model.backbone, "body", model.backbone)
-
-
 # name -> (builder, weights enum of the whole model or None, weights enum of the backbone)
 MODELS: dict[str, tuple[Callable[..., nn.Module], type[WeightsEnum] | None, type[WeightsEnum]]] = {
     "maskrcnn_resnet50_fpn": (
@@ -178,86 +181,6 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], type[WeightsEnum] | None, type
     "fasterrcnn_mobilenet_v2": (fasterrcnn_mobilenet_v2, None, MobileNet_V2_Weights),
     "maskrcnn_mobilenet_v2": (maskrcnn_mobilenet_v2, None, MobileNet_V2_Weights),
 }
-
-# torchvision's original COCO weights for these were trained with FrozenBatchNorm eps = 0.
-_ZERO_EPS_COCO_MODELS = ("maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn")
-
-
-def _resolve_weights(spec: str | None, enum: type[WeightsEnum] | None, flag: str) -> WeightsEnum | Path | None:
-    """`none`/None, a local file (a path that exists or ends in .pth/.pt), or a name in `enum` such as DEFAULT."""
-    if spec is None or spec.lower() == "none":
-        return None
-    if Path(spec).exists() or spec.endswith((".pth", ".pt")):
-        return Path(spec)
-    if enum is None:
-        raise UserError(
-            f"{flag} {spec}: torchvision has no COCO weights for this model; use --weights none "
-            "(with --weights-backbone DEFAULT for its ImageNet backbone) or --weights PATH"
-        )
-    try:
-        return enum.verify(spec)
-    except (KeyError, ValueError, TypeError):
-        names = ", ".join(["DEFAULT", *(w.name for w in enum), "none", "a path to a .pth file"])
-        raise UserError(f"{flag} {spec}: not a file and not one of {names}") from None
-
-
-def _read_state_dict(path: Path, flag: str) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """A model state dict from a file, and the model_config stored with it (None for a plain state dict)."""
-    data = load_checkpoint(path)
-    if isinstance(data, dict) and isinstance(data.get("model"), dict):  # a checkpoint written by train.py
-        return data["model"], data.get("model_config", {})
-    if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):
-        return data, None
-    raise UserError(f"{flag} {path}: holds neither a state dict nor a checkpoint of train.py")
-
-
-def freeze_like_pretrained(model: nn.Module, name: str, trainable_layers: int, eps: float | None = None) -> None:
-    """Make the backbone what torchvision's builders make when they load weights.
-
-    Its BatchNorm layers become FrozenBatchNorm2d (batches of 2 give useless statistics;
-    the v2 models keep BatchNorm, as torchvision builds them) and its first stages stop
-    learning, leaving `trainable_layers` stages trainable.
-    """
-    if not name.endswith("_fpn_v2"):  # torchvision builds its v2 models with BatchNorm that trains
-        freeze_batchnorm(model, eps)
-    body = backbone_body(model)
-    if "resnet" in name:
-        trainable = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
-        if trainable_layers == 5:
-            trainable.append("bn1")
-        for param_name, param in body.named_parameters():
-            param.requires_grad_(any(param_name.startswith(layer) for layer in trainable))
-    else:  # MobileNet V2 and V3: stages begin at the first block and at each strided block
-        blocks = list(body.children())
-        stages = [0] + [i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False)] + [len(blocks) - 1]
-        freeze_before = len(blocks) if trainable_layers == 0 else stages[len(stages) - trainable_layers]
-        for block in blocks[:freeze_before]:
-            block.requires_grad_(False)
-
-
-def freeze_batchnorm(model: nn.Module, eps: float | None = None) -> None:
-    """Replace the BatchNorm layers of the backbone's body with FrozenBatchNorm2d (of `eps`, if given)."""
-    for parent in list(backbone_body(model).modules()):
-        for child_name, child in parent.named_children():
-            if isinstance(child, nn.BatchNorm2d):
-                setattr(parent, child_name, FrozenBatchNorm2d(child.num_features, eps=child.eps))
-    if eps is not None:
-        for module in model.modules():
-            if isinstance(module, FrozenBatchNorm2d):
-                module.eps = eps
-
-
-def _load_backbone(model: nn.Module, path: Path) -> None:
-    """Load an ImageNet classification state dict (as torchvision publishes it) into the backbone."""
-    state, _ = _read_state_dict(path, "--weights-backbone")
-    body = backbone_body(model)
-    wanted = body.state_dict().keys()
-    state = {k.removeprefix("features."): v for k, v in state.items()}  # MobileNet keeps blocks in .features
-    state = {k: v for k, v in state.items() if k in wanted}
-    missing = [k for k in wanted if k not in state and not k.endswith("num_batches_tracked")]
-    if missing:
-        raise UserError(f"--weights-backbone {path}: does not fit this backbone ({missing[0]} and others missing)")
-    body.load_state_dict(state, strict=False)
 
 
 def _replace_predictors(model: nn.Module, num_classes: int) -> None:
@@ -338,8 +261,8 @@ def get_model(
     if name not in MODELS:
         raise UserError(f"--model {name}: unknown; choose one of {', '.join(MODELS)}")
     builder, weights_enum, backbone_enum = MODELS[name]
-    weights_spec = _resolve_weights(weights, weights_enum, "--weights")
-    backbone_spec = _resolve_weights(weights_backbone, backbone_enum, "--weights-backbone")
+    weights_spec = resolve_weights(weights, weights_enum, "--weights")
+    backbone_spec = resolve_weights(weights_backbone, backbone_enum, "--weights-backbone")
     if weights_spec is not None and backbone_spec is not None:
         raise UserError("--weights-backbone needs --weights none: whole-model weights already include a backbone")
     pretrained = weights_spec is not None or backbone_spec is not None
@@ -359,9 +282,9 @@ def get_model(
                 **kwargs,
             )
         elif isinstance(weights_spec, Path):
-            state, config = _read_state_dict(weights_spec, "--weights")
+            state, config = read_state_dict(weights_spec, "--weights")
             if config is None:  # a plain state dict: torchvision's COCO weights, saved by hand
-                eps = 0.0 if name in _ZERO_EPS_COCO_MODELS else None
+                eps = 0.0 if name in ZERO_EPS_COCO_MODELS else None
             else:
                 eps = config.get("frozen_bn_eps")
             if "roi_heads.box_predictor.cls_score.weight" not in state:
@@ -369,12 +292,12 @@ def get_model(
             source_classes = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
             model = builder(weights=None, weights_backbone=None, num_classes=source_classes, **kwargs)
             freeze_like_pretrained(model, name, layers, eps)
-            _load_matching(model, state, weights_spec, name)
+            load_matching(model, state, weights_spec, name)
         else:
             model = builder(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
             if isinstance(backbone_spec, Path):
                 freeze_like_pretrained(model, name, layers)
-                _load_backbone(model, backbone_spec)
+                load_backbone(model, backbone_spec)
     except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
         raise UserError(
             f"could not download the weights for {name} ({getattr(error, 'reason', error)}); offline, "
@@ -385,19 +308,6 @@ def get_model(
     if mask_head is not None and mask_head_shape(model) is not None:
         set_mask_head(model, *mask_head)
     return model
-
-
-def _load_matching(model: nn.Module, state: dict[str, torch.Tensor], path: Path, name: str) -> None:
-    """load_state_dict with a one-line error for a file made for another architecture."""
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as error:
-        raise UserError(f"--weights {path}: does not fit --model {name} (shapes differ); pick its --model") from error
-    if name == "maskrcnn_mobilenet_v3_large_fpn":  # Faster R-CNN weights: the mask head starts fresh
-        missing = [k for k in missing if not k.startswith("roi_heads.mask_")]
-    if missing or unexpected:
-        first = (missing or unexpected)[0]
-        raise UserError(f"--weights {path}: does not fit --model {name} ({first} does not match); pick its --model")
 
 
 def get_model_instance_segmentation(num_classes: int) -> nn.Module:
