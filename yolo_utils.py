@@ -40,8 +40,9 @@ def is_yolo_source(path: Path) -> bool:
     return path.suffix.lower() in YAML_SUFFIXES or ((path / "images").is_dir() and (path / "labels").is_dir())
 
 
-def read_data_yaml(path: Path) -> dict[str, Any]:
-    """{"names": [...], "train": [image paths], "val": [image paths] or None} from an Ultralytics data.yaml."""
+def read_data_yaml(path: Path, parts: tuple[str, ...] = ("train", "val")) -> dict[str, Any]:
+    """{"names": [...], "base": folder, "has_val": bool, "train": [image paths], "val": [image paths] or None} from
+    an Ultralytics data.yaml; only the `parts` asked for are listed (listing walks their folders)."""
     import yaml  # PyYAML: only YOLO users pay for the import
 
     if not path.is_file():
@@ -64,18 +65,22 @@ def read_data_yaml(path: Path) -> dict[str, Any]:
     if isinstance(data.get("nc"), int) and data["nc"] != len(names):
         raise UserError(f"{path}: nc: {data['nc']} but names: lists {len(names)} classes; make them agree")
     base = path.parent / str(data.get("path") or ".")
-    parts = {"names": [str(name) for name in names]}
-    for part in ("train", "val"):
+    found: dict[str, Any] = {
+        "names": [str(name) for name in names],
+        "base": base.resolve(),
+        "has_val": bool(data.get("val")),
+    }
+    for part in parts:
         entries = data.get(part)
         entries = entries if isinstance(entries, list) else [] if entries is None else [entries]
-        parts[part] = [image for entry in entries for image in _images_of(_resolve(base, str(entry), path, part))]
-        if entries and not parts[part]:
+        found[part] = [image for entry in entries for image in _images_of(_resolve(base, str(entry), path, part))]
+        if entries and not found[part]:
             raise UserError(f"{path}: {part}: {', '.join(map(str, entries))} holds no images ({IMAGE_EXTENSIONS})")
-    if not parts["train"]:
+    if "train" in parts and not found["train"]:
         raise UserError(f"{path}: train: is empty; name the training images' folder")
-    parts["val"] = parts["val"] or None
-    parts["base"] = base.resolve()
-    return parts
+    if "val" in parts:
+        found["val"] = found["val"] or None
+    return found
 
 
 def _resolve(base: Path, entry: str, yaml_path: Path, part: str) -> Path:
@@ -213,7 +218,7 @@ def yolo_dataset(
     """Part "train" or "val" of the YOLO dataset at `data_path` (a data.yaml, or a folder of images/ and labels/)."""
     data_path = Path(data_path)
     if data_path.suffix.lower() in YAML_SUFFIXES:
-        parts = read_data_yaml(data_path)
+        parts = read_data_yaml(data_path, (part,))  # the other part's folders are not walked
         if part == "val" and parts["val"] is None:
             raise UserError(f"{data_path}: no val: images; the test split comes from train: (--test-size)")
         return YoloDataset(parts[part], parts["names"], parts["base"], transforms, strict)
@@ -230,7 +235,7 @@ def yolo_dataset(
 def has_val(data_path: str | Path) -> bool:
     """Whether the YOLO dataset at `data_path` names a fixed validation set (a data.yaml's val:)."""
     data_path = Path(data_path)
-    return data_path.suffix.lower() in YAML_SUFFIXES and read_data_yaml(data_path)["val"] is not None
+    return data_path.suffix.lower() in YAML_SUFFIXES and read_data_yaml(data_path, parts=())["has_val"]
 
 
 def _names_of_folder(folder: Path) -> list[str]:
