@@ -34,7 +34,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from distributed import distributed_env, get_rank, get_world_size
-from model import MODELS, head_settings, mask_head_shape, set_mask_head
+from model import MODELS, head_settings, mask_head_shape, num_keypoints_of, set_mask_head
 from utils import UserError, load_checkpoint, save_checkpoint
 from weights import freeze_batchnorm, freeze_like_pretrained
 
@@ -221,6 +221,7 @@ def model_config(model: nn.Module, name: str) -> dict[str, Any]:
         "min_size": list(model.transform.min_size),
         "max_size": model.transform.max_size,
         "masks": getattr(model.roi_heads, "mask_predictor", None) is not None,
+        "num_keypoints": num_keypoints_of(model),
         "heads": head_settings(model),
         "mask_head": mask_head_shape(model),
     }
@@ -238,6 +239,8 @@ def model_from_config(config: dict[str, Any], **kwargs: Any) -> nn.Module:
         raise UserError(f"the checkpoint's model {name} is not one of {', '.join(MODELS)}")
     sizes = {"min_size": tuple(config["min_size"]), "max_size": config["max_size"], **kwargs}
     heads = config.get("heads", {})  # absent from checkpoints older than the head settings: the defaults
+    if config.get("num_keypoints"):
+        heads = {**heads, "num_keypoints": config["num_keypoints"]}
     model = MODELS[name][0](weights=None, weights_backbone=None, num_classes=config["num_classes"], **heads, **sizes)
     if config.get("mask_head"):
         set_mask_head(model, *config["mask_head"])

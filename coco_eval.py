@@ -1,4 +1,5 @@
-"""Model outputs and targets as COCO records, scored with pycocotools: box and mask AP, overall and per class.
+"""Model outputs and targets as COCO records, scored with pycocotools: box, mask and keypoint AP, overall and
+per class.
 
 engine.evaluate gathers the records; predict.py and train.py --test-only write the results
 files (in_dataset_ids maps them to the dataset's own ids).
@@ -39,45 +40,50 @@ def _xywh(boxes: torch.Tensor) -> list[list[float]]:
 def coco_ground_truth(image_id: int, height: int, width: int, target: dict[str, Any]) -> tuple[dict, list[dict]]:
     """A COCO image record and its annotations, from one target of the contract."""
     image = {"id": image_id, "height": height, "width": width}
-    annotations = []
-    segmentations = _encode(target["masks"].cpu()) if "masks" in target else [None] * len(target["labels"])
-    for box, label, area, crowd, segmentation in zip(
-        _xywh(target["boxes"].cpu()),
-        target["labels"].tolist(),
-        target["area"].tolist(),
-        target["iscrowd"].tolist(),
-        segmentations,
-        strict=True,
-    ):
-        annotation = {"image_id": image_id, "bbox": box, "category_id": label, "area": area, "iscrowd": crowd}
-        if segmentation is not None:
-            annotation["segmentation"] = segmentation
-        annotations.append(annotation)
+    columns = (_xywh(target["boxes"].cpu()), target["labels"].tolist(), target["area"].tolist(),
+               target["iscrowd"].tolist())  # fmt: skip
+    annotations = [
+        {"image_id": image_id, "bbox": box, "category_id": label, "area": area, "iscrowd": crowd}
+        for box, label, area, crowd in zip(*columns, strict=True)
+    ]
+    if "masks" in target:
+        for annotation, rle in zip(annotations, _encode(target["masks"].cpu()), strict=True):
+            annotation["segmentation"] = rle
+    if "keypoints" in target:
+        for annotation, points in zip(annotations, target["keypoints"].cpu(), strict=True):
+            annotation["keypoints"] = points.flatten().tolist()
+            annotation["num_keypoints"] = int((points[:, 2] > 0).sum())  # COCO ignores objects with none
     return image, annotations
 
 
-def coco_detections(image_id: int, output: dict[str, torch.Tensor]) -> tuple[list[dict], list[dict]]:
-    """One image's model output as COCO results: (box results, mask results; empty for box models)."""
+def coco_detections(image_id: int, output: dict[str, torch.Tensor]) -> dict[str, list[dict]]:
+    """One image's model output as COCO results by IoU type: "bbox", and "segm" (masks) or "keypoints"
+    where the model predicts them; labels as category ids."""
     scores, labels = output["scores"].tolist(), output["labels"].tolist()
-    boxes = [
-        {"image_id": image_id, "category_id": label, "bbox": box, "score": score}
-        for box, label, score in zip(_xywh(output["boxes"].cpu()), labels, scores, strict=True)
-    ]
-    segms = []
+    found = {"bbox": [{"bbox": box} for box in _xywh(output["boxes"].cpu())]}
     if "masks" in output:
-        rles = _encode((output["masks"][:, 0] > 0.5).cpu())
-        segms = [
-            {"image_id": image_id, "category_id": label, "segmentation": rle, "score": score}
-            for rle, label, score in zip(rles, labels, scores, strict=True)
+        found["segm"] = [{"segmentation": rle} for rle in _encode((output["masks"][:, 0] > 0.5).cpu())]
+    if "keypoints" in output:  # x, y, and 1 for every point, as torchvision's model gives them
+        found["keypoints"] = [{"keypoints": points.flatten().tolist()} for points in output["keypoints"].cpu()]
+    return {
+        iou_type: [
+            {"image_id": image_id, "category_id": label, **result, "score": score}
+            for result, label, score in zip(results, labels, scores, strict=True)
         ]
-    return boxes, segms
+        for iou_type, results in found.items()
+    }
 
 
 def coco_stats(
-    images: list[dict], annotations: list[dict], results: list[dict], iou_type: str
+    images: list[dict],
+    annotations: list[dict],
+    results: list[dict],
+    iou_type: str,
+    keypoint_sigmas: list[float] | None = None,
 ) -> tuple[list[float], dict[int, float | None]]:
-    """COCOeval's 12 summary numbers for `results` against the ground truth, printing the summary,
-    and the AP@[.5:.95] of each category id (None for a category without ground truth)."""
+    """COCOeval's summary numbers for `results` against the ground truth (12 for bbox and segm, 10 for keypoints,
+    scored with `keypoint_sigmas`), printing the summary, and the AP@[.5:.95] of each category id (None for a
+    category without ground truth)."""
     categories = sorted({a["category_id"] for a in annotations} | {r["category_id"] for r in results})
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' "creating index..." chatter
         gt = COCO()
@@ -92,6 +98,8 @@ def coco_stats(
             dt.dataset = {"images": images, "annotations": [], "categories": gt.dataset["categories"]}
             dt.createIndex()
     evaluator = COCOeval(gt, dt, iou_type)
+    if keypoint_sigmas is not None:
+        evaluator.params.kpt_oks_sigmas = np.array(keypoint_sigmas)
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator.evaluate()
         evaluator.accumulate()
@@ -99,24 +107,39 @@ def coco_stats(
     evaluator.summarize()
     per_category = {}
     for k, category in enumerate(evaluator.params.catIds):
-        precision = evaluator.eval["precision"][:, :, k, 0, -1]  # IoUs x recalls, all areas, 100 detections
+        precision = evaluator.eval["precision"][:, :, k, 0, -1]  # IoUs x recalls, all areas, most detections
         per_category[category] = float(precision[precision > -1].mean()) if (precision > -1).any() else None
     return [float(s) for s in evaluator.stats], per_category
 
 
-def score_detections(per_image: list[tuple], class_names: list[str] | None) -> dict[str, Any]:
-    """evaluate()'s stats from its per-image records."""
+IOU_TYPES = ("bbox", "segm", "keypoints")  # what COCO scores: boxes, masks, keypoints (OKS)
+KIND = {"bbox": "box", "segm": "mask", "keypoints": "keypoint"}  # how the summary lines name them
+
+
+def all_results(per_image: list[tuple[dict, list[dict], dict[str, list[dict]]]]) -> dict[str, list[dict]]:
+    """The detections of every image, by IoU type: {"bbox": [...], "segm" or "keypoints": [...]}."""
+    found = [t for t in IOU_TYPES if any(t in detections for *_, detections in per_image)]
+    return {t: [r for *_, detections in per_image for r in detections.get(t, [])] for t in found}
+
+
+def score_detections(
+    per_image: list[tuple[dict, list[dict], dict[str, list[dict]]]],
+    class_names: list[str] | None,
+    keypoint_sigmas: list[float] | None = None,
+) -> dict[str, Any]:
+    """evaluate()'s stats from its per-image (image record, ground truth, coco_detections) triples: the IoU
+    types the model predicts and the ground truth holds (masks; keypoints, scored with `keypoint_sigmas`)."""
     images = [record for record, *_ in per_image]
-    annotations = [a for _, gt, *_ in per_image for a in gt]
-    box_results = [r for _, _, boxes, _, _ in per_image for r in boxes]
-    mask_results = [r for *_, segms, _ in per_image for r in segms]
-    has_masks = any(masks for *_, masks in per_image)
-    iou_types = {"bbox": box_results}
-    if has_masks and all("segmentation" in a for a in annotations):
-        iou_types["segm"] = mask_results
+    annotations = [a for _, gt, _ in per_image for a in gt]
+    iou_types = all_results(per_image)
+    if "segm" in iou_types and not all("segmentation" in a for a in annotations):
+        del iou_types["segm"]
+    if "keypoints" in iou_types and not all("keypoints" in a for a in annotations):
+        del iou_types["keypoints"]
     stats, per_class = {}, {}
     for iou_type, results in iou_types.items():
-        stats[iou_type], per_category = coco_stats(images, annotations, results, iou_type)
+        sigmas = keypoint_sigmas if iou_type == "keypoints" else None
+        stats[iou_type], per_category = coco_stats(images, annotations, results, iou_type, sigmas)
         if class_names and len(class_names) > 2:
             per_class[iou_type] = {name: per_category.get(label) for label, name in enumerate(class_names) if label}
     if per_class:
@@ -159,9 +182,14 @@ def best_epoch(history: list[dict[str, Any]]) -> dict[str, Any] | None:
     return max(history, key=selection_score, default=None)
 
 
+def selected_iou_type(stats: dict[str, Any]) -> str:
+    """What ranks epochs: keypoints for a keypoint model, masks for a mask model, else boxes."""
+    return next(t for t in ("keypoints", "segm", "bbox") if t in stats)
+
+
 def selection_score(stats: dict[str, Any]) -> float:
-    """The number that ranks epochs (best.pth): mask AP, or box AP for a model without masks."""
-    return stats["segm"][0] if "segm" in stats else stats["bbox"][0]
+    """The number that ranks epochs (best.pth): keypoint AP, mask AP, or box AP, as selected_iou_type says."""
+    return stats[selected_iou_type(stats)][0]
 
 
 def write_results(

@@ -57,7 +57,9 @@ class CocoDataset(InstanceDataset):
     names after "background" and `category_ids` the json's ids; `image_ids` holds each
     image's json id (a target's image_id is its index here). With `include_crowd=False` (for training), iscrowd regions
     are left out of the targets; evaluation keeps them, flagged, and COCO ignores them.
-    See the module docstring for the target contract.
+    Where categories name `keypoints` (COCO's person keypoints json), targets carry them
+    (unless `keypoints=False`), with the categories' `skeleton`; annotations without any have none
+    labelled. See dataset.py's docstring for the target contract.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class CocoDataset(InstanceDataset):
         transforms: Callable | None = None,
         include_crowd: bool = True,
         strict: bool = True,
+        keypoints: bool = True,
     ) -> None:
         self.image_dir, self.ann_file = Path(image_dir), Path(ann_file)
         self.problems: list[str] = []  # with strict=False: what would have raised, for `dataset.py check`
@@ -79,6 +82,8 @@ class CocoDataset(InstanceDataset):
         self.label_of = {c["id"]: label for label, c in enumerate(categories, start=1)}
         self.classes = ["background", *(str(c.get("name", c["id"])) for c in categories)]
         self.category_ids = [c["id"] for c in categories]  # label k is category_ids[k - 1]
+        if keypoints:
+            self.keypoint_names, self.skeleton = self._keypoint_definition(categories)
         self.image_ids = sorted(self.coco.imgs)
         self.image_paths = [self.image_dir / self.coco.imgs[i]["file_name"] for i in self.image_ids]
         # An annotation that cannot become a target makes its image a bad sample: load() raises its problem.
@@ -98,6 +103,29 @@ class CocoDataset(InstanceDataset):
         self.transforms = transforms
         self.include_crowd = include_crowd
 
+    def _keypoint_definition(self, categories: list[dict[str, Any]]) -> tuple[list[str], list[tuple[int, int]]]:
+        """The keypoint names and skeleton (0-based pairs) that the categories define: one set for all."""
+        defining = [c for c in categories if c.get("keypoints")]
+        if not defining:
+            return [], []
+        names = [str(name) for name in defining[0]["keypoints"]]
+        for category in defining[1:]:
+            if [str(name) for name in category["keypoints"]] != names:
+                raise UserError(
+                    f"{self.ann_file}: categories {defining[0]['id']} and {category['id']} name different keypoints; "
+                    "Keypoint R-CNN predicts one set of points for every class: give them the same list"
+                )
+        skeleton = []
+        for pair in defining[0].get("skeleton") or []:
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(k, int) and 1 <= k <= len(names)
+                                                                       for k in pair)):  # fmt: skip
+                raise UserError(
+                    f"{self.ann_file}: skeleton pair {pair} of category {defining[0]['id']}; COCO's skeleton pairs "
+                    f"are two keypoint numbers counted from 1 to {len(names)}"
+                )
+            skeleton.append((pair[0] - 1, pair[1] - 1))
+        return names, skeleton
+
     def trains_on(self, idx: int) -> bool:
         """Only images with an annotation that is not a crowd region: COCO files list unlabelled images too."""
         return any(not a.get("iscrowd", 0) for a in self.coco.imgToAnns[self.image_ids[idx]])
@@ -106,15 +134,35 @@ class CocoDataset(InstanceDataset):
         return self.ann_file
 
     def annotation_warnings(self) -> list[str]:
-        """Boxes outside their image (they are clipped), one line each."""
+        """Boxes outside their image (they are clipped), labelled keypoints outside it (they are dropped),
+        and num_keypoints that disagree with the labelled points: one line each."""
         warnings = []
         for annotation in self.coco.anns.values():
-            info = self.coco.imgs[annotation["image_id"]]
+            info = self.coco.imgs.get(annotation["image_id"])
+            if info is None:
+                continue
+            where = f"{self.ann_file}: annotation {annotation['id']} of {info['file_name']}"
             x, y, w, h = annotation["bbox"]
             if x < 0 or y < 0 or x + w > info["width"] + 1 or y + h > info["height"] + 1 or w <= 0 or h <= 0:
                 warnings.append(
-                    f"{self.ann_file}: annotation {annotation['id']} of {info['file_name']} has bbox "
-                    f"{[x, y, w, h]} outside its {info['width']}x{info['height']} image; it is clipped"
+                    f"{where} has bbox {[x, y, w, h]} outside its {info['width']}x{info['height']} image; it is clipped"
+                )
+            if not self.keypoint_names or not annotation.get("keypoints") or self._annotation_problem(annotation):
+                continue
+            points = np.asarray(annotation["keypoints"], np.float32).reshape(-1, 3)
+            labelled = points[:, 2] > 0
+            outside = labelled & ((points[:, 0] < 0) | (points[:, 0] >= info["width"]) | (points[:, 1] < 0)
+                                  | (points[:, 1] >= info["height"]))  # fmt: skip
+            if outside.any():
+                names = [self.keypoint_names[k] for k in np.flatnonzero(outside)]
+                warnings.append(
+                    f"{where} has keypoints {names} outside its {info['width']}x{info['height']} image; "
+                    "they are left unlabelled"
+                )
+            if "num_keypoints" in annotation and annotation["num_keypoints"] != int(labelled.sum()):
+                warnings.append(
+                    f"{where} has num_keypoints {annotation['num_keypoints']} but {int(labelled.sum())} labelled "
+                    "points (visibility 1 or 2); COCO's keypoint AP ignores objects with num_keypoints 0"
                 )
         return warnings
 
@@ -147,6 +195,15 @@ class CocoDataset(InstanceDataset):
                 )
         else:
             return f'{where} has no "segmentation" (polygons or RLE): Mask R-CNN learns from masks'
+        points = annotation.get("keypoints")
+        if self.keypoint_names and points:
+            size = 3 * len(self.keypoint_names)
+            numbers = isinstance(points, list) and all(isinstance(v, int | float) for v in points)
+            if not numbers or len(points) != size:
+                return (
+                    f"{where} has keypoints {str(points)[:40]}; give {size} numbers, x, y, visibility for each of "
+                    f"{len(self.keypoint_names)} keypoints"
+                )
         return None
 
     def load(self, idx: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
@@ -181,7 +238,19 @@ class CocoDataset(InstanceDataset):
             ),
             "iscrowd": torch.tensor([int(a.get("iscrowd", 0)) for a in annotations], dtype=torch.int64),
         }
+        if self.keypoint_names:
+            target["keypoints"] = self._keypoints(annotations, height, width)
         return image, target
+
+    def _keypoints(self, annotations: list[dict[str, Any]], height: int, width: int) -> torch.Tensor:
+        """N x K x 3 float32 keypoints; unlabelled points, and labelled ones outside the image, are (0, 0, 0)."""
+        points = np.zeros((len(annotations), len(self.keypoint_names), 3), np.float32)
+        for k, annotation in enumerate(annotations):
+            if annotation.get("keypoints"):
+                points[k] = np.asarray(annotation["keypoints"], np.float32).reshape(-1, 3)
+        x, y, visibility = points[..., 0], points[..., 1], points[..., 2]
+        labelled = (visibility > 0) & (x >= 0) & (x < width) & (y >= 0) & (y < height)
+        return torch.from_numpy(points * labelled[..., None])
 
     def get_height_and_width(self, idx: int) -> tuple[int, int]:
         """(height, width) of image `idx` from the annotation file."""

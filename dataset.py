@@ -11,6 +11,9 @@ The target contract (every dataset here returns it; the README points to it):
         image_id  int, unique within the dataset
         area      float32, N, pixels in each mask (COCO's area)
         iscrowd   int64, N, 0 for ordinary instances
+    and, for a dataset with keypoints (K named points per instance, `keypoint_names`),
+        keypoints float32, N x K x 3: x, y in pixels (COCO's: the pixel's column and row)
+                  and visibility (0 unlabelled, with x = y = 0; 1 labelled but hidden; 2 visible)
 
 N may be 0: an image without instances yields boxes 0 x 4, masks 0 x H x W, and so on.
 """
@@ -160,9 +163,12 @@ class InstanceDataset(torch.utils.data.Dataset):
     of each class 1..K, for COCO results files), `image_paths`, `image_dir` (the folder that
     split.json names images relative to), `image_ids` (the dataset's own id of each image;
     a target's image_id is the image's index), `problems` (with strict=False: what would
-    have stopped the run), `transforms`. Subclasses write `load` and `annotation_path`.
+    have stopped the run), `transforms`; `keypoint_names` (empty: no keypoints) and `skeleton`
+    (pairs of keypoint indices joined when drawn). Subclasses write `load` and `annotation_path`.
     """
 
+    keypoint_names: list[str] = []
+    skeleton: list[tuple[int, int]] = []
     classes: list[str]
     category_ids: list[int]
     image_paths: list[Path]

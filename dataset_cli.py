@@ -21,6 +21,7 @@ import torch
 import distributed
 from coco_utils import CocoDataset
 from dataset import InstanceDataset, MaskFolderDataset, PennFudanDataset
+from keypoints import flip_permutation
 from transforms import AUGMENTATIONS, get_transform
 from utils import UserError, one_line, writable_folder
 from visualize import draw, grid, save_png
@@ -40,13 +41,14 @@ def get_dataset(
     include_crowd: bool = True,
     strict: bool = True,
     part: str = "train",
+    keypoints: bool = True,
 ) -> InstanceDataset:
     """The dataset `name` at `data_path`; name None infers it: coco with `ann_file`, yolo for a data.yaml or a
     folder of images/ and labels/, Penn-Fudan's layout (or no folder yet), else "folder".
 
     "folder": images in `data_path`, instance masks in `mask_path` (default: the same
     folder), paired by `<key><image_suffix>.<ext>` and `<key><mask_suffix>.png`.
-    "coco": images in `data_path`, annotations in `ann_file`.
+    "coco": images in `data_path`, annotations in `ann_file` (with their keypoints, if `keypoints`).
     "yolo": an Ultralytics segmentation dataset (yolo_utils.py); `part` "train" or "val".
     """
     data_path = Path(data_path)
@@ -59,7 +61,7 @@ def get_dataset(
     if name == "coco":
         if not ann_file:
             raise UserError("--dataset coco needs --ann-file PATH: the COCO instances json")
-        return CocoDataset(data_path, ann_file, transforms, include_crowd, strict)
+        return CocoDataset(data_path, ann_file, transforms, include_crowd, strict, keypoints)
     if name is None and not data_path.exists():
         if data_path.name.lower() != "pennfudanped":  # only a Penn-Fudan path can be downloaded
             raise UserError(f"{data_path}: no such folder; check --data-path")
@@ -87,6 +89,8 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
     add(
         "--val-ann-file", help="with --dataset coco: a fixed validation json (images in --val-data-path or --data-path)"
     )
+    add("--keypoint-flip-map", help="keypoints that swap in a mirror image, a:b,c:d (default: from left/right names)")
+    add("--keypoint-sigmas", type=float, nargs="+", help="OKS sigma per keypoint, or one for all (default: COCO's)")
 
 
 def dataset_from_args(
@@ -101,6 +105,15 @@ def dataset_from_args(
         ann_file = args.val_ann_file or ann_file
     options = {"image_suffix": args.image_suffix, "mask_suffix": args.mask_suffix, "mask_path": mask_path}
     return get_dataset(args.dataset, data_path, transforms, ann_file=ann_file, **options, **kwargs)
+
+
+def training_transform(args: argparse.Namespace, dataset: InstanceDataset) -> Callable:
+    """--augmentation's training transform for `dataset`: with keypoints, a flip swaps them as
+    --keypoint-flip-map or their names say (keypoints.py), and a UserError says when neither can."""
+    keypoint_flip = None
+    if dataset.keypoint_names and args.augmentation != "none":
+        keypoint_flip = flip_permutation(dataset.keypoint_names, args.keypoint_flip_map)
+    return get_transform(True, args.augmentation, args.min_size, keypoint_flip)
 
 
 def _is_yolo(args: argparse.Namespace) -> bool:
@@ -188,6 +201,7 @@ def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:
     boxes outside their image).
     """
     errors, warnings = list(dataset.problems), []
+    labelled: Counter[str] = Counter()  # keypoints labelled (visibility 1 or 2), by name
     per_class: Counter[str] = Counter()
     sizes: Counter[str] = Counter()
     per_image = []
@@ -201,6 +215,8 @@ def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:
         per_image.append(len(target["labels"]))
         if not per_image[-1]:
             warnings.append(f"{dataset.annotation_path(idx)}: no instances in {path.name}; it teaches only background")
+        for points in target.get("keypoints", []):
+            labelled.update(name for name, v in zip(dataset.keypoint_names, points[:, 2].tolist(), strict=True) if v)
         pixels = target["masks"].flatten(1).sum(1).tolist()
         for k, (label, area) in enumerate(zip(target["labels"].tolist(), pixels, strict=True)):
             per_class[dataset.classes[label]] += 1
@@ -218,6 +234,9 @@ def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:
         "instances per image: " + (f"min {min(per_image)}, max {max(per_image)}" if per_image else "-"),
         "image sizes: " + ", ".join(f"{size} ({n})" for size, n in sizes.most_common(5)),
     ]
+    if dataset.keypoint_names:
+        counts = ", ".join(f"{name} {labelled[name]}" for name in dataset.keypoint_names)
+        report.append(f"keypoints: {len(dataset.keypoint_names)} per instance; labelled: {counts}")
     return report, errors, warnings
 
 
@@ -262,7 +281,8 @@ def show_dataset(args: argparse.Namespace) -> int:
         raise UserError(f"--augmentation {args.augmentation}: unknown; choose one of {', '.join(AUGMENTATIONS)}")
     if args.num_images <= 0 or args.min_size <= 0:
         raise UserError("--num-images and --min-size must be positive")
-    dataset = dataset_from_args(args, get_transform(True, args.augmentation, args.min_size), include_crowd=False)
+    dataset = dataset_from_args(args, include_crowd=False)
+    dataset.transforms = training_transform(args, dataset)
     output_dir = writable_folder(args.output_dir)
     torch.manual_seed(args.seed)
     chosen = torch.randperm(len(dataset))[: args.num_images].sort().values.tolist()
@@ -270,7 +290,8 @@ def show_dataset(args: argparse.Namespace) -> int:
         image, target = dataset.load(idx)
         augmented, augmented_target = dataset.transforms(image, target)
         path = output_dir / f"{dataset.image_paths[idx].stem}.png"
-        pictures = [draw(image, target, dataset.classes), draw(augmented, augmented_target, dataset.classes)]
+        names, skeleton = dataset.classes, dataset.skeleton
+        pictures = [draw(image, target, names, skeleton), draw(augmented, augmented_target, names, skeleton)]
         save_png(grid([pictures]), path)
         print(f"{path}: {len(target['labels'])} instances as read, {len(augmented_target['labels'])} after "
               f"{args.augmentation}")  # fmt: skip

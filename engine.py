@@ -13,7 +13,7 @@ import torch
 
 import distributed
 import utils
-from coco_eval import coco_detections, coco_ground_truth, score_detections
+from coco_eval import all_results, coco_detections, coco_ground_truth, score_detections
 
 SAMPLES_KEPT = 4  # evaluate(samples=...): held-out images kept for a picture
 
@@ -131,8 +131,10 @@ def evaluate(
     timings: dict[str, float] | None = None,
     results: dict[str, list[dict]] | None = None,
     samples: list[tuple] | None = None,
+    keypoint_sigmas: list[float] | None = None,
 ) -> dict[str, Any]:
-    """COCO bbox (and segm, for mask models) stats: {"bbox": [12 floats], "segm": [12 floats]}.
+    """COCO bbox (and segm, for mask models; keypoints, for keypoint models) stats: {"bbox": [12 floats],
+    "segm": [12 floats]} or {"bbox": [...], "keypoints": [10 floats]}, keypoints scored with `keypoint_sigmas`.
 
     The ground truth comes from the targets the loader yields (the test transform must
     not resize), so no image is decoded twice. Stats are pycocotools' own, in its order.
@@ -143,14 +145,14 @@ def evaluate(
     order, and every rank returns the same stats. A `timings` dict receives this rank's
     "images", "model_seconds" and "metric_seconds" (conversion to COCO and COCOeval).
     A `results` dict receives, on rank 0, the detections as COCO results: "bbox" (and
-    "segm"), with the targets' image_id and the model's labels as category_id. A `samples`
+    "segm" or "keypoints"), with the targets' image_id and the model's labels as category_id. A `samples`
     list receives (image, target, output) of this rank's first images, on the CPU, until it
     holds SAMPLES_KEPT: for pictures.
     """
     distributed.copy_buffers_from_rank_0(model)
     model.eval()
     logger = utils.MetricLogger()
-    per_image = []  # (image record, ground truth, box results, mask results, has masks) for each image
+    per_image = []  # (image record, ground truth, {iou type: results}) for each image
     for batch_images, targets in logger.log_every(data_loader, 100, "Test:"):
         batch_images = [image.to(device, non_blocking=True) for image in batch_images]
         start = time.time()
@@ -164,18 +166,16 @@ def evaluate(
                 samples.append((image.cpu(), target, {key: value.cpu() for key, value in output.items()}))
             image_id = int(target["image_id"])
             record, gt = coco_ground_truth(image_id, image.shape[-2], image.shape[-1], target)
-            per_image.append((record, gt, *coco_detections(image_id, output), "masks" in output))
+            per_image.append((record, gt, coco_detections(image_id, output)))
         logger.update(model_time=model_time, metric_time=time.time() - start)
 
     start = time.time()
     per_image = sorted(
         (item for part in distributed.all_gather_object(per_image) for item in part), key=lambda i: i[0]["id"]
     )
-    stats = score_detections(per_image, class_names) if distributed.is_main_process() else None
+    stats = score_detections(per_image, class_names, keypoint_sigmas) if distributed.is_main_process() else None
     if results is not None and distributed.is_main_process():
-        results["bbox"] = [r for _, _, boxes, _, _ in per_image for r in boxes]
-        if any(masks for *_, masks in per_image):
-            results["segm"] = [r for *_, segms, _ in per_image for r in segms]
+        results.update(all_results(per_image))
     if timings is not None:
         timings["images"] = logger.meters["model_time"].count
         timings["model_seconds"] = logger.meters["model_time"].total

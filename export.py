@@ -4,7 +4,8 @@
 
 The exported model takes one image, a float32 tensor 3 x H x W with values in [0, 1]
 (RGB), and returns boxes (N x 4, xyxy pixels), labels (N), scores (N) and, for Mask R-CNN,
-masks (N x 1 x H x W probabilities): the outputs of torchvision's models in eval mode.
+masks (N x 1 x H x W probabilities), for Keypoint R-CNN keypoints (N x K x 3: x, y, 1) and
+keypoints_scores (N x K): the outputs of torchvision's models in eval mode.
 After exporting, the file is loaded back (onnxruntime for ONNX) and run on every --image
 beside PyTorch; the largest differences are printed and the exit status is 1 when any
 goes beyond TOLERANCES. ONNX export traces the model on the first --image: pass images
@@ -26,9 +27,10 @@ import utils
 from checkpoint import model_from_checkpoint
 from dataset import read_image
 
-OUTPUTS = ("boxes", "labels", "scores", "masks")
-# The largest absolute differences still accepted (pixels for boxes, probabilities for scores and masks).
-TOLERANCES = {"boxes": 1.0, "labels": 0, "scores": 1e-3, "masks": 1e-2}
+OUTPUTS = ("boxes", "labels", "scores", "masks", "keypoints", "keypoints_scores")  # those the model gives, in order
+# The largest absolute differences still accepted (pixels for boxes and keypoints, probabilities for scores and
+# masks, heatmap logits for keypoint scores).
+TOLERANCES = {"boxes": 1.0, "labels": 0, "scores": 1e-3, "masks": 1e-2, "keypoints": 1.0, "keypoints_scores": 1e-2}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -50,11 +52,12 @@ def sample_images(paths: list[str], min_size: int) -> list[torch.Tensor]:
     return [torch.rand(3, min_size, min_size * 4 // 3, generator=generator)]
 
 
-def export_onnx(model: torch.nn.Module, image: torch.Tensor, path: Path, opset: int, masks: bool) -> None:
+def export_onnx(model: torch.nn.Module, image: torch.Tensor, path: Path, opset: int) -> None:
     """torch.onnx.export with the TorchScript-based exporter, which handles torchvision's detection models."""
-    outputs = list(OUTPUTS if masks else OUTPUTS[:3])
+    with torch.inference_mode():
+        outputs = [name for name in OUTPUTS if name in model([image])[0]]
     dynamic = {"image": [1, 2], **{name: [0] for name in outputs}}
-    if masks:
+    if "masks" in outputs:
         dynamic["masks"] = [0, 2, 3]
     options = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     with warnings.catch_warnings():  # the tracer's many warnings about Python control flow are expected here
@@ -128,7 +131,7 @@ def main(args: argparse.Namespace) -> bool:
     output = Path(args.output)
     utils.writable_folder(output.parent, "--output's folder")
     if args.format == "onnx":
-        export_onnx(model, images[0], output, args.opset, config["masks"])
+        export_onnx(model, images[0], output, args.opset)
         run = onnx_runner(output)
     else:
         with warnings.catch_warnings():
@@ -149,7 +152,7 @@ def main(args: argparse.Namespace) -> bool:
         if len(expected["scores"]) == 0:
             print(f"  nothing detected in {name}: pass a photo where the model finds objects for a real check")
         ok &= all(differences[key] <= TOLERANCES[key] for key in differences)
-    tolerances = ", ".join(f"{key} {value:g}" for key, value in TOLERANCES.items())
+    tolerances = ", ".join(f"{key} {TOLERANCES[key]:g}" for key in expected)
     print(("matches PyTorch" if ok else "DIFFERS from PyTorch") + f" (tolerances: {tolerances})")
     return ok
 

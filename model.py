@@ -1,7 +1,8 @@
 """Detection and instance-segmentation models for `num_classes`, with their weights.
 
 `get_model` builds one of MODELS, loads weights (torchvision's COCO weights, none, or a
-local file) and swaps the box and mask predictors for `num_classes`, as the tutorial does.
+local file) and swaps the box and mask predictors for `num_classes` (and the keypoint
+predictor for `num_keypoints`), as the tutorial does.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torchvision.models import (
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.keypoint_rcnn import KeypointRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -177,14 +179,33 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], type[WeightsEnum] | None, type
         detection.FasterRCNN_MobileNet_V3_Large_FPN_Weights,
         MobileNet_V3_Large_Weights,
     ),
+    "keypointrcnn_resnet50_fpn": (
+        detection.keypointrcnn_resnet50_fpn,
+        detection.KeypointRCNN_ResNet50_FPN_Weights,
+        ResNet50_Weights,
+    ),
     "maskrcnn_resnet18_fpn": (maskrcnn_resnet18_fpn, None, ResNet18_Weights),
     "fasterrcnn_mobilenet_v2": (fasterrcnn_mobilenet_v2, None, MobileNet_V2_Weights),
     "maskrcnn_mobilenet_v2": (maskrcnn_mobilenet_v2, None, MobileNet_V2_Weights),
 }
 
 
-def _replace_predictors(model: nn.Module, num_classes: int) -> None:
-    """New box (and mask) predictors for `num_classes`, as in the tutorial."""
+def is_keypoint_model(name: str) -> bool:
+    """Whether the model of MODELS called `name` predicts keypoints (and learns them from the targets')."""
+    return name.startswith("keypointrcnn")
+
+
+def num_keypoints_of(model: nn.Module) -> int | None:
+    """K, the keypoints a Keypoint R-CNN predicts per object; None for other models."""
+    predictor = getattr(model.roi_heads, "keypoint_predictor", None)
+    return None if predictor is None else predictor.kps_score_lowres.out_channels
+
+
+def _replace_predictors(model: nn.Module, num_classes: int, num_keypoints: int | None = None) -> None:
+    """New box (and mask, or keypoint) predictors for `num_classes` (and `num_keypoints`), as in the tutorial."""
+    if num_keypoints is not None and num_keypoints_of(model) != num_keypoints:
+        in_channels = model.roi_heads.keypoint_predictor.kps_score_lowres.in_channels
+        model.roi_heads.keypoint_predictor = KeypointRCNNPredictor(in_channels, num_keypoints)
     box_predictor = model.roi_heads.box_predictor
     if box_predictor.cls_score.out_features != num_classes:
         model.roi_heads.box_predictor = FastRCNNPredictor(box_predictor.cls_score.in_features, num_classes)
@@ -247,6 +268,7 @@ def get_model(
     weights_backbone: str | None = None,
     trainable_backbone_layers: int | None = None,
     mask_head: tuple[int, int] | None = None,
+    num_keypoints: int | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """A model of MODELS for `num_classes` (background included), with its weights loaded.
@@ -255,17 +277,25 @@ def get_model(
     hub cache), "none", or the path of a local .pth (torchvision's COCO state dict, or a
     checkpoint of train.py). weights_backbone: the same for the backbone alone, with
     weights "none". mask_head: (convolutions, channels) for a new mask head (set_mask_head).
-    kwargs reach the model (min_size, max_size, HEAD_SETTINGS, ...); None values are dropped.
+    num_keypoints: K, for a Keypoint R-CNN (required there, refused elsewhere). kwargs reach the model
+    (min_size, max_size, HEAD_SETTINGS, ...); None values are dropped.
     """
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
     if name not in MODELS:
         raise UserError(f"--model {name}: unknown; choose one of {', '.join(MODELS)}")
     builder, weights_enum, backbone_enum = MODELS[name]
+    if is_keypoint_model(name) != (num_keypoints is not None):
+        raise UserError(
+            f"--model {name} learns keypoints: train it on a COCO keypoints json (--ann-file)"
+            if num_keypoints is None
+            else f"--model {name} has no keypoint head; for keypoints use --model keypointrcnn_resnet50_fpn"
+        )
     weights_spec = resolve_weights(weights, weights_enum, "--weights")
     backbone_spec = resolve_weights(weights_backbone, backbone_enum, "--weights-backbone")
     if weights_spec is not None and backbone_spec is not None:
         raise UserError("--weights-backbone needs --weights none: whole-model weights already include a backbone")
     pretrained = weights_spec is not None or backbone_spec is not None
+    points = {} if num_keypoints is None else {"num_keypoints": num_keypoints}  # COCO weights: 17, swapped below
     layers = trainable_backbone_layers
     if layers is None:
         layers = 3 if pretrained else (5 if "resnet" in name else 6)
@@ -279,6 +309,7 @@ def get_model(
                 weights_backbone=backbone_spec,
                 num_classes=num_classes,
                 trainable_backbone_layers=layers,
+                **points,
                 **kwargs,
             )
         elif isinstance(weights_spec, Path):
@@ -290,11 +321,14 @@ def get_model(
             if "roi_heads.box_predictor.cls_score.weight" not in state:
                 raise UserError(f"--weights {weights_spec}: not weights of a detection model; pick its --model")
             source_classes = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
-            model = builder(weights=None, weights_backbone=None, num_classes=source_classes, **kwargs)
+            source_points = state.get("roi_heads.keypoint_predictor.kps_score_lowres.weight")
+            if points and source_points is not None:  # a ConvTranspose2d's weight: in x out x 4 x 4
+                points = {"num_keypoints": source_points.shape[1]}
+            model = builder(weights=None, weights_backbone=None, num_classes=source_classes, **points, **kwargs)
             freeze_like_pretrained(model, name, layers, eps)
             load_matching(model, state, weights_spec, name)
         else:
-            model = builder(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+            model = builder(weights=None, weights_backbone=None, num_classes=num_classes, **points, **kwargs)
             if isinstance(backbone_spec, Path):
                 freeze_like_pretrained(model, name, layers)
                 load_backbone(model, backbone_spec)
@@ -304,7 +338,7 @@ def get_model(
             "train from scratch with --weights none, or pass --weights PATH to a local .pth "
             f"(torchvision's file from {torch.hub.get_dir()}/checkpoints on a machine that has it)"
         ) from error
-    _replace_predictors(model, num_classes)
+    _replace_predictors(model, num_classes, num_keypoints)
     if mask_head is not None and mask_head_shape(model) is not None:
         set_mask_head(model, *mask_head)
     return model

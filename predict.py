@@ -2,9 +2,10 @@
 
     python predict.py --checkpoint output/best.pth photos/ extra.jpg --output-dir predictions
 
-For each readable image, predictions/<name>.png shows the masks, boxes, class names and
-scores above --score-threshold; predictions/predictions.json lists the same detections
-in COCO results format (xywh boxes, RLE masks), each with its file_name, in the training
+For each readable image, predictions/<name>.png shows the masks (or keypoints and their
+skeleton), boxes, class names and scores above --score-threshold; predictions/predictions.json
+lists the same detections in COCO results format (xywh boxes, RLE masks, keypoints as
+x, y, 1 triples with their keypoint_scores), each with its file_name, in the training
 data's category ids (a COCO json's own ids) and, with --ann-file, that json's image ids. The checkpoint
 says which model to build, its classes and its sizes. A file that is not a readable image
 is reported in one line and skipped; the others are still predicted.
@@ -118,6 +119,7 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     class_names = config.get("class_names") or ["background", *(f"class {i}" for i in range(1, config["num_classes"]))]
     # the dataset's own category ids (COCO's, for a COCO json); older checkpoints: the labels 1..K
     category_ids = config.get("category_ids") or list(range(1, config["num_classes"]))
+    skeleton = [tuple(pair) for pair in config.get("skeleton", [])]  # keypoints joined in the pictures
     image_ids = image_ids_of(paths, args.ann_file)
     output_dir = utils.writable_folder(args.output_dir)
     names = output_names(paths)
@@ -138,18 +140,21 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         for (index, image), output in zip(good, outputs, strict=True):
             keep = output["scores"] >= args.score_threshold
             output = {key: value[keep].cpu() for key, value in output.items()}
-            picture = draw(image, output, class_names).permute(1, 2, 0).numpy()
+            picture = draw(image, output, class_names, skeleton).permute(1, 2, 0).numpy()
             Image.fromarray(picture).save(output_dir / names[index])
-            boxes, segms = coco_detections(index, output)
-            for k, box in enumerate(boxes):
+            found = coco_detections(index, output)
+            for k, box in enumerate(found["bbox"]):
                 name = class_names[box["category_id"]]
-                box = in_dataset_ids([box], image_ids, category_ids)[0]
-                record = {"file_name": str(paths[index]), **box, "category_name": name}
-                if segms:
-                    record["segmentation"] = segms[k]["segmentation"]
+                record = {"file_name": str(paths[index]), **in_dataset_ids([box], image_ids, category_ids)[0]}
+                record["category_name"] = name
+                if "segm" in found:
+                    record["segmentation"] = found["segm"][k]["segmentation"]
+                if "keypoints" in found:
+                    record["keypoints"] = found["keypoints"][k]["keypoints"]
+                    record["keypoint_scores"] = output["keypoints_scores"][k].tolist()
                 detections.append(record)
             predicted.append(str(paths[index]))
-            print(f"{paths[index]}: {len(boxes)} detections -> {output_dir / names[index]}", flush=True)
+            print(f"{paths[index]}: {len(found['bbox'])} detections -> {output_dir / names[index]}", flush=True)
     utils.write_json(detections, output_dir / "predictions.json")
     print(f"predicted {len(predicted)} images, skipped {len(skipped)}; detections in {output_dir / 'predictions.json'}")
     return {"predicted": predicted, "skipped": skipped}

@@ -32,13 +32,14 @@ from checkpoint import (
     settings_of_run,
     stored_split,
 )
-from coco_eval import best_epoch, selection_score, write_results
+from coco_eval import KIND, best_epoch, selected_iou_type, selection_score, write_results
 from curves import TensorBoardLogger, plot_curves
 from dataset import download_pennfudan
-from dataset_cli import add_dataset_args, dataset_from_args, fixed_validation, preflight
+from dataset_cli import add_dataset_args, dataset_from_args, fixed_validation, preflight, training_transform
 from engine import evaluate, train_one_epoch
 from group_by_aspect_ratio import training_batches
-from model import HEAD_SETTINGS, MODELS, get_model
+from keypoints import keypoint_sigmas
+from model import HEAD_SETTINGS, MODELS, get_model, is_keypoint_model
 from recipe import (
     LR,
     MOMENTUM,
@@ -152,11 +153,12 @@ def make_loaders(
     distributed.barrier()
     strict = not args.skip_bad_samples  # strict: a missing file stops the run; else it is left out, with a warning
     fixed = fixed_validation(args)  # a fixed validation set: train on every training image
-    test_data = dataset_from_args(args, get_transform(False), validation=fixed, strict=strict)
+    options = {"strict": strict, "keypoints": is_keypoint_model(args.model)}  # keypoints: only if the model learns them
+    test_data = dataset_from_args(args, get_transform(False), validation=fixed, **options)
     train_data = None
     if not args.test_only:
-        augment = get_transform(True, args.augmentation, args.min_size)
-        train_data = dataset_from_args(args, augment, include_crowd=False, strict=strict)
+        train_data = dataset_from_args(args, include_crowd=False, **options)
+        train_data.transforms = training_transform(args, train_data)
         if test_data.classes != train_data.classes:
             raise utils.UserError(
                 f"the validation set's classes {test_data.classes[1:]} differ from the training set's"
@@ -202,7 +204,11 @@ def make_loaders(
 
 
 def build_model(
-    args: argparse.Namespace, classes: list[str], checkpoint: dict[str, Any] | None, device: torch.device
+    args: argparse.Namespace,
+    classes: list[str],
+    checkpoint: dict[str, Any] | None,
+    device: torch.device,
+    num_keypoints: int | None = None,
 ) -> torch.nn.Module:
     """The model of --model with --weights, or for a resume the checkpoint's own (nothing is downloaded)."""
     sizes = {"min_size": train_sizes(args.augmentation, args.min_size), "max_size": args.max_size}
@@ -210,6 +216,7 @@ def build_model(
         model = get_model(
             args.model,
             num_classes=len(classes),
+            num_keypoints=num_keypoints,
             weights=args.weights,
             weights_backbone=args.weights_backbone,
             trainable_backbone_layers=args.trainable_backbone_layers,
@@ -229,7 +236,9 @@ def build_model(
             model.load_state_dict(checkpoint["model"])
         except (KeyError, RuntimeError) as error:
             raise utils.UserError(f"--resume {args.resume}: its weights do not fit its own model_config") from error
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    # torchvision's keypoint loss views its logits as if contiguous: Keypoint R-CNN keeps the default layout
+    channels_last = args.channels_last and not is_keypoint_model(args.model)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return model.to(device, memory_format=memory_format)
 
 
@@ -238,7 +247,7 @@ def print_summary(history: list[dict[str, Any]], output_dir: Path) -> None:
     if not history:
         return
     best = best_epoch(history)
-    kind = "mask" if "segm" in best else "box"
+    kind = KIND[selected_iou_type(best)]
     print(f"Best epoch {best['epoch']}: {kind} AP {selection_score(best):.3f} on the test split; all in {output_dir}/")
     print(f"Predict: python predict.py --checkpoint {output_dir / 'best.pth'} IMAGES_OR_FOLDERS")
 
@@ -273,19 +282,21 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
         if run_split is None:
             print(f"note: {args.resume} holds no split; splitting with --seed and --test-size as the run did")
     train_loader, test_loader, classes, split = make_loaders(args, device, run_split)
-    model = build_model(args, classes, checkpoint, device)
+    data = test_loader.dataset.dataset
+    names = data.keypoint_names  # of the keypoints a keypoint model learns; none for other models
+    sigmas = keypoint_sigmas(names, args.keypoint_sigmas) if names else None
+    model = build_model(args, classes, checkpoint, device, len(names) if names else None)
 
     if args.test_only:
         results: dict[str, list[dict]] = {}
-        stats = evaluate(model, test_loader, device, classes, results=results)
+        stats = evaluate(model, test_loader, device, classes, results=results, keypoint_sigmas=sigmas)
         if distributed.is_main_process():
-            data = test_loader.dataset.dataset
-            names = sample_names(data, list(range(len(data))))
-            written = write_results(results, output_dir, data.image_ids, data.category_ids, names)
+            files = sample_names(data, list(range(len(data))))
+            written = write_results(results, output_dir, data.image_ids, data.category_ids, files)
             # eval.json is the stats, and what --allow-changes changed in the evaluation (sizes, data), if anything
             changed = [c for c in changes if c["flag"] not in map(flag, OVERRIDABLE)]
             utils.write_json({**stats, "changes": changed} if changed else stats, output_dir / "eval.json")
-            kind = "mask" if "segm" in stats else "box"
+            kind = KIND[selected_iou_type(stats)]
             print(f"{kind} AP {selection_score(stats):.3f} on the run's {len(split['test'])} test images of epoch "
                   f"{checkpoint.get('epoch')}; wrote {output_dir / 'eval.json'}, {', '.join(written)}")  # fmt: skip
         distributed.cleanup_distributed()
@@ -319,9 +330,10 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
         utils.write_json({**vars(args), "class_names": classes, "changes": all_changes}, output_dir / "args.json")
         utils.write_json(split, output_dir / "split.json")
         utils.write_jsonl(history, output_dir / "metrics.jsonl")  # drops epochs the checkpoint does not hold
-    # The dataset's own category ids travel with the model: predict.py writes them
-    category_ids = test_loader.dataset.dataset.category_ids
-    config = {**model_config(model_without_ddp, args.model), "class_names": classes, "category_ids": category_ids}
+    # The dataset's own category ids (predict.py writes them) and keypoints (drawn by name) travel with the model
+    config = {**model_config(model_without_ddp, args.model), "class_names": classes, "category_ids": data.category_ids}
+    if names:
+        config.update(keypoint_names=names, skeleton=data.skeleton, keypoint_sigmas=sigmas)
     tensorboard = None
     if args.tensorboard and distributed.is_main_process():
         tensorboard = TensorBoardLogger(output_dir / "tensorboard", start_epoch)
@@ -332,14 +344,15 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
         start = time.time()
         picture = None
         if epoch == 0 and distributed.is_main_process():  # what the model is fed, ground truth drawn: worth a look
-            picture = partial(save_batch_picture, class_names=classes, path=output_dir / "first_batch.png")
+            picture = partial(save_batch_picture, class_names=classes, path=output_dir / "first_batch.png",
+                              skeleton=data.skeleton)  # fmt: skip
         losses = train_one_epoch(model, optimizer, train_loader, device, epoch, args.print_freq, scaler, picture)
         train_seconds = time.time() - start
         lr = optimizer.param_groups[0]["lr"]
         lr_scheduler.step()
         start = time.time()
         samples: list[tuple] = []  # the first test images with their detections, for best_predictions.png
-        stats = evaluate(model_without_ddp, test_loader, device, classes, samples=samples)
+        stats = evaluate(model_without_ddp, test_loader, device, classes, samples=samples, keypoint_sigmas=sigmas)
         eval_seconds = time.time() - start
 
         history.append(
@@ -354,7 +367,7 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
         weights.update(split=split, changes=all_changes, epoch=epoch, stats=stats)
         save_epoch(output_dir, weights, is_best, optimizer, lr_scheduler, scaler, best_score, history, rng_states)
         if is_best:
-            save_predictions_picture(samples, classes, output_dir / "best_predictions.png", score_threshold=0.5)
+            save_predictions_picture(samples, classes, output_dir / "best_predictions.png", 0.5, data.skeleton)
         utils.write_jsonl(history, output_dir / "metrics.jsonl")
         plot_curves(history, output_dir / "curves.png")
         if tensorboard is not None:

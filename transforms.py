@@ -1,4 +1,4 @@
-"""Augmentation presets on torchvision.transforms.v2, so boxes and masks move with the image.
+"""Augmentation presets on torchvision.transforms.v2, so boxes, masks and keypoints move with the image.
 
     hflip       a random horizontal flip (the tutorial's)
     none        nothing
@@ -14,6 +14,10 @@ Every training preset ends by setting each box to the box of its mask (COCO's co
 since resampling moves masks and boxes a little apart, and by dropping instances that a
 transform left without pixels. The image becomes float in [0, 1]. Geometric presets leave
 `area` as it was before the transform: training does not use it, and evaluation uses "none".
+
+Keypoints (N x K x 3: x, y, visibility) move as points; a flip also swaps their labels through
+the dataset's flip permutation (keypoints.py: a mirrored left wrist is a right wrist), and a
+point that a crop leaves outside the image becomes unlabelled (0, 0, 0), as COCO writes one.
 """
 
 from __future__ import annotations
@@ -39,8 +43,31 @@ def train_sizes(augmentation: str, min_size: int) -> tuple[int, ...]:
     return (min_size,)
 
 
+class RandomFlip(torch.nn.Module):
+    """Mirror the image and all on it, left-right (or top-bottom), half of the time; keypoints then take
+    the labels of their mirror points: `keypoint_flip[k]` is the point whose label point k takes."""
+
+    def __init__(self, vertical: bool = False, keypoint_flip: list[int] | None = None) -> None:
+        super().__init__()
+        self.kernel = T.functional.vertical_flip if vertical else T.functional.horizontal_flip
+        self.keypoint_flip = keypoint_flip
+
+    def forward(self, image: tv_tensors.Image, target: dict[str, Any]) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        if torch.rand(1) >= 0.5:  # as T.RandomHorizontalFlip(0.5) draws
+            return image, target
+        image = self.kernel(image)  # image, boxes, masks and keypoints (tv_tensors) flip; labels and the like do not
+        target = {key: self.kernel(v) if isinstance(v, tv_tensors.TVTensor) else v for key, v in target.items()}
+        if "keypoints" in target:
+            if self.keypoint_flip is None:  # never train on mirrored labels
+                raise ValueError("keypoints cannot be flipped without a flip permutation (keypoints.flip_permutation)")
+            points = target["keypoints"]
+            target["keypoints"] = tv_tensors.wrap(points[:, self.keypoint_flip], like=points)
+            target[VISIBILITY] = target[VISIBILITY][:, self.keypoint_flip]
+        return image, target
+
+
 class RandomRot90(torch.nn.Module):
-    """Turn the image, its masks and boxes by 0, 90, 180 or 270 degrees (counter-clockwise), exactly."""
+    """Turn the image, its masks, boxes and keypoints by 0, 90, 180 or 270 degrees (counter-clockwise), exactly."""
 
     def forward(self, image: tv_tensors.Image, target: dict[str, Any]) -> tuple[tv_tensors.Image, dict[str, Any]]:
         turns = int(torch.randint(4, ()))
@@ -50,6 +77,39 @@ class RandomRot90(torch.nn.Module):
         masks = torch.rot90(target["masks"], turns, dims=(-2, -1))
         target = {**target, "masks": tv_tensors.Mask(masks)}
         target["boxes"] = tv_tensors.BoundingBoxes(boxes_of_masks(masks), format="XYXY", canvas_size=masks.shape[-2:])
+        if "keypoints" in target:
+            points, (height, width) = target["keypoints"].as_subclass(torch.Tensor), target["keypoints"].canvas_size
+            for _ in range(turns):  # a quarter turn: pixel (x, y) goes to (y, width - 1 - x)
+                points = torch.stack([points[..., 1], width - 1 - points[..., 0]], dim=-1)
+                height, width = width, height
+            target["keypoints"] = tv_tensors.KeyPoints(points, canvas_size=(height, width))
+        return image, target
+
+
+VISIBILITY = "keypoint_visibility"  # where the keypoints' third column waits while their x, y move as points
+
+
+class KeypointsAsPoints(torch.nn.Module):
+    """Before the geometric steps: the N x K x 3 keypoints as tv_tensors.KeyPoints (x, y), visibility aside."""
+
+    def forward(self, image: tv_tensors.Image, target: dict[str, Any]) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        if "keypoints" in target:
+            keypoints = target["keypoints"]
+            target = {**target, VISIBILITY: keypoints[..., 2]}
+            target["keypoints"] = tv_tensors.KeyPoints(keypoints[..., :2], canvas_size=image.shape[-2:])
+        return image, target
+
+
+class PointsAsKeypoints(torch.nn.Module):
+    """After them: N x K x 3 keypoints again; a point now outside the image becomes unlabelled (0, 0, 0)."""
+
+    def forward(self, image: tv_tensors.Image, target: dict[str, Any]) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        if VISIBILITY in target:
+            target = dict(target)
+            visibility, (height, width) = target.pop(VISIBILITY), target["keypoints"].canvas_size
+            x, y = target["keypoints"].as_subclass(torch.Tensor).unbind(-1)
+            inside = (x >= 0) & (x < width) & (y >= 0) & (y < height) & (visibility > 0)
+            target["keypoints"] = torch.stack([x, y, visibility], dim=-1) * inside[..., None]
         return image, target
 
 
@@ -85,6 +145,8 @@ def copy_paste(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> list[tuple[t
         own = target["masks"].bool() & ~cover
         visible = own.flatten(1).any(dim=1)
         masks = torch.cat([own[visible], pasted]).to(torch.uint8)
+        if "keypoints" in target:  # the pasted objects bring their points; points under them stay labelled
+            target = {**target, "keypoints": torch.cat([target["keypoints"][visible], source["keypoints"][keep]])}
         pasted_target = {
             **target,
             "masks": masks,
@@ -105,28 +167,32 @@ def copy_paste_collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tupl
 def _per_instance_fields(sample: tuple) -> tuple[torch.Tensor, ...]:
     """The per-instance tensors that SanitizeBoundingBoxes must filter along with the boxes."""
     target = sample[1]
-    return tuple(target[key] for key in ("labels", "area", "iscrowd") if key in target)
+    return tuple(target[key] for key in ("labels", "area", "iscrowd", "keypoints") if key in target)
 
 
-def get_transform(train: bool, augmentation: str = "hflip", size: int = 800) -> T.Compose:
+def get_transform(
+    train: bool, augmentation: str = "hflip", size: int = 800, keypoint_flip: list[int] | None = None
+) -> T.Compose:
     """The transform for training (`train=True`, with `augmentation`) or for evaluation (no augmentation).
 
-    size: the model's --min-size, which lsj crops to. See the module docstring for the presets.
+    size: the model's --min-size, which lsj crops to. keypoint_flip: for a dataset with keypoints, the
+    flip permutation (keypoints.flip_permutation); without it a flip of keypoints is an error.
+    See the module docstring for the presets.
     """
     if augmentation not in AUGMENTATIONS:
         raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {augmentation!r}")
     pad = {tv_tensors.Image: IMAGENET_MEAN_PIXEL, "others": 0}
+    flip = RandomFlip(keypoint_flip=keypoint_flip)
     presets: dict[str, list[Any]] = {
         "none": [],
-        "hflip": [T.RandomHorizontalFlip(0.5)],
-        "multiscale": [T.RandomHorizontalFlip(0.5)],  # the model draws the scale: train_sizes()
-        "ssd": [T.RandomPhotometricDistort(p=0.5), T.RandomZoomOut(fill=pad), T.RandomIoUCrop(),
-                T.RandomHorizontalFlip(0.5)],
+        "hflip": [flip],
+        "multiscale": [flip],  # the model draws the scale: train_sizes()
+        "ssd": [T.RandomPhotometricDistort(p=0.5), T.RandomZoomOut(fill=pad), T.RandomIoUCrop(), flip],
         "lsj": [T.ScaleJitter((size, size), scale_range=(0.1, 2.0), antialias=True),
-                T.RandomCrop((size, size), pad_if_needed=True, fill=pad), T.RandomHorizontalFlip(0.5)],
-        "topdown": [T.RandomHorizontalFlip(0.5), T.RandomVerticalFlip(0.5), RandomRot90()],
+                T.RandomCrop((size, size), pad_if_needed=True, fill=pad), flip],
+        "topdown": [flip, RandomFlip(vertical=True, keypoint_flip=keypoint_flip), RandomRot90()],
     }  # fmt: skip
-    steps = [*presets[augmentation], BoxesFromMasks()] if train else []
+    steps = [KeypointsAsPoints(), *presets[augmentation], BoxesFromMasks(), PointsAsKeypoints()] if train else []
     steps += [
         T.ToDtype(torch.float32, scale=True),
         T.SanitizeBoundingBoxes(labels_getter=_per_instance_fields),

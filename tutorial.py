@@ -110,7 +110,7 @@ def evaluate_like_the_tutorial(model: torch.nn.Module, loader: Any, device: torc
             for target, output in zip(targets, outputs, strict=True):
                 image_id = int(target["image_id"])
                 output = {k: v.cpu() for k, v in output.items()}
-                per_image.append((*ground_truth[image_id], *coco_detections(image_id, output), "masks" in output))
+                per_image.append((*ground_truth[image_id], coco_detections(image_id, output)))
         return score_detections(sorted(per_image, key=lambda item: item[0]["id"]), None)
     finally:
         torch.set_num_threads(threads)

@@ -1,4 +1,4 @@
-"""Pictures of what the model sees and says: masks, boxes and class names drawn on images.
+"""Pictures of what the model sees and says: masks, keypoints, boxes and class names drawn on images.
 
 predict.py draws its detections with `draw`; `python dataset.py show` and train.py draw the
 ground truth after the training transforms (first_batch.png), and train.py draws held-out
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
-from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmentation_masks
 
 import utils
 
@@ -31,11 +31,17 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
     return (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def draw(image: torch.Tensor, found: dict[str, torch.Tensor], class_names: list[str]) -> torch.Tensor:
-    """The uint8 image with masks (half transparent), boxes and class names (with scores, for detections) on it.
+def draw(
+    image: torch.Tensor,
+    found: dict[str, torch.Tensor],
+    class_names: list[str],
+    skeleton: list[tuple[int, int]] | None = None,
+) -> torch.Tensor:
+    """The uint8 image with masks (half transparent), keypoints (joined by `skeleton`, pairs of keypoint
+    indices), boxes and class names (with scores, for detections) on it.
 
     `found`: a target of the dataset contract (binary N x H x W masks) or a model's output
-    (N x 1 x H x W mask probabilities, cut at 0.5, and "scores").
+    (N x 1 x H x W mask probabilities, cut at 0.5, and "scores"). Unlabelled keypoints are not drawn.
     """
     image = to_uint8(image)
     labels = found["labels"].tolist()
@@ -46,6 +52,10 @@ def draw(image: torch.Tensor, found: dict[str, torch.Tensor], class_names: list[
         masks = found["masks"]
         masks = masks[:, 0] > 0.5 if masks.dim() == 4 else masks.bool()
         image = draw_segmentation_masks(image, masks.cpu(), alpha=0.5, colors=colors)
+    if "keypoints" in found:  # white points and bones: they show on masks of any colour
+        points = torch.as_tensor(found["keypoints"]).cpu().float()
+        visible = points[..., 2] > 0
+        image = draw_keypoints(image, points[..., :2], skeleton or None, "white", radius=3, width=2, visibility=visible)
     names = [class_names[label] if label < len(class_names) else f"class {label}" for label in labels]
     if "scores" in found:
         names = [f"{name} {score:.2f}" for name, score in zip(names, found["scores"].tolist(), strict=True)]
@@ -72,20 +82,29 @@ def save_png(picture: torch.Tensor, path: str | Path) -> None:
     utils.atomic_write(path, lambda f: image.save(f, format="png"))
 
 
-def save_batch_picture(images: Any, targets: Any, class_names: list[str], path: str | Path, per_row: int = 4) -> None:
+def save_batch_picture(
+    images: Any,
+    targets: Any,
+    class_names: list[str],
+    path: str | Path,
+    skeleton: list[tuple[int, int]] | None = None,
+    per_row: int = 4,
+) -> None:
     """A batch as the model is fed it (after the transforms), with its ground truth drawn: one picture."""
-    pictures = [draw(image, target, class_names) for image, target in zip(images, targets, strict=True)]
+    pictures = [draw(image, target, class_names, skeleton) for image, target in zip(images, targets, strict=True)]
     save_png(grid([pictures[k : k + per_row] for k in range(0, len(pictures), per_row)]), path)
 
 
 def save_predictions_picture(
-    samples: list[tuple[torch.Tensor, dict, dict]], class_names: list[str], path: str | Path, score_threshold: float
+    samples: list[tuple[torch.Tensor, dict, dict]],
+    class_names: list[str],
+    path: str | Path,
+    score_threshold: float,
+    skeleton: list[tuple[int, int]] | None = None,
 ) -> None:
     """One row per held-out image: its ground truth, then the model's detections scoring at least `score_threshold`."""
     rows = []
     for image, target, output in samples:
-        keep = output["scores"] >= score_threshold
-        rows.append(
-            [draw(image, target, class_names), draw(image, {k: v[keep] for k, v in output.items()}, class_names)]
-        )
+        kept = {key: value[output["scores"] >= score_threshold] for key, value in output.items()}
+        rows.append([draw(image, target, class_names, skeleton), draw(image, kept, class_names, skeleton)])
     save_png(grid(rows), path)

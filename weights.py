@@ -22,7 +22,7 @@ def backbone_body(model: nn.Module) -> nn.Module:
 
 
 # torchvision's original COCO weights for these were trained with FrozenBatchNorm eps = 0.
-ZERO_EPS_COCO_MODELS = ("maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn")
+ZERO_EPS_COCO_MODELS = ("maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn")
 
 
 def resolve_weights(spec: str | None, enum: type[WeightsEnum] | None, flag: str) -> WeightsEnum | Path | None:

@@ -248,3 +248,51 @@ def write_yolo(root: Path, layout: list = LAYOUT, val: tuple[int, ...] = (1, 4, 
     yaml = root / "data.yaml"
     yaml.write_text("path: .\ntrain: images/train\nval: images/val\nnames:\n  0: stem\n  1: leaf\n")
     return yaml
+
+
+KEYPOINT_NAMES = ["head", "left_hand", "right_hand"]
+KEYPOINT_COLOURS = [(250, 250, 250), (250, 0, 0), (0, 0, 250)]  # each point sits on a dot of its own colour
+
+
+def write_keypoint_coco(folder: Path, layout: list = LAYOUT) -> Path:
+    """A COCO person-keypoints-style json: each instance of the layout is a figure with a white head, a red
+    left hand and a blue right hand (3 x 3 dots at the box's top middle, left and right edges), a rectangle
+    segmentation, and category "figure" (id 1) with keypoints and skeleton. In the first image the right
+    hand of the first figure is unlabelled (0, 0, 0) and the head of the second is labelled but hidden (1).
+    """
+    import json
+
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for image_id, (height, width, instances) in enumerate(layout, start=1):
+        pixels = rng.integers(0, 80, (height, width, 3), dtype=np.uint8)
+        for k, (_, y1, y2, x1, x2) in enumerate(instances):
+            pixels[y1:y2, x1:x2] = (60, 140, 60)
+            points = [((x1 + x2) // 2, y1 + 1), (x1 + 1, (y1 + y2) // 2), (x2 - 2, (y1 + y2) // 2)]
+            keypoints = []
+            for p, ((x, y), colour) in enumerate(zip(points, KEYPOINT_COLOURS, strict=True)):
+                pixels[max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2] = colour
+                visibility = 2
+                if image_id == 1 and (k, p) == (0, 2):
+                    x, y, visibility = 0, 0, 0
+                elif image_id == 1 and (k, p) == (1, 0):
+                    visibility = 1
+                keypoints += [x, y, visibility]
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
+                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": float((x2 - x1) * (y2 - y1)),
+                "segmentation": [[x1, y1, x2, y1, x2, y2, x1, y2]],
+                "keypoints": keypoints, "num_keypoints": sum(v > 0 for v in keypoints[2::3]),
+            })  # fmt: skip
+        Image.fromarray(pixels).save(folder / f"fig{image_id}.png")
+        images.append({"id": image_id, "file_name": f"fig{image_id}.png", "height": height, "width": width})
+    categories = [{"id": 1, "name": "figure", "keypoints": KEYPOINT_NAMES, "skeleton": [[1, 2], [1, 3]]}]
+    path = folder / "keypoints.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
+@pytest.fixture
+def keypoint_coco(tmp_path: Path) -> tuple[Path, Path]:
+    """(image folder, json) of write_keypoint_coco over the ten images of the layout."""
+    return tmp_path, write_keypoint_coco(tmp_path)

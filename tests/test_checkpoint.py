@@ -41,7 +41,8 @@ OTHER_VALUES = {
     "data_path": "elsewhere", "dataset": "pennfudan", "mask_path": "masks", "image_suffix": "", "mask_suffix": "_mask",
     "ann_file": "instances.json", "min_size": 800, "max_size": 1333, "augmentation": "none", "batch_size": 8,
     "momentum": 0.8, "weight_decay": 1e-4, "lr_step_size": 5, "lr_gamma": 0.5, "aspect_ratio_group_factor": -1,
-    "sync_bn": True, "lr_steps": [8, 11], "use_copypaste": True,
+    "sync_bn": True, "lr_steps": [8, 11], "use_copypaste": True, "keypoint_flip_map": "left:right",
+    "keypoint_sigmas": [0.05],
 }  # fmt: skip
 NEVER = {
     "seed": 1, "test_size": 50, "val_data_path": "val", "val_ann_file": "val.json",

@@ -6,13 +6,15 @@ import torchvision.models._api
 from torchvision.models import mobilenet_v2, resnet18, resnet50
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from checkpoint import model_config, model_from_checkpoint
+from checkpoint import model_config, model_from_checkpoint, model_from_config
 from model import (
     MODELS,
     get_model,
     get_model_instance_segmentation,
     head_settings,
+    is_keypoint_model,
     mask_head_shape,
+    num_keypoints_of,
 )
 from utils import UserError
 
@@ -50,7 +52,8 @@ def _summary(model):
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_trains_and_predicts_for_num_classes(name):
     torch.manual_seed(0)
-    model = get_model(name, num_classes=3, weights="none", **SMALL)
+    points = {"num_keypoints": 2} if is_keypoint_model(name) else {}
+    model = get_model(name, num_classes=3, weights="none", **points, **SMALL)
     assert model.roi_heads.box_predictor.cls_score.out_features == 3
     assert model.transform.min_size == (64,) and model.transform.max_size == 96
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())  # from scratch: BatchNorm learns
@@ -58,16 +61,21 @@ def test_every_model_trains_and_predicts_for_num_classes(name):
     mask = torch.zeros(1, 70, 90, dtype=torch.uint8)
     mask[0, 10:40, 20:60] = 1
     target = {"boxes": torch.tensor([[20.0, 10.0, 60.0, 40.0]]), "labels": torch.tensor([2]), "masks": mask}
+    target["keypoints"] = torch.tensor([[[30.0, 20.0, 2.0], [50.0, 30.0, 1.0]]])  # what only Keypoint R-CNN reads
     losses = model([torch.rand(3, 70, 90), torch.rand(3, 70, 90)], [target, target])
     expected = {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
     if name.startswith("maskrcnn"):
         expected.add("loss_mask")
         assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 3
+    if points:
+        expected.add("loss_keypoint")
+        assert num_keypoints_of(model) == 2
     assert set(losses) == expected
     sum(losses.values()).backward()
     model.eval()
     (output,) = model([torch.rand(3, 70, 90)])
     assert ("masks" in output) == name.startswith("maskrcnn")
+    assert ("keypoints" in output) == bool(points) and output.get("keypoints", torch.zeros(0, 2, 3)).shape[1:] == (2, 3)
 
 
 @pytest.mark.parametrize(
@@ -89,6 +97,28 @@ def test_local_weights_file_builds_what_torchvision_builds(name, fake_hub, tmp_p
         assert model_config(from_file, name)["frozen_bn_eps"] == 0.0
     first_stage = next(iter(from_file.backbone.body.children()))
     assert not any(p.requires_grad for p in first_stage.parameters())
+
+
+def test_keypoint_rcnn_loads_coco_weights_and_predicts_the_users_keypoints(fake_hub, tmp_path):
+    name = "keypointrcnn_resnet50_fpn"
+    fake_hub["state"] = state = _coco_state(name)  # COCO's: 2 classes, 17 keypoints
+    from_hub = get_model(name, num_classes=3, weights="DEFAULT", num_keypoints=4)
+    assert "keypointrcnn_resnet50_fpn_coco" in fake_hub["url"]
+    torch.save(state, tmp_path / "coco.pth")
+    from_file = get_model(name, num_classes=3, weights=str(tmp_path / "coco.pth"), num_keypoints=4)
+    assert _summary(from_file) == _summary(from_hub)
+    for key, value in state.items():
+        if "predictor" not in key and "num_batches_tracked" not in key:
+            assert torch.equal(from_file.state_dict()[key], value), key
+    assert num_keypoints_of(from_file) == 4 and from_file.roi_heads.box_predictor.cls_score.out_features == 3
+    assert model_config(from_file, name)["frozen_bn_eps"] == 0.0  # as torchvision builds it for COCO_V1
+    rebuilt = model_from_config(model_config(from_file, name))
+    rebuilt.load_state_dict(from_file.state_dict())
+    assert _summary(rebuilt) == _summary(from_file)
+    with pytest.raises(UserError, match="learns keypoints: train it on a COCO keypoints json"):
+        get_model(name, num_classes=2, weights="none")
+    with pytest.raises(UserError, match="has no keypoint head"):
+        get_model("maskrcnn_resnet50_fpn", num_classes=2, weights="none", num_keypoints=3)
 
 
 def test_tutorial_function_is_coco_mask_rcnn_with_new_heads(fake_hub):

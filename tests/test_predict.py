@@ -124,3 +124,22 @@ def test_the_tutorials_backbone_predicts_and_draws(photos, tmp_path):
     assert detections and all(d["category_name"] == "leaf" and "segmentation" in d for d in detections)
     drawn, source = np.asarray(Image.open(out / "a.png")), np.asarray(Image.open(photos / "a.png"))
     assert drawn.shape == source.shape and (drawn != source).any()
+
+
+def test_keypoints_are_drawn_and_written_as_coco_results(photos, tmp_path):
+    torch.manual_seed(0)
+    model = get_model("keypointrcnn_resnet50_fpn", num_classes=2, weights="none", num_keypoints=3, min_size=64)
+    config = {**model_config(model, "keypointrcnn_resnet50_fpn"), "class_names": ["background", "figure"]}
+    config.update(keypoint_names=["head", "left_hand", "right_hand"], skeleton=[(0, 1), (0, 2)])
+    torch.save({"model": model.state_dict(), "model_config": config}, tmp_path / "best.pth")
+    out = tmp_path / "predictions"
+    result = run_predict("--checkpoint", tmp_path / "best.pth", photos / "a.png", "--output-dir", out,
+                         "--score-threshold", 0)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    detections = json.loads((out / "predictions.json").read_text())
+    assert detections  # an untrained model still finds something in noise
+    for record in detections:
+        assert len(record["keypoints"]) == 9 and record["keypoints"][2::3] == [1, 1, 1]
+        assert len(record["keypoint_scores"]) == 3 and "segmentation" not in record
+    picture = np.asarray(Image.open(out / "a.png"))
+    assert picture.shape == (90, 120, 3) and (picture == 255).all(axis=2).any()  # white points and bones

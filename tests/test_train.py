@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import LAYOUT, ROOT, pennfudan_zip, write_coco
+from conftest import LAYOUT, ROOT, pennfudan_zip, write_coco, write_keypoint_coco
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -443,3 +443,58 @@ def test_workers_default_to_at_most_the_cores_this_process_may_use(monkeypatch):
     assert train.get_args_parser().parse_args([]).workers == 2  # PyTorch warns above the cores it may use
     monkeypatch.setattr(train.utils, "available_cpus", lambda: 64)
     assert train.get_args_parser().parse_args([]).workers == 4
+
+
+KEYPOINT_RUN = [
+    "--model", "keypointrcnn_resnet50_fpn", "--weights", "none", "--lr", "0.001", "--min-size", "64",
+    "--max-size", "128", "--test-size", "3", "-j", "0", "--box-batch-size-per-image", "64",
+]  # fmt: skip
+
+
+def test_keypoint_rcnn_trains_resumes_exactly_and_scores_keypoint_ap(tmp_path):
+    ann_file = write_keypoint_coco(tmp_path)
+    common = ["--data-path", tmp_path, "--ann-file", ann_file, *KEYPOINT_RUN, "--use-deterministic-algorithms"]
+    for args in (
+        [*common, "--epochs", 2, "--output-dir", tmp_path / "straight"],
+        [*common, "--epochs", 1, "--output-dir", tmp_path / "resumed"],
+        ["--resume", tmp_path / "resumed/checkpoint.pth", "--epochs", 2],
+    ):
+        result = run_cli(*args)
+        assert result.returncode == 0, result.stderr
+    assert "IoU metric: keypoints" in result.stdout and "keypoint AP" in result.stdout.splitlines()[-2]
+    straight = torch.load(tmp_path / "straight/checkpoint.pth", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed/checkpoint.pth", weights_only=True)
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    record = straight["metrics"][-1]
+    assert len(record["keypoints"]) == 10 and "loss_keypoint" in record and "segm" not in record
+    config = straight["model_config"]
+    assert config["num_keypoints"] == 3 and config["keypoint_names"] == ["head", "left_hand", "right_hand"]
+    assert [tuple(pair) for pair in config["skeleton"]] == [(0, 1), (0, 2)] and config["keypoint_sigmas"] == [0.067] * 3
+
+    result = run_cli("--resume", tmp_path / "straight/best.pth", "--test-only")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads((tmp_path / "straight/eval.json").read_text())
+    results = json.loads((tmp_path / "straight/results_keypoints.json").read_text())
+    assert results and all(len(r["keypoints"]) == 9 and r["category_id"] == 1 for r in results)
+    ground_truth = COCO(str(ann_file))  # the user's own json scores our results file alike
+    names = {image["file_name"]: image["id"] for image in ground_truth.dataset["images"]}
+    evaluator = COCOeval(ground_truth, ground_truth.loadRes(results), "keypoints")
+    evaluator.params.imgIds = [names[name] for name in straight["split"]["test"]]
+    evaluator.params.kpt_oks_sigmas = np.array(config["keypoint_sigmas"])
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    assert stats["keypoints"] == pytest.approx(evaluator.stats.tolist(), abs=1e-9)
+
+
+def test_keypoint_rcnn_without_keypoints_or_with_unmirrorable_names_is_refused(keypoint_coco, pennfudan, tmp_path):
+    folder, ann_file = keypoint_coco
+    result = run_cli("--data-path", pennfudan, *KEYPOINT_RUN, "--output-dir", tmp_path / "a")
+    assert result.returncode == 2 and "learns keypoints: train it on a COCO keypoints json" in result.stderr
+    data = json.loads(ann_file.read_text())
+    data["categories"][0]["keypoints"] = ["head", "left_hand", "hand_2"]
+    ann_file.write_text(json.dumps(data))
+    result = run_cli("--data-path", folder, "--ann-file", ann_file, *KEYPOINT_RUN, "--output-dir", tmp_path / "b")
+    assert result.returncode == 2 and "'left_hand' names a side but there is no 'right_hand'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
