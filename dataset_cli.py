@@ -22,6 +22,7 @@ import distributed
 from coco_utils import CocoDataset
 from dataset import InstanceDataset, MaskFolderDataset, PennFudanDataset
 from keypoints import flip_permutation
+from model import is_keypoint_model
 from transforms import AUGMENTATIONS, get_transform
 from utils import UserError, one_line, writable_folder
 from visualize import draw, grid, save_png
@@ -96,7 +97,11 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
 def dataset_from_args(
     args: argparse.Namespace, transforms: Callable | None = None, validation: bool = False, **kwargs: Any
 ) -> Any:
-    """get_dataset with the flags of add_dataset_args; `validation` reads the fixed validation set they name."""
+    """get_dataset with the flags of add_dataset_args; `validation` reads the fixed validation set they name.
+
+    Keypoints are read for a --model that learns them, and by `dataset.py check|show`, which name no model.
+    """
+    kwargs.setdefault("keypoints", is_keypoint_model(args.model) if "model" in args else True)
     data_path, ann_file, mask_path = args.data_path, args.ann_file, args.mask_path
     if validation and _is_yolo(args):  # the data.yaml's val:
         return get_dataset("yolo", data_path, transforms, part="val", **kwargs)

@@ -153,11 +153,10 @@ def make_loaders(
     distributed.barrier()
     strict = not args.skip_bad_samples  # strict: a missing file stops the run; else it is left out, with a warning
     fixed = fixed_validation(args)  # a fixed validation set: train on every training image
-    options = {"strict": strict, "keypoints": is_keypoint_model(args.model)}  # keypoints: only if the model learns them
-    test_data = dataset_from_args(args, get_transform(False), validation=fixed, **options)
+    test_data = dataset_from_args(args, get_transform(False), validation=fixed, strict=strict)
     train_data = None
     if not args.test_only:
-        train_data = dataset_from_args(args, include_crowd=False, **options)
+        train_data = dataset_from_args(args, include_crowd=False, strict=strict)
         train_data.transforms = training_transform(args, train_data)
         if test_data.classes != train_data.classes:
             raise utils.UserError(
