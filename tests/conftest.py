@@ -296,3 +296,20 @@ def write_keypoint_coco(folder: Path, layout: list = LAYOUT) -> Path:
 def keypoint_coco(tmp_path: Path) -> tuple[Path, Path]:
     """(image folder, json) of write_keypoint_coco over the ten images of the layout."""
     return tmp_path, write_keypoint_coco(tmp_path)
+
+
+def untrained_checkpoint(
+    path: Path, name: str, class_names: list[str], config_extra: dict | None = None, **model_options
+) -> Path:
+    """A best.pth as train.py writes it (model_config with `class_names`, and `config_extra`), of the untrained
+    model `name` (seeded): it still returns detections."""
+    import torch
+
+    from checkpoint import model_config
+    from model import get_model
+
+    torch.manual_seed(0)
+    model = get_model(name, num_classes=len(class_names), weights="none", **model_options)
+    config = {**model_config(model, name), "class_names": class_names, **(config_extra or {})}
+    torch.save({"model": model.state_dict(), "model_config": config, "epoch": 0}, path)
+    return path

@@ -2,6 +2,7 @@ import sys
 
 import pytest
 import torch
+from conftest import untrained_checkpoint
 
 import export
 from checkpoint import model_config
@@ -56,20 +57,15 @@ def test_onnx_without_onnxruntime_is_one_line(checkpoint, tmp_path, monkeypatch)
 
 
 def test_the_tutorials_backbone_exports_and_checks(tmp_path, capsys):
-    torch.manual_seed(0)
-    model = get_model("maskrcnn_mobilenet_v2", num_classes=2, weights="none", min_size=64, max_size=96)
-    config = {**model_config(model, "maskrcnn_mobilenet_v2"), "class_names": ["background", "a"]}
-    torch.save({"model": model.state_dict(), "model_config": config}, tmp_path / "best.pth")
-    assert _export(tmp_path / "best.pth", tmp_path / "model.onnx", "onnx") is True
+    best = untrained_checkpoint(tmp_path / "best.pth", "maskrcnn_mobilenet_v2", ["background", "a"], min_size=64)
+    assert _export(best, tmp_path / "model.onnx", "onnx") is True
     assert "matches PyTorch" in capsys.readouterr().out
 
 
 def test_keypoint_rcnn_exports_its_keypoints_and_checks(tmp_path, capsys):
-    torch.manual_seed(0)
-    model = get_model("keypointrcnn_resnet50_fpn", num_classes=2, weights="none", num_keypoints=3, min_size=64)
-    config = {**model_config(model, "keypointrcnn_resnet50_fpn"), "class_names": ["background", "a"]}
-    torch.save({"model": model.state_dict(), "model_config": config}, tmp_path / "best.pth")
-    assert _export(tmp_path / "best.pth", tmp_path / "model.onnx", "onnx") is True
+    names = ["background", "a"]
+    best = untrained_checkpoint(tmp_path / "best.pth", "keypointrcnn_resnet50_fpn", names, num_keypoints=3, min_size=64)
+    assert _export(best, tmp_path / "model.onnx", "onnx") is True
     out = capsys.readouterr().out
     assert "keypoints " in out and "keypoints_scores " in out and "matches PyTorch" in out
     assert int(out.split(" detections)")[0].rsplit(", ", 1)[1]) > 0

@@ -7,7 +7,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, untrained_checkpoint
 from PIL import Image
 
 from checkpoint import model_config
@@ -111,32 +111,26 @@ def test_user_errors_exit_2(make_args, expected, checkpoint, photos, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr, result.stderr
 
 
-def test_the_tutorials_backbone_predicts_and_draws(photos, tmp_path):
-    torch.manual_seed(0)
-    model = get_model("maskrcnn_mobilenet_v2", num_classes=2, weights="none", min_size=64, max_size=128)
-    config = {**model_config(model, "maskrcnn_mobilenet_v2"), "class_names": ["background", "leaf"]}
-    torch.save({"model": model.state_dict(), "model_config": config}, tmp_path / "best.pth")
-    out = tmp_path / "predictions"
-    result = run_predict("--checkpoint", tmp_path / "best.pth", photos / "a.png", "--output-dir", out,
-                         "--score-threshold", 0)  # fmt: skip
+def predict_untrained(name, class_names, photo, out, config_extra=None, **model_options):
+    """predict.py at --score-threshold 0 with an untrained `name` model: the detections it wrote."""
+    best = untrained_checkpoint(out.parent / "best.pth", name, class_names, config_extra, min_size=64, **model_options)
+    result = run_predict("--checkpoint", best, photo, "--output-dir", out, "--score-threshold", 0)
     assert result.returncode == 0, result.stderr
-    detections = json.loads((out / "predictions.json").read_text())
+    return json.loads((out / "predictions.json").read_text())
+
+
+def test_the_tutorials_backbone_predicts_and_draws(photos, tmp_path):
+    out = tmp_path / "predictions"
+    detections = predict_untrained("maskrcnn_mobilenet_v2", ["background", "leaf"], photos / "a.png", out)
     assert detections and all(d["category_name"] == "leaf" and "segmentation" in d for d in detections)
     drawn, source = np.asarray(Image.open(out / "a.png")), np.asarray(Image.open(photos / "a.png"))
     assert drawn.shape == source.shape and (drawn != source).any()
 
 
 def test_keypoints_are_drawn_and_written_as_coco_results(photos, tmp_path):
-    torch.manual_seed(0)
-    model = get_model("keypointrcnn_resnet50_fpn", num_classes=2, weights="none", num_keypoints=3, min_size=64)
-    config = {**model_config(model, "keypointrcnn_resnet50_fpn"), "class_names": ["background", "figure"]}
-    config.update(keypoint_names=["head", "left_hand", "right_hand"], skeleton=[(0, 1), (0, 2)])
-    torch.save({"model": model.state_dict(), "model_config": config}, tmp_path / "best.pth")
     out = tmp_path / "predictions"
-    result = run_predict("--checkpoint", tmp_path / "best.pth", photos / "a.png", "--output-dir", out,
-                         "--score-threshold", 0)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    detections = json.loads((out / "predictions.json").read_text())
+    names, skeleton = ["background", "figure"], {"skeleton": [(0, 1), (0, 2)]}
+    detections = predict_untrained("keypointrcnn_resnet50_fpn", names, photos / "a.png", out, skeleton, num_keypoints=3)
     assert detections  # an untrained model still finds something in noise
     for record in detections:
         assert len(record["keypoints"]) == 9 and record["keypoints"][2::3] == [1, 1, 1]
