@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -135,8 +136,15 @@ class CocoDataset(InstanceDataset):
 
     def annotation_warnings(self) -> list[str]:
         """Boxes outside their image (they are clipped), labelled keypoints outside it (they are dropped),
-        and num_keypoints that disagree with the labelled points: one line each."""
+        and num_keypoints that disagree with the labelled points: one line each; annotations without a
+        segmentation, in a keypoints json: one line for all."""
+        outlines = [a["id"] for a in self.coco.anns.values() if not a.get("segmentation")]
         warnings = []
+        if self.keypoint_names and outlines:
+            warnings.append(
+                f"{self.ann_file}: {len(outlines)} annotations (ids {outlines[:5]}...) have a box and keypoints but no "
+                "segmentation: Keypoint R-CNN trains on them, Mask R-CNN refuses them"
+            )
         for annotation in self.coco.anns.values():
             info = self.coco.imgs.get(annotation["image_id"])
             if info is None:
@@ -179,6 +187,23 @@ class CocoDataset(InstanceDataset):
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)):
             return f"{where} has bbox {bbox}; COCO boxes are [x, y, width, height]"
         segmentation = annotation.get("segmentation")
+        if segmentation or not self.keypoint_names:  # keypoint exports may hold a box and points only: see load()
+            problem = self._segmentation_problem(segmentation, info, where)
+            if problem:
+                return problem
+        points = annotation.get("keypoints")
+        if self.keypoint_names and points:
+            size = 3 * len(self.keypoint_names)
+            numbers = isinstance(points, list) and all(isinstance(v, int | float) for v in points)
+            if not numbers or len(points) != size:
+                return (
+                    f"{where} has keypoints {str(points)[:40]}; give {size} numbers, x, y, visibility for each of "
+                    f"{len(self.keypoint_names)} keypoints"
+                )
+        return None
+
+    def _segmentation_problem(self, segmentation: Any, info: dict[str, Any], where: str) -> str | None:
+        """What makes a segmentation unusable (polygons, or an RLE of the image's size); None if usable."""
         if isinstance(segmentation, list):
             if not segmentation:
                 return f"{where} has an empty segmentation; give it a polygon or delete the annotation"
@@ -195,15 +220,6 @@ class CocoDataset(InstanceDataset):
                 )
         else:
             return f'{where} has no "segmentation" (polygons or RLE): Mask R-CNN learns from masks'
-        points = annotation.get("keypoints")
-        if self.keypoint_names and points:
-            size = 3 * len(self.keypoint_names)
-            numbers = isinstance(points, list) and all(isinstance(v, int | float) for v in points)
-            if not numbers or len(points) != size:
-                return (
-                    f"{where} has keypoints {str(points)[:40]}; give {size} numbers, x, y, visibility for each of "
-                    f"{len(self.keypoint_names)} keypoints"
-                )
         return None
 
     def load(self, idx: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
@@ -224,9 +240,12 @@ class CocoDataset(InstanceDataset):
         masks = np.zeros((len(annotations), height, width), np.uint8)
         boxes = np.zeros((len(annotations), 4), np.float32)
         for k, annotation in enumerate(annotations):
-            masks[k] = self.coco.annToMask(annotation)
             x, y, w, h = annotation["bbox"]
             boxes[k] = [x, y, x + w, y + h]
+            if annotation.get("segmentation"):
+                masks[k] = self.coco.annToMask(annotation)
+            else:  # keypoints with a box and no outline: the box is the mask (Keypoint R-CNN never reads one)
+                masks[k, max(int(y), 0) : math.ceil(y + h), max(int(x), 0) : math.ceil(x + w)] = 1
         np.clip(boxes, 0, [width, height, width, height], out=boxes)
         target = {
             "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY", canvas_size=(height, width)),

@@ -6,6 +6,7 @@ from conftest import KEYPOINT_COLOURS, KEYPOINT_NAMES, write_keypoint_coco
 
 from coco_eval import coco_detections, coco_ground_truth, score_detections
 from coco_utils import CocoDataset
+from dataset import boxes_of_masks
 from dataset_cli import main as dataset_main
 from keypoints import COCO_PERSON_KEYPOINTS, COCO_PERSON_SIGMAS, DEFAULT_SIGMA, flip_permutation, keypoint_sigmas
 from transforms import get_transform
@@ -213,3 +214,24 @@ def test_pictures_show_the_keypoints():
     assert picture[:, 32, 20].tolist() == [0, 0, 0]  # an unlabelled point is not drawn
     no_skeleton = draw(image, target, ["background", "figure"])
     assert no_skeleton[:, 25, 20].tolist() == [0, 0, 0]  # the bone is drawn only with a skeleton
+
+
+def test_keypoint_annotations_without_an_outline_train_on_their_boxes(keypoint_coco, capsys):
+    folder, ann_file = keypoint_coco
+    data = json.loads(ann_file.read_text())
+    for annotation in data["annotations"]:  # as CVAT and Label Studio export keypoints: a box, points, no outline
+        annotation["segmentation"] = [] if annotation["id"] % 2 else None
+        if annotation["segmentation"] is None:
+            del annotation["segmentation"]
+    ann_file.write_text(json.dumps(data))
+    dataset = CocoDataset(folder, ann_file, transforms=get_transform(False))
+    _, target = dataset[1]
+    assert target["masks"].flatten(1).sum(1).tolist() == [40 * 45, 50 * 55]  # each box, filled
+    assert torch.equal(boxes_of_masks(target["masks"]), target["boxes"])
+    assert dataset_main(["check", "--data-path", str(folder), "--ann-file", str(ann_file)]) == 0
+    assert (
+        "17 annotations (ids [1, 2, 3, 4, 5]...) have a box and keypoints but no segmentation"
+        in capsys.readouterr().out
+    )
+    with pytest.raises(UserError, match="annotation 1 of fig1.png has an empty segmentation"):
+        CocoDataset(folder, ann_file, keypoints=False)[0]
