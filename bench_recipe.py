@@ -17,7 +17,9 @@ masks wrong (see bench.py --parts epoch).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -67,6 +69,13 @@ def dataset_flags(args: argparse.Namespace) -> list[str]:
     return flags
 
 
+def _stop_with_parent() -> None:
+    """In a recipe's process, before train.py starts: Linux sends it SIGTERM when the benchmark dies, however it
+    dies, so that a killed benchmark leaves no training behind (elsewhere, nothing)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
 def run_recipe(args: argparse.Namespace, name: str, output_dir: Path) -> dict[str, Any]:
     """Run train.py with recipe `name` until it ends or the budget is spent; its AP after each epoch, in minutes."""
     command = [sys.executable, str(ROOT / "train.py"), *dataset_flags(args), *RECIPES[name]]
@@ -75,7 +84,7 @@ def run_recipe(args: argparse.Namespace, name: str, output_dir: Path) -> dict[st
     command += ["-j", str(args.workers), "--device", args.device]
     metrics, points, start = output_dir / "metrics.jsonl", [], time.time()
     with open(output_dir.parent / f"{name}.log", "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)  # in our folder: relative paths
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_stop_with_parent)
         while True:
             finished = process.poll() is not None
             for record in utils.read_jsonl(metrics)[len(points) :]:

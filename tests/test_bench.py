@@ -1,5 +1,13 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import pytest
+from conftest import ROOT
 from PIL import Image
 
 import bench
@@ -68,3 +76,51 @@ def test_recipe_part_records_ap_against_minutes_beside_the_tutorial_s_code(pennf
     args.recipes, args.budget_minutes, args.plot = ["cpu-12min"], 0.001, None  # stopped before an epoch
     (stopped,) = bench.main(args)["recipes"]
     assert stopped["points"] == [] and stopped["best_ap"] is None
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc; the parent-death signal is Linux's")
+def test_a_killed_recipe_benchmark_leaves_no_training_behind(pennfudan, tmp_path):
+    command = [sys.executable, "bench.py", "--data-path", str(pennfudan), "--parts", "recipe", "--recipes",
+               "cpu-12min", "--recipe-args", "--min-size 64 --max-size 128 --epochs 50", "-j", "0", "--test-size", "3",
+               "--output", str(tmp_path / "bench.json")]  # fmt: skip
+    benchmark = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, training = time.time() + 60, []
+    while not training and time.time() < deadline:
+        time.sleep(0.2)
+        training = [pid for pid in _children(benchmark.pid) if b"train.py" in _cmdline(pid)]
+    assert training, "the benchmark never started train.py"
+    benchmark.kill()  # SIGKILL: bench.py runs no clean-up of its own
+    benchmark.wait()
+    deadline = time.time() + 20
+    while _alive(training[0]) and time.time() < deadline:
+        time.sleep(0.2)
+    orphaned = _alive(training[0])
+    if orphaned:
+        os.kill(training[0], signal.SIGKILL)  # leave nothing running, even when the check fails
+    assert not orphaned
+
+
+def _children(pid):
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(int(p.name)) == pid]
+
+
+def _parent(pid):
+    try:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _cmdline(pid):
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _alive(pid):
+    """Running (a zombie that nobody reaps counts as ended)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
