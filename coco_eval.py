@@ -184,7 +184,7 @@ def best_epoch(history: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def selected_iou_type(stats: dict[str, Any]) -> str:
     """What ranks epochs: keypoints for a keypoint model, masks for a mask model, else boxes."""
-    return next(t for t in ("keypoints", "segm", "bbox") if t in stats)
+    return next(t for t in reversed(IOU_TYPES) if t in stats)
 
 
 def selection_score(stats: dict[str, Any]) -> float:

@@ -15,6 +15,7 @@ import torch
 from torchvision import tv_tensors
 
 from dataset import InstanceDataset, read_image
+from keypoints import labelled_inside
 from utils import UserError
 
 # The keys without which pycocotools cannot index a COCO file, or we cannot find and size an image.
@@ -157,12 +158,11 @@ class CocoDataset(InstanceDataset):
                 )
             if not self.keypoint_names or not annotation.get("keypoints") or self._annotation_problem(annotation):
                 continue
-            points = np.asarray(annotation["keypoints"], np.float32).reshape(-1, 3)
+            points = torch.tensor(annotation["keypoints"], dtype=torch.float32).reshape(-1, 3)
             labelled = points[:, 2] > 0
-            outside = labelled & ((points[:, 0] < 0) | (points[:, 0] >= info["width"]) | (points[:, 1] < 0)
-                                  | (points[:, 1] >= info["height"]))  # fmt: skip
+            outside = labelled & ~labelled_inside(points, info["height"], info["width"])
             if outside.any():
-                names = [self.keypoint_names[k] for k in np.flatnonzero(outside)]
+                names = [self.keypoint_names[k] for k in outside.nonzero().flatten().tolist()]
                 warnings.append(
                     f"{where} has keypoints {names} outside its {info['width']}x{info['height']} image; "
                     "they are left unlabelled"
@@ -267,9 +267,8 @@ class CocoDataset(InstanceDataset):
         for k, annotation in enumerate(annotations):
             if annotation.get("keypoints"):
                 points[k] = np.asarray(annotation["keypoints"], np.float32).reshape(-1, 3)
-        x, y, visibility = points[..., 0], points[..., 1], points[..., 2]
-        labelled = (visibility > 0) & (x >= 0) & (x < width) & (y >= 0) & (y < height)
-        return torch.from_numpy(points * labelled[..., None])
+        keypoints = torch.from_numpy(points)
+        return keypoints * labelled_inside(keypoints, height, width)[..., None]
 
     def get_height_and_width(self, idx: int) -> tuple[int, int]:
         """(height, width) of image `idx` from the annotation file."""

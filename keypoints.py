@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 
+import torch
+
 from utils import UserError
 
 COCO_PERSON_KEYPOINTS = (
@@ -102,3 +104,10 @@ def keypoint_sigmas(names: list[str], sigmas: list[float] | None = None) -> list
     if tuple(names) == COCO_PERSON_KEYPOINTS:
         return list(COCO_PERSON_SIGMAS)
     return [DEFAULT_SIGMA] * len(names)
+
+
+def labelled_inside(points: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """For ... x K x 3 keypoints, which are labelled (visibility 1 or 2) and lie on the image's pixels
+    (COCO's pixel indices: 0 <= x < width, 0 <= y < height); the others count as unlabelled."""
+    x, y, visibility = points.unbind(-1)
+    return (visibility > 0) & (x >= 0) & (x < width) & (y >= 0) & (y < height)

@@ -29,6 +29,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 
 from dataset import boxes_of_masks
+from keypoints import labelled_inside
 from utils import collate_fn
 
 AUGMENTATIONS = ("hflip", "none", "ssd", "multiscale", "lsj", "topdown")
@@ -106,10 +107,9 @@ class PointsAsKeypoints(torch.nn.Module):
     def forward(self, image: tv_tensors.Image, target: dict[str, Any]) -> tuple[tv_tensors.Image, dict[str, Any]]:
         if VISIBILITY in target:
             target = dict(target)
-            visibility, (height, width) = target.pop(VISIBILITY), target["keypoints"].canvas_size
-            x, y = target["keypoints"].as_subclass(torch.Tensor).unbind(-1)
-            inside = (x >= 0) & (x < width) & (y >= 0) & (y < height) & (visibility > 0)
-            target["keypoints"] = torch.stack([x, y, visibility], dim=-1) * inside[..., None]
+            visibility, canvas_size = target.pop(VISIBILITY), target["keypoints"].canvas_size
+            points = torch.cat([target["keypoints"].as_subclass(torch.Tensor), visibility[..., None]], dim=-1)
+            target["keypoints"] = points * labelled_inside(points, *canvas_size)[..., None]
         return image, target
 
 
