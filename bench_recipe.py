@@ -96,7 +96,7 @@ def run_recipe(args: argparse.Namespace, name: str, output_dir: Path) -> dict[st
                 process.wait()
                 break
             time.sleep(0.5)
-    if process.returncode not in (0, -15) and not points:
+    if process.returncode not in (0, -15, 143) and not points:  # 143: train.py stopped by the budget's SIGTERM
         tail = (output_dir.parent / f"{name}.log").read_text().strip().splitlines()[-1:]
         raise utils.UserError(f"recipe {name} failed: {tail[0] if tail else process.returncode}")
     return {"recipe": name, "command": " ".join(command[1:]), "points": points, **_best(points)}

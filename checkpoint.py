@@ -35,7 +35,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from distributed import distributed_env, get_rank, get_world_size
 from model import MODELS, head_settings, mask_head_shape, num_keypoints_of, set_mask_head
-from utils import UserError, load_checkpoint, save_checkpoint
+from utils import UserError, load_checkpoint, save_checkpoint, tensor_bytes
 from weights import freeze_batchnorm, freeze_like_pretrained
 
 # Settings a resume may change: the length of the run, the learning rate after a divergence, the machine.
@@ -53,7 +53,7 @@ MODEL_SETTINGS = (
 )  # fmt: skip
 OPTIMIZER_SETTINGS = ("opt", "lr_scheduler", "norm_weight_decay")  # the saved state is of this optimizer and schedule
 # Flags that say what to do this time, not what the run is.
-COMMANDS = ("resume", "test_only", "allow_changes", "download")
+COMMANDS = ("resume", "test_only", "allow_changes", "download", "overwrite")
 PATHS = ("data_path", "mask_path", "ann_file", "val_data_path", "val_ann_file", "output_dir", "weights",
          "weights_backbone")  # fmt: skip
 
@@ -180,6 +180,15 @@ def save_epoch(
     if scaler is not None:
         state["scaler"] = scaler.state_dict()
     save_checkpoint(state, output_dir / "checkpoint.pth")
+
+
+OPTIMIZER_SLOTS = {"sgd": 1, "adamw": 2}  # state tensors per trainable parameter: momentum; AdamW's two moments
+
+
+def checkpoint_size(model: nn.Module, optimizer_name: str) -> int:
+    """About the bytes of a checkpoint.pth of `model` trained with `optimizer_name`: weights and optimizer state."""
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return tensor_bytes(model.state_dict()) + OPTIMIZER_SLOTS.get(optimizer_name, 2) * trainable
 
 
 def restore_training(

@@ -85,6 +85,9 @@ def coco_stats(
     scored with `keypoint_sigmas`), printing the summary, and the AP@[.5:.95] of each category id (None for a
     category without ground truth)."""
     categories = sorted({a["category_id"] for a in annotations} | {r["category_id"] for r in results})
+    if not any(not a["iscrowd"] for a in annotations):  # pycocotools would print a table of -1s
+        print(f"IoU metric: {iou_type}: no ground truth in the test split; nothing to score")
+        return [-1.0] * (10 if iou_type == "keypoints" else 12), dict.fromkeys(categories)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' "creating index..." chatter
         gt = COCO()
         gt.dataset = {
@@ -190,6 +193,18 @@ def selected_iou_type(stats: dict[str, Any]) -> str:
 def selection_score(stats: dict[str, Any]) -> float:
     """The number that ranks epochs (best.pth): keypoint AP, mask AP, or box AP, as selected_iou_type says."""
     return stats[selected_iou_type(stats)][0]
+
+
+def has_ground_truth(stats: dict[str, Any]) -> bool:
+    """Whether the stats scored anything: pycocotools gives AP -1 to a split without ground truth."""
+    return selection_score(stats) >= 0
+
+
+def ap_line(stats: dict[str, Any]) -> str:
+    """The AP that ranks epochs as a user reads it: "mask AP 0.412", or that the split had nothing to score."""
+    if not has_ground_truth(stats):
+        return "no ground truth in the test split"
+    return f"{KIND[selected_iou_type(stats)]} AP {selection_score(stats):.3f}"
 
 
 def write_results(

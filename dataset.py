@@ -42,17 +42,58 @@ PENNFUDAN_URL = "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip"
 PENNFUDAN_IMAGES = 170
 
 
+def value_range(img: Image.Image) -> tuple[str, float] | None:
+    """("16-bit", 65535), ("32-bit", 2**31 - 1) or ("float", 1.0) for an image of more than 8 bits per value; None
+    for the 8-bit modes. PIL gives 16-bit grayscale as I;16 (or I, from a PNG), 32-bit integers as I, floats as F."""
+    if img.mode.startswith("I;16"):
+        return "16-bit", 65535
+    if img.mode == "I":
+        bits = getattr(img, "tag_v2", {}).get(258, (32,))  # a TIFF says its bits per sample; a PNG has 16 at most
+        return ("16-bit", 65535) if img.format == "PNG" or bits[0] == 16 else ("32-bit", 2**31 - 1)
+    if img.mode == "F":
+        return "float", 1.0
+    return None
+
+
+def to_eight_bits(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit or float image scaled to 8 bits as OpenCV's reader and torchvision's to_dtype(scale=True)
+    do: value x 255 / the largest value (a 16-bit value / 257; floats span 0..1). PIL's own convert() clips at
+    255 instead, so that a 16-bit photograph would read white."""
+    found = value_range(img)
+    if found is None:
+        return img
+    top = found[1]
+    values = np.clip(np.asarray(img, dtype=np.float64), 0, top)
+    return Image.fromarray(np.rint(values * (255 / top)).astype(np.uint8), mode="L")
+
+
 def read_image(path: Path) -> tv_tensors.Image:
-    """Decode any image PIL reads (grayscale, palette, RGBA, 16-bit) into uint8 RGB, 3 x H x W, upright.
+    """Decode any image PIL reads (grayscale, palette, RGBA, 16-bit, float) into uint8 RGB, 3 x H x W, upright.
 
     A photo whose pixels are stored turned, with an EXIF Orientation tag (phones do this), is
-    turned as every viewer and labelling tool shows it, so that masks drawn on it fit.
+    turned as every viewer and labelling tool shows it, so that masks drawn on it fit. More than
+    8 bits per value are scaled to 8 (to_eight_bits).
     """
     try:
         with Image.open(path) as img:
-            return tv_tensors.Image(F.pil_to_tensor(ImageOps.exif_transpose(img).convert("RGB")))
+            return tv_tensors.Image(F.pil_to_tensor(to_eight_bits(ImageOps.exif_transpose(img)).convert("RGB")))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:  # PIL: SyntaxError if broken
         raise UserError(f"{path}: cannot read the image ({error}); replace or remove the file") from error
+
+
+def high_bit_values(path: Path) -> tuple[str, float, float, float] | None:
+    """For an image of more than 8 bits per value: (its kind, its smallest and largest value, the kind's largest);
+    None for an 8-bit image, whose pixels are not decoded. For `dataset.py check`: a 12-bit camera's images fill
+    1/16 of the 16-bit range, and read dark."""
+    try:
+        with Image.open(path) as img:
+            found = value_range(img)
+            if found is None:
+                return None
+            low, high = img.getextrema()
+    except (OSError, ValueError, SyntaxError) as error:
+        raise UserError(f"{path}: cannot read the image ({error}); replace or remove the file") from error
+    return found[0], float(low), float(high), float(found[1])
 
 
 EXIF_ORIENTATION = 0x0112

@@ -20,7 +20,7 @@ import torch
 
 import distributed
 from coco_utils import CocoDataset
-from dataset import InstanceDataset, MaskFolderDataset, PennFudanDataset
+from dataset import InstanceDataset, MaskFolderDataset, PennFudanDataset, high_bit_values
 from keypoints import flip_permutation
 from model import is_keypoint_model
 from transforms import AUGMENTATIONS, get_transform
@@ -138,7 +138,8 @@ def fixed_validation(args: argparse.Namespace) -> bool:
 
 
 class _Probe(torch.utils.data.Dataset):
-    """Loads sample indices[k] and yields (index, its problem or None): no pixels cross between processes."""
+    """Loads sample indices[k] and yields (index, its problem or None, its instances not crowd): no pixels cross
+    between processes."""
 
     def __init__(self, dataset: Any, indices: list[int]) -> None:
         self.dataset, self.indices = dataset, indices
@@ -146,21 +147,27 @@ class _Probe(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, k: int) -> tuple[int, str | None]:
+    def __getitem__(self, k: int) -> tuple[int, str | None, int]:
         idx = self.indices[k]
         try:
-            getattr(self.dataset, "load", self.dataset.__getitem__)(idx)  # before transforms where it can
+            _, target = getattr(self.dataset, "load", self.dataset.__getitem__)(idx)  # before transforms where it can
         except UserError as error:
-            return idx, str(error)
-        return idx, None
+            return idx, str(error), 0
+        return idx, None, int((target["iscrowd"] == 0).sum())
 
 
-def find_bad_samples(dataset: Any, indices: list[int], workers: int = 0) -> dict[int, str]:
-    """Read samples `indices` once, in `workers` processes: {index: one-line problem} for each that fails."""
+def find_bad_samples(dataset: Any, indices: list[int], workers: int = 0) -> tuple[dict[int, str], int]:
+    """Read samples `indices` once, in `workers` processes: {index: one-line problem} for each that fails, and
+    how many instances (not crowd regions) the others hold."""
     loader = torch.utils.data.DataLoader(
         _Probe(dataset, list(indices)), batch_size=None, num_workers=workers, generator=torch.Generator()
     )
-    return {idx: problem for idx, problem in loader if problem is not None}
+    bad, instances = {}, 0
+    for idx, problem, count in loader:
+        if problem is not None:
+            bad[idx] = problem
+        instances += count
+    return bad, instances
 
 
 MIN_INSTANCE_AREA = 16  # pixels; smaller instances all but vanish at the backbone's stride of 4 and more
@@ -178,11 +185,13 @@ def preflight(
     """
     start, rank, world_size = time.time(), distributed.get_rank(), distributed.get_world_size()
     problems = list(dict.fromkeys(p for data, _ in splits.values() for p in data.problems))
-    kept = {}
+    kept, instances = {}, {}
     for part, (data, ids) in splits.items():
         bad: dict[int, str] = {}
-        for found in distributed.all_gather_object(find_bad_samples(data, ids[rank::world_size], workers)):
+        instances[part] = 0
+        for found, count in distributed.all_gather_object(find_bad_samples(data, ids[rank::world_size], workers)):
             bad.update(found)
+            instances[part] += count
         problems += [bad[i] for i in ids if i in bad]
         kept[part] = [i for i in ids if i not in bad]
     if problems and not skip_bad_samples:
@@ -193,6 +202,14 @@ def preflight(
     for part, ids in kept.items():
         if not ids:
             raise UserError(f"{splits[part][0].image_dir}: no readable {part} images left")
+        if instances[part]:
+            continue
+        if part == "training":  # nothing to learn: masks that are all background, a suffix pairing the wrong files
+            raise UserError(
+                f"{splits[part][0].image_dir}: none of the {len(ids)} training images holds an instance; look at "
+                "what is read with python dataset.py check and python dataset.py show (same dataset flags)"
+            )
+        print(f"warning: the {part} split ({len(ids)} images) holds no instance: there is no AP to score on it")
     total = sum(len(ids) for _, ids in splits.values())
     print(f"Read {total} samples in {time.time() - start:.1f} s: {len(problems)} bad")
     return kept, problems
@@ -209,6 +226,7 @@ def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:
     labelled: Counter[str] = Counter()  # keypoints labelled (visibility 1 or 2), by name
     per_class: Counter[str] = Counter()
     sizes: Counter[str] = Counter()
+    deep: dict[str, list[float]] = {}  # images of more than 8 bits per value, by kind: count, lowest, highest, top
     per_image = []
     for idx, path in enumerate(dataset.image_paths):
         try:
@@ -217,6 +235,11 @@ def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:
             errors.append(str(error))
             continue
         sizes[f"{image.shape[-1]}x{image.shape[-2]}"] += 1
+        found = high_bit_values(path)
+        if found is not None:
+            kind, low, high, top = found
+            count, lowest, highest, _ = deep.get(kind, [0, low, high, top])
+            deep[kind] = [count + 1, min(lowest, low), max(highest, high), top]
         per_image.append(len(target["labels"]))
         if not per_image[-1]:
             warnings.append(f"{dataset.annotation_path(idx)}: no instances in {path.name}; it teaches only background")
@@ -232,6 +255,9 @@ def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:
                     f"{path}: instance {k} ({dataset.classes[label]}) has only {area} pixels, too few to learn"
                 )
     warnings += dataset.annotation_warnings()
+    if per_image and not sum(per_class.values()):
+        errors.append(f"{dataset.image_dir}: no image holds an instance, so a model learns nothing; look at what is "
+                      "read with python dataset.py show")  # fmt: skip
     counts = ", ".join(f"{name} {n}" for name, n in sorted(per_class.items())) or "none"
     report = [
         f"images: {len(dataset.image_paths)} readable {len(per_image)}",
@@ -239,6 +265,9 @@ def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:
         "instances per image: " + (f"min {min(per_image)}, max {max(per_image)}" if per_image else "-"),
         "image sizes: " + ", ".join(f"{size} ({n})" for size, n in sizes.most_common(5)),
     ]
+    for kind, (count, lowest, highest, top) in deep.items():  # read scaled: value x 255 / top
+        share = f"; the brightest uses {highest / top:.0%} of it" if highest < top / 2 else ""
+        report.append(f"{kind} images: {count}, values {lowest:g}..{highest:g} of 0..{top:g} (scaled to 8 bits{share})")
     if dataset.keypoint_names:
         counts = ", ".join(f"{name} {labelled[name]}" for name in dataset.keypoint_names)
         report.append(f"keypoints: {len(dataset.keypoint_names)} per instance; labelled: {counts}")

@@ -39,6 +39,12 @@ def distributed_env(environ: dict[str, str] | None = None) -> tuple[int, int, in
     return None
 
 
+def launched_rank() -> int:
+    """This process's rank as the launcher set it (0 for a plain process): known before the process group exists."""
+    ranks = distributed_env()
+    return 0 if ranks is None else ranks[0]
+
+
 def init_distributed(device: str) -> torch.device:
     """Join the process group the environment describes and return this process's device.
 

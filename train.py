@@ -19,10 +19,12 @@ from typing import Any
 import torch
 
 import distributed
+import run_folder
 import utils
 from checkpoint import (
     COMMANDS,
     OVERRIDABLE,
+    checkpoint_size,
     flag,
     get_rng_state,
     model_config,
@@ -32,7 +34,7 @@ from checkpoint import (
     settings_of_run,
     stored_split,
 )
-from coco_eval import KIND, best_epoch, selected_iou_type, selection_score, write_results
+from coco_eval import ap_line, best_epoch, has_ground_truth, selection_score, write_results
 from curves import TensorBoardLogger, plot_curves
 from dataset import download_pennfudan
 from dataset_cli import add_dataset_args, dataset_from_args, fixed_validation, preflight, training_transform
@@ -94,6 +96,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs under torchrun (CUDA only)")
     add("--print-freq", type=int, default=10, help="iterations between progress lines (default: %(default)s)")
     add("--output-dir", default="output", help="where checkpoints and metrics go (default: %(default)s)")
+    add("--overwrite", action="store_true", help="start a new run in an --output-dir that holds an earlier one")
     add("--resume", default="", help="checkpoint.pth to continue, with the run's settings (or best.pth, --test-only)")
     add("--test-only", action="store_true", help="only evaluate the --resume checkpoint on the run's test split")
     add("--allow-changes", action="store_true", help="with --resume: let flags change the run's data, sizes, recipe")
@@ -132,6 +135,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise utils.UserError("--use-copypaste pastes between images of one size: add --augmentation lsj")
     if args.allow_changes and not args.resume:
         raise utils.UserError("--allow-changes lets --resume change a run's settings; drop it for a new run")
+    if args.overwrite and args.resume:
+        raise utils.UserError("--overwrite starts a new run over an earlier one; drop it to --resume a run")
     utils.check_device(args.device)
     if args.sync_bn and not args.device.startswith("cuda") and distributed.distributed_env() is not None:
         raise utils.UserError("--sync-bn: SyncBatchNorm runs on CUDA only; drop it when training on CPU processes")
@@ -246,8 +251,10 @@ def print_summary(history: list[dict[str, Any]], output_dir: Path) -> None:
     if not history:
         return
     best = best_epoch(history)
-    kind = KIND[selected_iou_type(best)]
-    print(f"Best epoch {best['epoch']}: {kind} AP {selection_score(best):.3f} on the test split; all in {output_dir}/")
+    if has_ground_truth(best):
+        print(f"Best epoch {best['epoch']}: {ap_line(best)} on the test split; all in {output_dir}/")
+    else:
+        print(f"No ground truth in the test split: no epoch was scored, best.pth is the last; all in {output_dir}/")
     print(f"Predict: python predict.py --checkpoint {output_dir / 'best.pth'} IMAGES_OR_FOLDERS")
 
 
@@ -266,7 +273,23 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
         )
         args = argparse.Namespace(**{**settings, **commands})
     check_args(args)
-    utils.writable_folder(args.output_dir)  # now, not after the first epoch
+    # The output folder, before any work: held by this run (rank 0) for its lifetime, and never an earlier run's.
+    lock = run_folder.hold(args.output_dir) if distributed.launched_rank() == 0 else None
+    try:
+        earlier = distributed.launched_rank() == 0 and not args.test_only
+        earlier = earlier and run_folder.refuse_earlier_run(args.output_dir, args.resume, args.overwrite)
+        return run(args, checkpoint, changes, earlier)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: list[dict], earlier: bool) -> Any:
+    """main() once the settings are known and the output folder is held: train, or evaluate with --test-only.
+
+    `checkpoint`: the resumed one, if any; `changes`: what the flags changed of it; `earlier`: an
+    earlier run's files in the output folder are to be removed (--overwrite) before anything is written.
+    """
     if args.use_deterministic_algorithms:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
         os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # MKL's results otherwise depend on memory alignment
@@ -295,9 +318,9 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
             # eval.json is the stats, and what --allow-changes changed in the evaluation (sizes, data), if anything
             changed = [c for c in changes if c["flag"] not in map(flag, OVERRIDABLE)]
             utils.write_json({**stats, "changes": changed} if changed else stats, output_dir / "eval.json")
-            kind = KIND[selected_iou_type(stats)]
-            print(f"{kind} AP {selection_score(stats):.3f} on the run's {len(split['test'])} test images of epoch "
-                  f"{checkpoint.get('epoch')}; wrote {output_dir / 'eval.json'}, {', '.join(written)}")  # fmt: skip
+            scored = ap_line(stats) if has_ground_truth(stats) else "nothing to score (no ground truth)"
+            print(f"{scored} on the run's {len(split['test'])} test images of epoch {checkpoint.get('epoch')}; "
+                  f"wrote {output_dir / 'eval.json'}, {', '.join(written)}")  # fmt: skip
         distributed.cleanup_distributed()
         return stats
 
@@ -324,8 +347,12 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
             print(f"{args.resume} has trained {start_epoch} epochs already: pass --epochs above {start_epoch}")
 
     if distributed.is_main_process():
+        if earlier:
+            removed = run_folder.remove_earlier_run(output_dir)
+            print(f"--overwrite: removed the earlier run's {', '.join(removed)} from {output_dir}")
         for path in utils.remove_stale_temporaries(output_dir):  # left by a run that was killed while writing
             print(f"removed {path}, an unfinished write of a killed run")
+        run_folder.warn_if_little_space(output_dir, checkpoint_size(model_without_ddp, args.opt))
         utils.write_json({**vars(args), "class_names": classes, "changes": all_changes}, output_dir / "args.json")
         utils.write_json(split, output_dir / "split.json")
         utils.write_jsonl(history, output_dir / "metrics.jsonl")  # drops epochs the checkpoint does not hold
@@ -357,8 +384,8 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
         history.append(
             {"epoch": epoch, "lr": lr, **losses, **stats, "train_seconds": train_seconds, "eval_seconds": eval_seconds}
         )
-        score = selection_score(stats)
-        is_best, best_score = score > best_score, max(score, best_score)
+        score = selection_score(stats)  # without ground truth nothing ranks the epochs: best.pth is the last
+        is_best, best_score = score > best_score or not has_ground_truth(stats), max(score, best_score)
         rng_states = distributed.all_gather_object(get_rng_state())  # every rank takes part; rank 0 writes
         if not distributed.is_main_process():
             continue
@@ -380,12 +407,19 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
 
 if __name__ == "__main__":
     arguments, typed = parse_args()
+    utils.stop_on_sigterm()  # a scheduler's preemption, docker stop, kill: stop as on Ctrl-C
     try:
         main(arguments, typed)
+    except utils.WriteFailed as error:  # a full disk: what it needed, what was kept, how to go on
+        folder = run_folder.output_folder(arguments, typed)
+        first = "free some space" if error.reason in utils.NO_SPACE.values() else ""
+        utils.exit_with_user_error(utils.UserError(f"{error}; {run_folder.how_to_continue(folder, first)}"))
     except utils.UserError as error:
         utils.exit_with_user_error(error)
-    except KeyboardInterrupt:
-        resumed_in_place = arguments.resume and "output_dir" not in typed  # then the run's folder is the checkpoint's
-        folder = Path(arguments.resume).parent if resumed_in_place else Path(arguments.output_dir)
-        print(f"\ninterrupted; continue with --resume {folder / 'checkpoint.pth'}", flush=True)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (utils.Terminated): an atomic write kept the old file
+        terminated = isinstance(stop, utils.Terminated)
+        if distributed.launched_rank() == 0:
+            folder = run_folder.output_folder(arguments, typed)
+            what = "stopped by SIGTERM" if terminated else "interrupted"
+            print(f"\n{what}; {run_folder.how_to_continue(folder)}", flush=True)
+        raise SystemExit(143 if terminated else 130) from None

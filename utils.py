@@ -6,12 +6,16 @@ This module imports nothing from the project, so every other module can import i
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import datetime
+import errno
 import json
 import multiprocessing
 import os
 import random
 import resource
+import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -164,16 +168,64 @@ def seed_everything(seed: int) -> None:
 # Files: written atomically, read safely.
 
 
-def atomic_write(path: str | Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, then rename it over `path`.
+# Writes that fail for want of space (or quota), or because the folder's disk went away: said in one line.
+NO_SPACE = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+FOLDER_GONE = (errno.EIO, errno.ESTALE, errno.ENOTCONN, errno.ENODEV, errno.ENXIO)
+
+
+class WriteFailed(UserError):
+    """A file could not be written for want of space or quota, or because its folder's disk is gone.
+
+    `reason` says which in a user's words ("no space left on device"); the message names the
+    file, about how much it needed and how much is free.
+    """
+
+    def __init__(self, path: Path, reason: str, needed: int, free: int | None) -> None:
+        self.path, self.reason, self.needed, self.free = path, reason, needed, free
+        room = f"it needs about {megabytes(needed)}" + (f", {megabytes(free)} free" if free is not None else "")
+        super().__init__(f"{reason} while writing {path} ({room})")
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 2**20:.1f} MB" if size < 10 * 2**20 else f"{size / 2**20:.0f} MB"
+
+
+def free_bytes(folder: str | Path) -> int | None:
+    """The bytes this process may still write in `folder`'s file system; None if it cannot be asked."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+    """The OSError behind `error`: itself, or one it was raised from (torch.save turns a full disk into a
+    RuntimeError raised while handling the OSError of the write)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno is not None:
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return None
+
+
+def atomic_write(path: str | Path, data: bytes | Any, size: int | None = None) -> None:
+    """Write `data` (bytes, or a function that writes to a binary file) through a temporary file in the same folder,
+    then rename it over `path`.
 
     os.replace is atomic on POSIX, so a kill at any moment leaves either the old file
-    or the new one, never half of one.
+    or the new one, never half of one. A full disk, an exceeded quota or a vanished mount
+    raise WriteFailed (a UserError), the old file intact; `size` is the expected size of
+    what a function writes, for that message.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    write = data if callable(data) else (lambda f: f.write(data))
+    needed = len(data) if isinstance(data, bytes) else (size or 0)
+    tmp_name = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(handle, "wb") as tmp:
             write(tmp)
             tmp.flush()
@@ -182,8 +234,17 @@ def atomic_write(path: str | Path, write: Any) -> None:
         os.umask(umask)
         os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+    except BaseException as error:
+        written = 0
+        if tmp_name is not None:
+            with contextlib.suppress(OSError):
+                written = os.stat(tmp_name).st_size
+            with contextlib.suppress(OSError):
+                Path(tmp_name).unlink(missing_ok=True)
+        cause = _os_error_in(error)
+        if cause is not None and (cause.errno in NO_SPACE or cause.errno in FOLDER_GONE):
+            reason = NO_SPACE.get(cause.errno) or f"the folder's disk is gone ({cause.strerror})"
+            raise WriteFailed(path, reason, max(needed, written), free_bytes(path.parent)) from error
         raise
     folder = os.open(path.parent, os.O_RDONLY)  # the rename survives a power cut once the folder is on disk too
     try:
@@ -219,10 +280,22 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     return stale
 
 
+def tensor_bytes(value: Any) -> int:
+    """The bytes of every tensor in a nest of dicts, lists and tuples: about what torch.save writes of it."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
+
+
 def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> None:
-    """torch.save, atomically; a full disk raises a UserError and leaves the old file intact."""
+    """torch.save, atomically; a full disk raises WriteFailed and any other failure a UserError, the old file
+    intact either way."""
     try:
-        atomic_write(path, lambda f: torch.save(checkpoint, f))
+        atomic_write(path, lambda f: torch.save(checkpoint, f), size=tensor_bytes(checkpoint))
     except OSError as error:
         raise UserError(f"could not write checkpoint {path}: {error}; the previous checkpoint is unchanged") from error
 
@@ -242,7 +315,7 @@ def load_checkpoint(path: str | Path) -> Any:
 
 def write_json(data: Any, path: str | Path) -> None:
     """json.dump, atomically."""
-    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -259,7 +332,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 def write_jsonl(records: list[dict[str, Any]], path: str | Path) -> None:
     """Rewrite a JSON-lines file atomically (used to append: records are few and small)."""
-    atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records).encode()))
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in records).encode())
 
 
 def check_device(device: str) -> None:
@@ -279,6 +352,25 @@ def exit_with_user_error(error: BaseException) -> None:
     where = f"[rank {torch.distributed.get_rank()}] " if distributed and torch.distributed.get_world_size() > 1 else ""
     sys.stderr.write(f"{where}error: {one_line(error)}\n")
     raise SystemExit(2)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (a scheduler's preemption, docker stop, kill): a run stops as it does on Ctrl-C."""
+
+
+def stop_on_sigterm() -> None:
+    """From now on SIGTERM raises Terminated in this process, wherever it is (an atomic write then keeps the old
+    file). Processes forked from it (DataLoader workers) still die of SIGTERM at once, as they would without."""
+    main_pid = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != main_pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def in_fresh_process(function: Any, *args: Any) -> Any:

@@ -82,13 +82,14 @@ def pennfudan(pennfudan_master: Path, tmp_path: Path) -> Path:
 def pennfudan_zip(num_images: int) -> bytes:
     """A zip laid out like the official PennFudanPed.zip, with `num_images` tiny image and mask pairs."""
     buffer = io.BytesIO()
-    png = io.BytesIO()
+    png, mask = io.BytesIO(), io.BytesIO()
     Image.new("L", (4, 3)).save(png, format="PNG")
+    Image.fromarray(np.array([[0, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0]], np.uint8)).save(mask, format="PNG")
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("PennFudanPed/readme.txt", "Penn-Fudan Database for Pedestrian Detection and Segmentation")
         for i in range(num_images):
             archive.writestr(f"PennFudanPed/PNGImages/FudanPed{i:05d}.png", png.getvalue())
-            archive.writestr(f"PennFudanPed/PedMasks/FudanPed{i:05d}_mask.png", png.getvalue())
+            archive.writestr(f"PennFudanPed/PedMasks/FudanPed{i:05d}_mask.png", mask.getvalue())
     return buffer.getvalue()
 
 

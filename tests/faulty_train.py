@@ -26,10 +26,10 @@ real_atomic_write = utils.atomic_write
 saves: dict[str, int] = {}
 
 
-def faulty_atomic_write(path, write):
+def faulty_atomic_write(path, write, **options):
     name = Path(path).name
     if not name.endswith(".pth"):
-        return real_atomic_write(path, write)
+        return real_atomic_write(path, write, **options)
     saves[name] = saves.get(name, 0) + 1
 
     def write_in_two_halves(f):
@@ -46,7 +46,7 @@ def faulty_atomic_write(path, write):
             time.sleep(float(os.environ["FAULT_SLOW_WRITE"]))
         f.write(data[len(data) // 2 :])
 
-    return real_atomic_write(path, write_in_two_halves)
+    return real_atomic_write(path, write_in_two_halves, **options)
 
 
 utils.atomic_write = faulty_atomic_write

@@ -59,7 +59,7 @@ def resume(given, test_only=False, allow_changes=False):
 
 
 def test_every_setting_is_in_one_group():
-    settings = set(STORED) - {"resume", "test_only", "allow_changes", "download"}
+    settings = set(STORED) - {"resume", "test_only", "allow_changes", "download", "overwrite"}
     assert settings == set(OVERRIDABLE) | set(OTHER_VALUES) | set(NEVER)
     assert set(NEVER) == set(SPLIT_SETTINGS) | set(MODEL_SETTINGS) | set(OPTIMIZER_SETTINGS)
 

@@ -56,6 +56,19 @@ def test_check_names_every_problem_and_exits_2(pennfudan, capsys):
     assert "not usable: 4 errors, 2 warnings" in out
 
 
+def test_check_says_how_many_images_are_16_bit_and_their_range(pennfudan, capsys):
+    # A 12-bit camera's images fill 1/16 of the 16-bit range: they read dark, and check says so.
+    for index in (1, 3):
+        path = pennfudan / "PNGImages" / f"FudanPed{index:05d}.png"
+        gray = np.maximum(np.asarray(Image.open(path).convert("L")).astype(np.uint16) * 16, 16)  # 16..4080 of 65535
+        gray[0, 0] = 7 * index
+        Image.fromarray(gray).save(path)
+    assert dataset_main(["check", "--data-path", str(pennfudan)]) == 0
+    out = capsys.readouterr().out
+    highest = max(int(np.asarray(Image.open(pennfudan / "PNGImages" / f"FudanPed{i:05d}.png")).max()) for i in (1, 3))
+    assert f"16-bit images: 2, values 7..{highest} of 0..65535 (scaled to 8 bits; the brightest uses 6% of it)" in out
+
+
 def test_check_reports_coco_problems(coco_folder, capsys):
     folder, ann_file, _ = coco_folder
     data = json.loads(ann_file.read_text())

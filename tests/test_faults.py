@@ -1,4 +1,5 @@
-"""Faults injected on purpose: broken datasets, code in checkpoints, kill -9, Ctrl-C, divergence, a full disk.
+"""Faults injected on purpose: broken datasets, code in checkpoints, kill -9, Ctrl-C, SIGTERM, divergence, a full
+disk, data with nothing to learn.
 
 Every broken input must either work as the README documents or stop before training with
 one line that names the file and the problem (exit status 2, no traceback). Every fault
@@ -303,11 +304,32 @@ def test_ctrl_c_stops_cleanly_and_the_last_epoch_resumes(pennfudan, tmp_path):
     process.send_signal(signal.SIGINT)
     output = process.communicate()[0]
     assert process.returncode == 130 and "Traceback" not in output, output
-    assert f"interrupted; continue with --resume {out / 'checkpoint.pth'}" in output
+    resume = f"the last good checkpoint (epoch 0) is intact: continue with --resume {out / 'checkpoint.pth'}"
+    assert f"interrupted; {resume}" in output
     assert _epochs_in(out) == 0
     finish = _start(pennfudan, out)
     output = finish.communicate()[0]
     assert finish.returncode == 0 and "Epoch: [1]" in output and "Epoch: [0]" not in output, output
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("marker", ["Epoch: [1] [2/", "FAULT: half-written checkpoint.pth"])
+def test_sigterm_stops_like_ctrl_c_with_exit_143(pennfudan, tmp_path, marker):
+    # A scheduler's preemption or docker stop, mid-iteration (-j 2: workers too) and mid-checkpoint-write.
+    out = tmp_path / "out"
+    process = _start(pennfudan, out, "-j", 2, env={"FAULT_SLOW_WRITE": "2"})
+    _run_until(process, "Epoch: [1] [1/")  # epoch 0 is saved
+    _run_until(process, marker, 0.2)  # epoch 1: mid-iteration, or writing its checkpoint
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 143 and "Traceback" not in output, output
+    assert _epochs_in(out) == 0
+    assert f"stopped by SIGTERM; the last good checkpoint (epoch 0) is intact: continue with --resume " \
+        f"{out / 'checkpoint.pth'}" in output  # fmt: skip
+    assert not list(out.glob(".*.tmp"))  # the write it cut short left nothing behind
+    finish = _start(pennfudan, out)
+    output = finish.communicate()[0]
+    assert finish.returncode == 0, output
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
 
 
@@ -327,11 +349,72 @@ def test_a_diverging_run_stops_and_keeps_the_previous_checkpoint(pennfudan, tmp_
     assert _digest(out / "checkpoint.pth") == saved
 
 
-def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(pennfudan, tmp_path):
+def _mount_tmpfs(folder, size):
+    """A real file system of `size` bytes at `folder` (root only); False where this machine does not allow it."""
+    folder.mkdir()
+    command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
+    try:
+        return subprocess.run(command, capture_output=True).returncode == 0
+    except OSError:  # no mount command
+        return False
+
+
+def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(pennfudan, tmp_path):
+    # A real full file system where the machine allows it (a tmpfs with room for epoch 0's files and not for
+    # epoch 1's checkpoint), else the same fault injected into the write.
+    from checkpoint import checkpoint_size
+    from model import get_model
+    from utils import tensor_bytes
+
+    model = get_model("maskrcnn_mobilenet_v3_large_fpn", num_classes=2, weights="none")
+    weights, checkpoint = tensor_bytes(model.state_dict()), checkpoint_size(model, "sgd")
+    disk = tmp_path / "disk"
+    mounted = _mount_tmpfs(disk, weights + checkpoint + weights // 2 + 2**22)
+    out = disk / "out"
+    try:
+        process = _start(pennfudan, out, env={} if mounted else {"FAULT_ENOSPC": "checkpoint.pth:2"})
+        output = process.communicate()[0]
+        assert process.returncode == 2 and "Traceback" not in output, output
+        (line,) = [line for line in output.splitlines() if line.startswith("error: ")]
+        assert line.startswith(f"error: no space left on device while writing {out}/"), line
+        assert re.search(r"\(it needs about \d+ MB, [\d.]+ MB free\); ", line), line
+        assert line.endswith(
+            f"the last good checkpoint (epoch 0) is intact: free some space, then continue with --resume "
+            f"{out / 'checkpoint.pth'}"
+        ), line
+        if mounted:
+            assert f"warning: --output-dir {out} has " in output and "less than two checkpoints" in output
+        assert _epochs_in(out) == 0 and not list(out.glob(".*.tmp"))
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_dataset_without_any_instance_stops_before_training(pennfudan, tmp_path):
+    # Every mask all background: a suffix that pairs the wrong files, 0/255 JPEG masks thresholded to nothing.
+    for path in (pennfudan / MASKS).iterdir():
+        size = Image.open(path).size
+        Image.new("L", size).save(path)
     out = tmp_path / "out"
-    process = _start(pennfudan, out, env={"FAULT_ENOSPC": "checkpoint.pth:2"})  # epoch 1's checkpoint
-    output = process.communicate()[0]
-    assert process.returncode == 2 and "Traceback" not in output, output
-    assert f"error: could not write checkpoint {out / 'checkpoint.pth'}: [Errno 28] No space left" in output
-    assert "the previous checkpoint is unchanged" in output
-    assert _epochs_in(out) == 0 and not list(out.glob(".*.tmp"))
+    result = run_cli("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out)
+    _assert_stopped_before_training(result, "none of the 7 training images holds an instance", out)
+    assert "python dataset.py check and python dataset.py show" in result.stderr
+    check = subprocess.run([sys.executable, "dataset.py", "check", "--data-path", pennfudan], cwd=ROOT,
+                           capture_output=True, text=True)  # fmt: skip
+    assert check.returncode == 2 and "error: " in check.stdout and "no image holds an instance" in check.stdout
+
+
+def test_a_test_split_without_instances_warns_and_never_prints_minus_one(pennfudan, tmp_path):
+    # --seed 0 --test-size 1 holds out image 2 of the layout, the one without instances.
+    out = tmp_path / "out"
+    args = [*FAST, "--test-size", 1, "--seed", 0, "--epochs", 2, "--output-dir", out]
+    result = run_cli("--data-path", pennfudan, *args)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "split.json").read_text())["test"] == ["FudanPed00002.png"]
+    assert "warning: the test split (1 images) holds no instance" in result.stdout
+    assert "IoU metric: segm: no ground truth in the test split" in result.stdout
+    assert "No ground truth in the test split: no epoch was scored, best.pth is the last" in result.stdout
+    assert "-1.000" not in result.stdout and "Best epoch" not in result.stdout
+    assert torch.load(out / "best.pth", weights_only=True)["epoch"] == 1
+    evaluated = run_cli("--resume", out / "checkpoint.pth", "--test-only", "--output-dir", tmp_path / "eval")
+    assert "nothing to score (no ground truth) on the run's 1 test images" in evaluated.stdout, evaluated.stderr

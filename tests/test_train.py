@@ -46,6 +46,7 @@ def test_two_epochs_end_to_end(pennfudan, tmp_path):
     assert "Epoch: [1]" in result.stdout and "IoU metric: segm" in result.stdout
     written = {p.name for p in out.iterdir()}
     assert written == {
+        ".lock",  # the run held the folder (run_folder.py); the lock file stays, the lock ended with the run
         "checkpoint.pth",
         "best.pth",
         "metrics.jsonl",
@@ -288,6 +289,29 @@ def test_two_cpu_processes_train_resume_and_score_like_one(pennfudan, tmp_path):
     assert scores[0] == scores[1]
     assert scores[0] == json.loads(json.dumps(checkpoint["stats"]))  # rank 1 scored with rank 0's BN statistics
     assert scores[0]["segm"][0] >= 0  # a real score, not COCOeval's -1 for "no ground truth"
+
+
+def test_sigterm_to_torchrun_stops_every_rank_and_rank_0_says_how_to_resume(pennfudan, tmp_path):
+    import signal
+
+    import run_folder
+
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
+    args = ["--data-path", pennfudan, *FAST, "--output-dir", out, "--epochs", 50, "--print-freq", 1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen([*command, *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+    for line in launcher.stdout:
+        if line.startswith("Epoch: [1]"):  # epoch 0 is saved
+            break
+    launcher.send_signal(signal.SIGTERM)  # torchrun passes it on to every rank
+    output = line + launcher.communicate(timeout=120)[0]
+    (stopped,) = [line for line in output.splitlines() if "stopped by SIGTERM" in line]  # rank 0's alone
+    epoch = torch.load(out / "checkpoint.pth", weights_only=True)["epoch"]
+    assert stopped == f"stopped by SIGTERM; the last good checkpoint (epoch {epoch}) is intact: continue with " \
+        f"--resume {out / 'checkpoint.pth'}"  # fmt: skip
+    run_folder.hold(out).close()  # no rank is left holding the folder
 
 
 def test_sync_bn_on_cpu_processes_is_refused(pennfudan, monkeypatch):

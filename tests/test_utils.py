@@ -15,20 +15,56 @@ def test_checkpoint_round_trip_is_weights_only(tmp_path):
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["checkpoint.pth"]
 
 
-def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+def test_a_full_disk_leaves_the_previous_checkpoint_intact_and_says_what_it_needed(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pth"
     utils.save_checkpoint({"epoch": 1}, path)
     before = path.read_bytes()
 
-    def disk_full(obj, f):
+    def disk_full(obj, f):  # as torch.save fails: its zip writer turns the OSError into a RuntimeError
         f.write(b"half a checkpoint")
-        raise OSError(errno.ENOSPC, "No space left on device")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0") from None
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(utils.UserError, match="could not write checkpoint .*No space left.*previous checkpoint"):
-        utils.save_checkpoint({"epoch": 2}, path)
-    assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]  # no temporary file left
+    state = {"epoch": 2, "model": {"w": torch.zeros(3 * 2**20)}}  # 12 MB of weights
+    with pytest.raises(utils.WriteFailed) as caught:
+        utils.save_checkpoint(state, path)
+    message = str(caught.value)
+    assert message.startswith(f"no space left on device while writing {path} (it needs about 12 MB, ")
+    assert message.endswith(" free)") and caught.value.needed == 12 * 2**20
+    assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [(errno.EDQUOT, "disk quota exceeded"), (errno.ESTALE, "the folder's disk is gone"), (errno.EACCES, None)],
+)
+def test_every_json_write_says_why_it_failed(tmp_path, monkeypatch, code, reason):
+    real_fdopen = utils.os.fdopen
+
+    class Refusing:
+        def __init__(self, handle, mode):
+            self.file = real_fdopen(handle, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, data):
+            raise OSError(code, "refused")
+
+    monkeypatch.setattr(utils.os, "fdopen", Refusing)
+    if reason is None:  # not a matter of space: the OSError itself, for the caller
+        with pytest.raises(PermissionError):
+            utils.write_json({"a": 1}, tmp_path / "args.json")
+        return
+    with pytest.raises(utils.WriteFailed, match=f"^{reason}.* while writing {tmp_path / 'args.json'} "):
+        utils.write_json({"a": 1}, tmp_path / "args.json")
+    assert not list(tmp_path.iterdir())
 
 
 def test_read_jsonl_drops_a_torn_last_line(tmp_path):

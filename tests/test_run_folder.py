@@ -1,0 +1,128 @@
+"""A run's output folder: an earlier run is never overwritten by accident, a live run's folder is never shared,
+and a killed run never leaves it locked (run_folder.py, as train.py uses it)."""
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+from test_train import FAST, run_cli
+
+import run_folder
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _one_line_error(result, *expected):
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    for text in expected:
+        assert text in result.stderr, result.stderr
+
+
+def test_a_new_run_stops_before_an_earlier_run_s_folder(pennfudan, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out).returncode == 0
+    saved = {name: _digest(out / name) for name in ("checkpoint.pth", "best.pth", "metrics.jsonl")}
+    result = run_cli("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out)  # the up arrow, pressed
+    best = json.loads((out / "metrics.jsonl").read_text())["segm"][0]
+    _one_line_error(
+        result,
+        f"--output-dir {out} holds a run (1 epoch, best mask AP {best:.3f} at epoch 0)",
+        f"continue it with --resume {out / 'checkpoint.pth'}",
+        "choose another --output-dir",
+        "or start over there with --overwrite",
+    )
+    assert "Read " not in result.stdout  # before any work
+    assert {name: _digest(out / name) for name in saved} == saved
+
+
+def test_overwrite_replaces_the_earlier_run_s_files_and_only_those(pennfudan, tmp_path):
+    out = tmp_path / "out"
+    first = run_cli("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out, "--tensorboard")
+    assert first.returncode == 0, first.stderr
+    (out / "notes.txt").write_text("mine")
+    (out / "tensorboard" / "mine.txt").write_text("mine too")
+    old_events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    result = run_cli("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out, "--seed", 1, "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert "--overwrite: removed the earlier run's checkpoint.pth, best.pth, metrics.jsonl" in result.stdout
+    assert (out / "notes.txt").read_text() == "mine" and (out / "tensorboard" / "mine.txt").exists()
+    assert not any(path.exists() for path in old_events)
+    assert json.loads((out / "args.json").read_text())["seed"] == 1
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_folder_with_other_files_is_fine_and_overwrite_needs_a_new_run(pennfudan, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert run_cli("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out).returncode == 0
+    result = run_cli("--resume", out / "checkpoint.pth", "--epochs", 2, "--overwrite")
+    _one_line_error(result, "--overwrite starts a new run over an earlier one; drop it to --resume a run")
+    # A resume that writes into another run's folder is a new run's write there: refused alike.
+    other = tmp_path / "other"
+    assert run_cli("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", other).returncode == 0
+    result = run_cli("--resume", out / "checkpoint.pth", "--epochs", 2, "--output-dir", other)
+    _one_line_error(result, f"--output-dir {other} holds a run (1 epoch")
+
+
+def test_a_live_run_holds_its_folder_and_a_killed_one_lets_go(pennfudan, tmp_path):
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    args = ["--data-path", pennfudan, *FAST, "--epochs", 30, "--output-dir", out, "--print-freq", 1]
+    live = subprocess.Popen([sys.executable, "-u", "train.py", *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        for line in live.stdout:
+            if line.startswith("Epoch: [1]"):  # epoch 0 is saved
+                break
+        holder = f"another run is writing there (process {live.pid} on "
+        for command in (
+            ["--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out, "--overwrite"],  # a second run
+            ["--resume", out / "checkpoint.pth", "--epochs", 40],  # a resume of the live run
+            ["--resume", out / "checkpoint.pth", "--test-only"],  # an evaluation that writes eval.json there
+        ):
+            _one_line_error(run_cli(*command), f"--output-dir {out}: {holder}", "wait for it to end")
+        elsewhere_eval = run_cli("--resume", out / "checkpoint.pth", "--test-only", "--output-dir", elsewhere)
+        assert elsewhere_eval.returncode == 0, elsewhere_eval.stderr
+        assert (elsewhere / "eval.json").is_file() and live.poll() is None
+    finally:
+        live.send_signal(signal.SIGKILL)  # no clean-up of its own: the lock must end with the process
+        live.communicate()
+    resumed = run_cli("--resume", out / "checkpoint.pth", "--epochs", 2)
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def _hold_in_another_process(folder):
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import run_folder; run_folder.hold({str(folder)!r})"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def test_the_lock_is_per_folder_and_ends_with_its_holder(tmp_path):
+    held = run_folder.hold(tmp_path / "out")
+    try:
+        assert _hold_in_another_process(tmp_path / "other").returncode == 0
+        taken = _hold_in_another_process(tmp_path / "out")
+        assert taken.returncode != 0 and "another run is writing there (process" in taken.stderr
+    finally:
+        held.close()
+    assert _hold_in_another_process(tmp_path / "out").returncode == 0
+
+
+@pytest.mark.parametrize("epochs", [0, 2])
+def test_how_to_continue_names_the_last_saved_epoch(tmp_path, epochs):
+    import torch
+
+    if epochs:
+        torch.save({"epoch": epochs - 1, "metrics": []}, tmp_path / "checkpoint.pth")
+        expected = f"the last good checkpoint (epoch 1) is intact: continue with --resume {tmp_path / 'checkpoint.pth'}"
+    else:
+        expected = "no epoch was saved yet: run the command again"
+    assert run_folder.how_to_continue(tmp_path) == expected
+    assert run_folder.how_to_continue(tmp_path / "gone").startswith(f"when {tmp_path / 'gone'} is back, continue")
