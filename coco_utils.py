@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from torchvision import tv_tensors
 
 from dataset import InstanceDataset, read_image
 from keypoints import labelled_inside
+from model import BOX_MODELS_HINT
 from utils import UserError
 
 # The keys without which pycocotools cannot index a COCO file, or we cannot find and size an image.
@@ -61,7 +61,9 @@ class CocoDataset(InstanceDataset):
     are left out of the targets; evaluation keeps them, flagged, and COCO ignores them.
     Where categories name `keypoints` (COCO's person keypoints json), targets carry them
     (unless `keypoints=False`), with the categories' `skeleton`; annotations without any have none
-    labelled. See dataset.py's docstring for the target contract.
+    labelled. `masks`: True for a mask model (an annotation without `segmentation` makes its image a
+    bad sample), False for a box or keypoint model (no outline is rasterised), None: where every
+    annotation has one. See dataset.py's docstring for the target contract.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class CocoDataset(InstanceDataset):
         include_crowd: bool = True,
         strict: bool = True,
         keypoints: bool = True,
+        masks: bool | None = True,
     ) -> None:
         self.image_dir, self.ann_file = Path(image_dir), Path(ann_file)
         self.problems: list[str] = []  # with strict=False: what would have raised, for `dataset.py check`
@@ -86,6 +89,9 @@ class CocoDataset(InstanceDataset):
         self.category_ids = [c["id"] for c in categories]  # label k is category_ids[k - 1]
         if keypoints:
             self.keypoint_names, self.skeleton = self._keypoint_definition(categories)
+        outlined = [bool(a.get("segmentation")) for a in self.coco.anns.values()]
+        self._outlines = "all" if all(outlined) else "some" if any(outlined) else "none"
+        self.masks = self._outlines == "all" if masks is None else masks
         self.image_ids = sorted(self.coco.imgs)
         self.image_paths = [self.image_dir / self.coco.imgs[i]["file_name"] for i in self.image_ids]
         # An annotation that cannot become a target makes its image a bad sample: load() raises its problem.
@@ -135,16 +141,19 @@ class CocoDataset(InstanceDataset):
     def annotation_path(self, idx: int) -> Path:
         return self.ann_file
 
+    def outlines(self) -> str:
+        return self._outlines
+
     def annotation_warnings(self) -> list[str]:
         """Boxes outside their image (they are clipped), labelled keypoints outside it (they are dropped),
-        and num_keypoints that disagree with the labelled points: one line each; annotations without a
-        segmentation, in a keypoints json: one line for all."""
-        outlines = [a["id"] for a in self.coco.anns.values() if not a.get("segmentation")]
+        and num_keypoints that disagree with the labelled points: one line each; in mixed data, annotations
+        without a segmentation: one line for all."""
+        bare = [a["id"] for a in self.coco.anns.values() if not a.get("segmentation")]
         warnings = []
-        if self.keypoint_names and outlines:
+        if self._outlines == "some":
             warnings.append(
-                f"{self.ann_file}: {len(outlines)} annotations (ids {outlines[:5]}...) have a box and keypoints but no "
-                "segmentation: Keypoint R-CNN trains on them, Mask R-CNN refuses them"
+                f"{self.ann_file}: {len(bare)} annotations (ids {bare[:5]}...) have a box and no segmentation: box "
+                "and keypoint models train on them, mask models stop at their images (or skip them)"
             )
         for annotation in self.coco.anns.values():
             info = self.coco.imgs.get(annotation["image_id"])
@@ -187,7 +196,7 @@ class CocoDataset(InstanceDataset):
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)):
             return f"{where} has bbox {bbox}; COCO boxes are [x, y, width, height]"
         segmentation = annotation.get("segmentation")
-        if segmentation or not self.keypoint_names:  # keypoint exports may hold a box and points only: see load()
+        if segmentation or self.masks:  # a box model reads past a missing outline, never past a broken one
             problem = self._segmentation_problem(segmentation, info, where)
             if problem:
                 return problem
@@ -219,7 +228,10 @@ class CocoDataset(InstanceDataset):
                     f"height {info['height']} and width {info['width']}; fix its size or counts"
                 )
         else:
-            return f'{where} has no "segmentation" (polygons or RLE): Mask R-CNN learns from masks'
+            return (
+                f'{where} has no "segmentation" (polygons or RLE): mask models learn from outlines; train a box '
+                f"model on boxes ({BOX_MODELS_HINT})"
+            )
         return None
 
     def load(self, idx: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
@@ -237,26 +249,27 @@ class CocoDataset(InstanceDataset):
         annotations = [
             a for a in self.coco.imgToAnns[self.image_ids[idx]] if self.include_crowd or not a.get("iscrowd", 0)
         ]
-        masks = np.zeros((len(annotations), height, width), np.uint8)
         boxes = np.zeros((len(annotations), 4), np.float32)
         for k, annotation in enumerate(annotations):
             x, y, w, h = annotation["bbox"]
             boxes[k] = [x, y, x + w, y + h]
-            if annotation.get("segmentation"):
-                masks[k] = self.coco.annToMask(annotation)
-            else:  # keypoints with a box and no outline: the box is the mask (Keypoint R-CNN never reads one)
-                masks[k, max(int(y), 0) : math.ceil(y + h), max(int(x), 0) : math.ceil(x + w)] = 1
         np.clip(boxes, 0, [width, height, width, height], out=boxes)
         target = {
             "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY", canvas_size=(height, width)),
             "labels": torch.tensor([self.label_of[a["category_id"]] for a in annotations], dtype=torch.int64),
-            "masks": tv_tensors.Mask(torch.from_numpy(masks)),
             "image_id": idx,
-            "area": torch.tensor(
-                [a.get("area", m.sum()) for a, m in zip(annotations, masks, strict=True)], dtype=torch.float32
-            ),
             "iscrowd": torch.tensor([int(a.get("iscrowd", 0)) for a in annotations], dtype=torch.int64),
         }
+        if self.masks:
+            masks = np.zeros((len(annotations), height, width), np.uint8)
+            for k, annotation in enumerate(annotations):
+                masks[k] = self.coco.annToMask(annotation)
+            target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
+            pixels = masks.sum(axis=(1, 2))
+        else:  # COCO's area is the outline's, where there is one; else the box's
+            pixels = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        target["area"] = torch.tensor([a.get("area", p) for a, p in zip(annotations, pixels, strict=True)],
+                                      dtype=torch.float32)  # fmt: skip
         if self.keypoint_names:
             target["keypoints"] = self._keypoints(annotations, height, width)
         return image, target

@@ -7,15 +7,22 @@ The target contract (every dataset here returns it; the README points to it):
         boxes     tv_tensors.BoundingBoxes, XYXY, float32, N x 4, in pixels; COCO's
                   convention: x2 = last column + 1, as pycocotools' mask.toBbox gives
         labels    int64, N, class indices 1..K (0 is the background)
-        masks     tv_tensors.Mask, uint8, N x H x W, values 0 or 1
         image_id  int, unique within the dataset
-        area      float32, N, pixels in each mask (COCO's area)
-        iscrowd   int64, N, 0 for ordinary instances
+        area      float32, N, pixels in each mask (COCO's area; the box's, without outlines)
+        iscrowd   int64, N, 0 for ordinary instances; 1 for regions evaluation ignores (COCO's
+                  crowd, VOC's difficult), which training leaves out
+    and, where the data has outlines and the model learns masks (`masks` True),
+        masks     tv_tensors.Mask, uint8, N x H x W, values 0 or 1
     and, for a dataset with keypoints (K named points per instance, `keypoint_names`),
         keypoints float32, N x K x 3: x, y in pixels (COCO's: the pixel's column and row)
                   and visibility (0 unlabelled, with x = y = 0; 1 labelled but hidden; 2 visible)
 
 N may be 0: an image without instances yields boxes 0 x 4, masks 0 x H x W, and so on.
+Box models (Faster R-CNN, RetinaNet, ...) never need masks: a dataset read for one (`masks`
+False) leaves them out, also where the files have outlines, so a large photo with many
+objects costs no N x H x W stack. Which data has outlines: mask folders, COCO with
+`segmentation`, Ultralytics polygon labels; boxes only: COCO without `segmentation`,
+Ultralytics detection labels, Pascal VOC.
 """
 
 from __future__ import annotations
@@ -164,21 +171,27 @@ def boxes_of_masks(masks: torch.Tensor) -> torch.Tensor:
     return boxes
 
 
-def masks_to_target(instance_mask: np.ndarray, image_id: int) -> dict[str, Any]:
-    """Split an instance mask into per-instance binary masks with COCO-convention boxes and areas."""
+def masks_to_target(instance_mask: np.ndarray, image_id: int, masks: bool = True) -> dict[str, Any]:
+    """Split an instance mask into per-instance binary masks with COCO-convention boxes and areas; with `masks`
+    False, the boxes and areas alone, one instance at a time (no N x H x W stack)."""
     height, width = instance_mask.shape
     instance_ids = np.unique(instance_mask)
     instance_ids = instance_ids[instance_ids != 0]
-    masks = torch.from_numpy((instance_mask[None] == instance_ids[:, None, None]).astype(np.uint8))  # N x H x W
     n = len(instance_ids)
-    return {
-        "boxes": tv_tensors.BoundingBoxes(boxes_of_masks(masks), format="XYXY", canvas_size=(height, width)),
-        "labels": torch.ones(n, dtype=torch.int64),
-        "masks": tv_tensors.Mask(masks),
-        "image_id": image_id,
-        "area": masks.sum(dim=(1, 2), dtype=torch.float32),
-        "iscrowd": torch.zeros(n, dtype=torch.int64),
-    }
+    target: dict[str, Any] = {"labels": torch.ones(n, dtype=torch.int64), "image_id": image_id}
+    if masks:
+        stack = torch.from_numpy((instance_mask[None] == instance_ids[:, None, None]).astype(np.uint8))  # N x H x W
+        boxes, area = boxes_of_masks(stack), stack.sum(dim=(1, 2), dtype=torch.float32)
+        target["masks"] = tv_tensors.Mask(stack)
+    else:
+        boxes = torch.zeros(n, 4)
+        for k, value in enumerate(instance_ids):
+            boxes[k] = boxes_of_masks(torch.from_numpy(instance_mask == value)[None])[0]
+        values, counts = np.unique(instance_mask, return_counts=True)
+        area = torch.from_numpy(counts[values != 0].astype(np.float32))
+    target["boxes"] = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width))
+    target.update(area=area, iscrowd=torch.zeros(n, dtype=torch.int64))
+    return target
 
 
 def _files_by_key(folder: Path, suffix: str, exclude_suffix: str | None = None) -> dict[str, Path]:
@@ -204,10 +217,14 @@ class InstanceDataset(torch.utils.data.Dataset):
     of each class 1..K, for COCO results files), `image_paths`, `image_dir` (the folder that
     split.json names images relative to), `image_ids` (the dataset's own id of each image;
     a target's image_id is the image's index), `problems` (with strict=False: what would
-    have stopped the run), `transforms`; `keypoint_names` (empty: no keypoints) and `skeleton`
-    (pairs of keypoint indices joined when drawn). Subclasses write `load` and `annotation_path`.
+    have stopped the run), `warnings` (what a run and `dataset.py check` print but read past), `transforms`;
+    `keypoint_names` (empty: no keypoints) and `skeleton` (pairs of keypoint indices joined when drawn);
+    `masks` (whether targets carry masks). Subclasses write `load`, `annotation_path`, and `outlines` where
+    some data has no outline. The target contract: the module docstring.
     """
 
+    masks = True
+    warnings: list[str] = []
     keypoint_names: list[str] = []
     skeleton: list[tuple[int, int]] = []
     classes: list[str]
@@ -253,6 +270,10 @@ class InstanceDataset(torch.utils.data.Dataset):
         """Whether image `idx` may be a training image (a COCO file also lists images nobody labelled)."""
         return True
 
+    def outlines(self) -> str:
+        """Whether the data outlines its instances: "all", "some" (mixed data), or "none" (boxes only)."""
+        return "all"
+
 
 class MaskFolderDataset(InstanceDataset):
     """Images and instance-mask PNGs paired by name: `<key><image_suffix>.<ext>` with `<key><mask_suffix>.png`.
@@ -269,8 +290,10 @@ class MaskFolderDataset(InstanceDataset):
         mask_suffix: str = "_mask",
         transforms: Callable | None = None,
         strict: bool = True,
+        masks: bool | None = True,
     ) -> None:
         self.image_dir, self.mask_dir = Path(image_dir), Path(mask_dir)
+        self.masks = masks is not False  # masks False: boxes alone, for a box model
         self.problems: list[str] = []  # with strict=False: what would have raised, for `dataset.py check`
         for folder, what in ((self.image_dir, "image"), (self.mask_dir, "mask")):
             if not folder.is_dir():
@@ -312,7 +335,7 @@ class MaskFolderDataset(InstanceDataset):
                 f"{self.mask_paths[idx]}: mask is {instance_mask.shape[1]}x{instance_mask.shape[0]} but its image "
                 f"{self.image_paths[idx].name} is {image.shape[-1]}x{image.shape[-2]}; masks must match their image"
             )
-        return image, masks_to_target(instance_mask, image_id=idx)
+        return image, masks_to_target(instance_mask, image_id=idx, masks=self.masks)
 
     def annotation_path(self, idx: int) -> Path:
         return self.mask_paths[idx]
@@ -321,11 +344,13 @@ class MaskFolderDataset(InstanceDataset):
 class PennFudanDataset(MaskFolderDataset):
     """The Penn-Fudan pedestrians: `PNGImages/X.png` with `PedMasks/X_mask.png`, class 1 = person."""
 
-    def __init__(self, root: str | Path, transforms: Callable | None = None, strict: bool = True) -> None:
+    def __init__(
+        self, root: str | Path, transforms: Callable | None = None, strict: bool = True, masks: bool | None = True
+    ) -> None:
         root = Path(root)
         if not root.is_dir():
             raise UserError(f"{root}: no such folder; pass --download to fetch Penn-Fudan there, or check --data-path")
-        super().__init__(root / "PNGImages", root / "PedMasks", "", "_mask", transforms, strict)
+        super().__init__(root / "PNGImages", root / "PedMasks", "", "_mask", transforms, strict, masks)
         self.classes = ["background", "person"]
 
 

@@ -22,13 +22,14 @@ import distributed
 from coco_utils import CocoDataset
 from dataset import InstanceDataset, MaskFolderDataset, PennFudanDataset, high_bit_values
 from keypoints import flip_permutation
-from model import is_keypoint_model
+from model import BOX_MODELS, is_keypoint_model, learns_masks
 from transforms import AUGMENTATIONS, get_transform
 from utils import UserError, one_line, writable_folder
 from visualize import draw, grid, save_png
+from voc_utils import VocDataset, has_voc_val
 from yolo_utils import has_val, is_yolo_source, yolo_dataset
 
-DATASETS = ("pennfudan", "folder", "coco", "yolo")
+DATASETS = ("pennfudan", "folder", "coco", "yolo", "voc")
 
 
 def get_dataset(
@@ -43,26 +44,34 @@ def get_dataset(
     strict: bool = True,
     part: str = "train",
     keypoints: bool = True,
+    masks: bool | None = None,
 ) -> InstanceDataset:
     """The dataset `name` at `data_path`; name None infers it: coco with `ann_file`, yolo for a data.yaml or a
-    folder of images/ and labels/, Penn-Fudan's layout (or no folder yet), else "folder".
+    folder of images/ and labels/, voc for a folder of Annotations/, Penn-Fudan's layout (or no folder yet),
+    else "folder".
 
     "folder": images in `data_path`, instance masks in `mask_path` (default: the same
     folder), paired by `<key><image_suffix>.<ext>` and `<key><mask_suffix>.png`.
     "coco": images in `data_path`, annotations in `ann_file` (with their keypoints, if `keypoints`).
-    "yolo": an Ultralytics segmentation dataset (yolo_utils.py); `part` "train" or "val".
+    "yolo": an Ultralytics dataset (yolo_utils.py); "voc": Pascal VOC (voc_utils.py); `part` "train" or "val".
+    masks: whether targets carry masks (True: a mask model's data; False: a box model's; None: where the
+    data outlines every instance).
     """
     data_path = Path(data_path)
     if name is None and ann_file:
         name = "coco"
     if name is None and is_yolo_source(data_path):
         name = "yolo"
+    if name is None and (data_path / "Annotations").is_dir():
+        name = "voc"
     if name == "yolo":
-        return yolo_dataset(data_path, part, transforms, strict)
+        return yolo_dataset(data_path, part, transforms, strict, masks)
+    if name == "voc":
+        return VocDataset(data_path, part, transforms, include_crowd, strict)
     if name == "coco":
         if not ann_file:
             raise UserError("--dataset coco needs --ann-file PATH: the COCO instances json")
-        return CocoDataset(data_path, ann_file, transforms, include_crowd, strict, keypoints)
+        return CocoDataset(data_path, ann_file, transforms, include_crowd, strict, keypoints, masks)
     if name is None and not data_path.exists():
         if data_path.name.lower() != "pennfudanped":  # only a Penn-Fudan path can be downloaded
             raise UserError(f"{data_path}: no such folder; check --data-path")
@@ -71,9 +80,10 @@ def get_dataset(
         is_pennfudan = (data_path / "PNGImages").is_dir() or (data_path / "PedMasks").is_dir()  # one may be missing
         name = "pennfudan" if is_pennfudan else "folder"
     if name == "pennfudan":
-        return PennFudanDataset(data_path, transforms, strict)
+        return PennFudanDataset(data_path, transforms, strict, masks)
     if name == "folder":
-        return MaskFolderDataset(data_path, mask_path or data_path, image_suffix, mask_suffix, transforms, strict)
+        folders = (data_path, mask_path or data_path)
+        return MaskFolderDataset(*folders, image_suffix, mask_suffix, transforms, strict, masks)
     raise UserError(f"--dataset {name}: unknown; choose one of {', '.join(DATASETS)}")
 
 
@@ -81,7 +91,7 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
     """The flags that choose and read a dataset, for train.py and `dataset.py check` alike."""
     add = parser.add_argument
     add("--data-path", default="PennFudanPed", help="dataset folder, image folder or data.yaml (default: %(default)s)")
-    add("--dataset", choices=DATASETS, help="pennfudan, folder, coco or yolo (default: inferred from the paths)")
+    add("--dataset", choices=DATASETS, help="pennfudan, folder, coco, yolo or voc (default: inferred from the paths)")
     add("--mask-path", help="with --dataset folder: the instance-mask folder (default: --data-path)")
     add("--image-suffix", default="", help="with --dataset folder: image names end <key><suffix>.png/.jpg")
     add("--mask-suffix", default="_mask", help="with --dataset folder: mask names end <key><suffix>.png")
@@ -99,12 +109,18 @@ def dataset_from_args(
 ) -> Any:
     """get_dataset with the flags of add_dataset_args; `validation` reads the fixed validation set they name.
 
-    Keypoints are read for a --model that learns them, and by `dataset.py check|show`, which name no model.
+    Keypoints are read for a --model that learns them, and masks for one that learns masks; `dataset.py
+    check|show`, which name no model, read the keypoints and outlines the data has.
     """
     kwargs.setdefault("keypoints", is_keypoint_model(args.model) if "model" in args else True)
+    if "model" in args:  # a keypoint model reads the outlines the data has: copy-paste pastes by them
+        outlines = True if learns_masks(args.model) else None if is_keypoint_model(args.model) else False
+        kwargs.setdefault("masks", outlines)
     data_path, ann_file, mask_path = args.data_path, args.ann_file, args.mask_path
     if validation and _is_yolo(args):  # the data.yaml's val:
         return get_dataset("yolo", data_path, transforms, part="val", **kwargs)
+    if validation and _is_voc(args):  # ImageSets/Main/val.txt
+        return get_dataset("voc", data_path, transforms, part="val", **kwargs)
     if validation:
         data_path, mask_path = args.val_data_path or data_path, args.val_data_path or mask_path
         ann_file = args.val_ann_file or ann_file
@@ -127,13 +143,20 @@ def _is_yolo(args: argparse.Namespace) -> bool:
     )
 
 
+def _is_voc(args: argparse.Namespace) -> bool:
+    inferred = args.dataset is None and not args.ann_file and not _is_yolo(args)
+    return args.dataset == "voc" or (inferred and (Path(args.data_path) / "Annotations").is_dir())
+
+
 def fixed_validation(args: argparse.Namespace) -> bool:
-    """Whether the flags name a fixed validation set (--val-data-path, --val-ann-file, a data.yaml's val:);
-    if not, the test images are split off the data with --test-size."""
-    if _is_yolo(args):
+    """Whether the flags name a fixed validation set (--val-data-path, --val-ann-file, a data.yaml's val:, VOC's
+    val.txt); if not, the test images are split off the data with --test-size."""
+    if _is_yolo(args) or _is_voc(args):
         if args.val_data_path or args.val_ann_file:
-            raise UserError("--val-data-path: a YOLO dataset's validation images are its data.yaml's val: entry")
-        return has_val(args.data_path)
+            own = "a YOLO dataset's validation images are its data.yaml's val: entry"
+            own = own if _is_yolo(args) else "a VOC dataset's validation images are those ImageSets/Main/val.txt lists"
+            raise UserError(f"--val-data-path: {own}")
+        return has_val(args.data_path) if _is_yolo(args) else has_voc_val(args.data_path)
     return bool(args.val_data_path or args.val_ann_file)
 
 
@@ -184,6 +207,8 @@ def preflight(
     Returns the indices that remain in each part, and the problems (for split.json).
     """
     start, rank, world_size = time.time(), distributed.get_rank(), distributed.get_world_size()
+    for warning in dict.fromkeys(w for data, _ in splits.values() for w in data.warnings):
+        print(f"warning: {warning}")
     problems = list(dict.fromkeys(p for data, _ in splits.values() for p in data.problems))
     kept, instances = {}, {}
     for part, (data, ids) in splits.items():
@@ -222,12 +247,12 @@ def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:
     categories); warnings do not (images without instances, empty or tiny instances,
     boxes outside their image).
     """
-    errors, warnings = list(dataset.problems), []
+    errors, warnings = list(dataset.problems), list(dataset.warnings)
     labelled: Counter[str] = Counter()  # keypoints labelled (visibility 1 or 2), by name
     per_class: Counter[str] = Counter()
     sizes: Counter[str] = Counter()
     deep: dict[str, list[float]] = {}  # images of more than 8 bits per value, by kind: count, lowest, highest, top
-    per_image = []
+    per_image, crowd = [], 0
     for idx, path in enumerate(dataset.image_paths):
         try:
             image, target = dataset[idx]
@@ -245,11 +270,13 @@ def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:
             warnings.append(f"{dataset.annotation_path(idx)}: no instances in {path.name}; it teaches only background")
         for points in target.get("keypoints", []):
             labelled.update(name for name, v in zip(dataset.keypoint_names, points[:, 2].tolist(), strict=True) if v)
-        pixels = target["masks"].flatten(1).sum(1).tolist()
+        crowd += int(target["iscrowd"].sum())
+        pixels = target["masks"].flatten(1).sum(1).tolist() if "masks" in target else target["area"].tolist()
+        what = "mask" if "masks" in target else "box"
         for k, (label, area) in enumerate(zip(target["labels"].tolist(), pixels, strict=True)):
             per_class[dataset.classes[label]] += 1
             if area == 0:
-                warnings.append(f"{path}: instance {k} ({dataset.classes[label]}) has an empty mask")
+                warnings.append(f"{path}: instance {k} ({dataset.classes[label]}) has an empty {what}")
             elif area < MIN_INSTANCE_AREA:
                 warnings.append(
                     f"{path}: instance {k} ({dataset.classes[label]}) has only {area} pixels, too few to learn"
@@ -268,6 +295,13 @@ def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:
     for kind, (count, lowest, highest, top) in deep.items():  # read scaled: value x 255 / top
         share = f"; the brightest uses {highest / top:.0%} of it" if highest < top / 2 else ""
         report.append(f"{kind} images: {count}, values {lowest:g}..{highest:g} of 0..{top:g} (scaled to 8 bits{share})")
+    if crowd:
+        report.append(f"of which crowd (COCO) or difficult (VOC): {crowd}, left out of training, ignored by evaluation")
+    if dataset.outlines() != "all":
+        kind = "boxes only, no outlines" if dataset.outlines() == "none" else "outlines on some instances only"
+        models = f"the box models ({', '.join(BOX_MODELS)})" + (" and Keypoint R-CNN" if dataset.keypoint_names else "")
+        mixed = "" if dataset.outlines() == "none" else "; mask models stop at instances without outline"
+        report.append(f"annotations: {kind}; trains {models} on every instance{mixed}")
     if dataset.keypoint_names:
         counts = ", ".join(f"{name} {labelled[name]}" for name in dataset.keypoint_names)
         report.append(f"keypoints: {len(dataset.keypoint_names)} per instance; labelled: {counts}")

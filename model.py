@@ -195,6 +195,15 @@ def is_keypoint_model(name: str) -> bool:
     return name.startswith("keypointrcnn")
 
 
+def learns_masks(name: str) -> bool:
+    """Whether the model of MODELS called `name` predicts masks (and needs outlines to learn them)."""
+    return name.startswith("maskrcnn")
+
+
+BOX_MODELS = [name for name in MODELS if not learns_masks(name) and not is_keypoint_model(name)]
+BOX_MODELS_HINT = "--model " + ", ".join(BOX_MODELS)  # what a user error suggests for data with boxes only
+
+
 def num_keypoints_of(model: nn.Module) -> int | None:
     """K, the keypoints a Keypoint R-CNN predicts per object; None for other models."""
     predictor = getattr(model.roi_heads, "keypoint_predictor", None)

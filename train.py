@@ -41,7 +41,7 @@ from dataset_cli import add_dataset_args, dataset_from_args, fixed_validation, p
 from engine import evaluate, train_one_epoch
 from group_by_aspect_ratio import training_batches
 from keypoints import keypoint_sigmas
-from model import HEAD_SETTINGS, MODELS, get_model, is_keypoint_model
+from model import BOX_MODELS_HINT, HEAD_SETTINGS, MODELS, get_model, is_keypoint_model, learns_masks
 from recipe import (
     LR,
     MOMENTUM,
@@ -162,6 +162,16 @@ def make_loaders(
     train_data = None
     if not args.test_only:
         train_data = dataset_from_args(args, include_crowd=False, strict=strict)
+        if learns_masks(args.model) and train_data.outlines() == "none":
+            raise utils.UserError(
+                f"{args.data_path}: boxes only, no outlines, and --model {args.model} learns masks from outlines; "
+                f"train a box model: {BOX_MODELS_HINT}"
+            )
+        if args.use_copypaste and not train_data.masks:
+            raise utils.UserError(
+                f"--use-copypaste pastes objects by their outlines, and --model {args.model} reads none from "
+                f"{args.data_path}; drop --use-copypaste"
+            )
         train_data.transforms = training_transform(args, train_data)
         if test_data.classes != train_data.classes:
             raise utils.UserError(

@@ -74,10 +74,19 @@ class RandomRot90(torch.nn.Module):
         turns = int(torch.randint(4, ()))
         if turns == 0:
             return image, target
+        height, width = image.shape[-2:]
         image = tv_tensors.wrap(torch.rot90(image, turns, dims=(-2, -1)), like=image)
-        masks = torch.rot90(target["masks"], turns, dims=(-2, -1))
-        target = {**target, "masks": tv_tensors.Mask(masks)}
-        target["boxes"] = tv_tensors.BoundingBoxes(boxes_of_masks(masks), format="XYXY", canvas_size=masks.shape[-2:])
+        target = dict(target)
+        if "masks" in target:
+            masks = torch.rot90(target["masks"], turns, dims=(-2, -1))
+            target["masks"], boxes = tv_tensors.Mask(masks), boxes_of_masks(masks)
+        else:  # boxes alone, turned exactly as the pixels they cover (x2, y2: one past the last column, row)
+            boxes = target["boxes"].as_subclass(torch.Tensor)
+            for _ in range(turns):  # a quarter turn: column x becomes row width - 1 - x, row y becomes column y
+                x1, y1, x2, y2 = boxes.unbind(-1)
+                boxes = torch.stack([y1, width - x2, y2, width - x1], dim=-1)
+                height, width = width, height
+        target["boxes"] = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=image.shape[-2:])
         if "keypoints" in target:
             points, (height, width) = target["keypoints"].as_subclass(torch.Tensor), target["keypoints"].canvas_size
             for _ in range(turns):  # a quarter turn: pixel (x, y) goes to (y, width - 1 - x)

@@ -1,20 +1,24 @@
-"""Ultralytics (YOLO) segmentation datasets, read in place: a data.yaml, or a folder holding images/ and labels/.
+"""Ultralytics (YOLO) detection and segmentation datasets, read in place: a data.yaml, or a folder holding images/
+and labels/.
 
     python train.py --data-path my-export/data.yaml    # Roboflow's and Ultralytics' own layout
     python train.py --data-path my-export              # images/ and labels/ side by side
 
 Each image `.../images/.../NAME.EXT` has its labels in `.../labels/.../NAME.txt` (the last
 `images` folder of the path becomes `labels`, as Ultralytics finds them): one line per
-instance, `CLASS x1 y1 x2 y2 x3 y3 ...`, a polygon in coordinates normalised to [0, 1]. An
-image without a label file is a background image, and trains as one. YOLO class c is our
-label c + 1; its category id (in results files) stays c.
+instance, `CLASS x1 y1 x2 y2 x3 y3 ...`, a polygon, or `CLASS xc yc w h`, a box (detection
+labels), in coordinates normalised to [0, 1]; a file may mix both. Mask models learn from the
+polygons; box models from the boxes, and from each polygon's box. An image without a label
+file is a background image, and trains as one; a label file without its image is unused (a
+warning). YOLO class c is our label c + 1; its category id (in results files) stays c.
 
 data.yaml: `names` (a list, or a dict from class index to name) gives the classes; `train`
 and `val` name folders of images, text files listing images, or lists of these, relative to
 `path` (default: the yaml's own folder; "../x" that does not exist is also tried as "x", as
 Ultralytics does for Roboflow's exports). `train` is the training set and `val`, when given,
-the fixed validation set. Without a data.yaml the classes come from `classes.txt` beside
-images/ (one name per line) or are numbered.
+the fixed validation set, unless it names the same images as `train` (as Ultralytics'
+coco128 does): then --test-size images are held out of them instead. Without a data.yaml the
+classes come from `classes.txt` beside images/ (one name per line) or are numbered.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 from torchvision import tv_tensors
 
 from dataset import IMAGE_EXTENSIONS, InstanceDataset, boxes_of_masks, read_image
+from model import BOX_MODELS_HINT
 from utils import UserError
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -65,10 +70,12 @@ def read_data_yaml(path: Path, parts: tuple[str, ...] = ("train", "val")) -> dic
     if isinstance(data.get("nc"), int) and data["nc"] != len(names):
         raise UserError(f"{path}: nc: {data['nc']} but names: lists {len(names)} classes; make them agree")
     base = path.parent / str(data.get("path") or ".")
+    listed = {part: data[part] if isinstance(data.get(part), list) else [data.get(part)] for part in ("train", "val")}
     found: dict[str, Any] = {
         "names": [str(name) for name in names],
         "base": base.resolve(),
         "has_val": bool(data.get("val")),
+        "entries": {part: sorted(str((base / str(e)).resolve()) for e in listed[part] if e) for part in listed},
     }
     for part in parts:
         entries = data.get(part)
@@ -113,9 +120,10 @@ def label_path(image_path: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def read_labels(path: Path, num_classes: int) -> tuple[list[int], list[np.ndarray]]:
-    """The classes and polygons (P x 2, normalised x, y) of a label file; a UserError names its first bad line."""
-    classes, polygons = [], []
+def read_labels(path: Path, num_classes: int) -> tuple[list[int], list[np.ndarray | None], np.ndarray]:
+    """The classes, polygons (P x 2, normalised x, y; None for a box line) and boxes (N x 4, normalised x1 y1 x2 y2:
+    a box line's, or its polygon's) of a label file; a UserError names its first bad line."""
+    classes, polygons, boxes = [], [], []
     try:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as error:
@@ -131,18 +139,22 @@ def read_labels(path: Path, num_classes: int) -> tuple[list[int], list[np.ndarra
         category, coordinates = values[0], values[1:]
         if category != int(category) or not 0 <= category < num_classes:
             raise UserError(f"{where} has class {values[0]:g}; the dataset has classes 0 to {num_classes - 1}")
-        if len(coordinates) == 4:
+        if len(coordinates) != 4 and (len(coordinates) % 2 or len(coordinates) < 6):
             raise UserError(
-                f"{where} is a box (x y w h), not a polygon; this route reads segmentation labels (x1 y1 x2 y2 ...)"
+                f"{where} has {len(coordinates)} coordinates; give a box (xc yc w h) or a polygon (3 or more x, y)"
             )
-        if len(coordinates) % 2 or len(coordinates) < 6:
-            raise UserError(f"{where} has {len(coordinates)} coordinates; a polygon needs x, y pairs, 3 or more")
-        polygon = np.asarray(coordinates, np.float64).reshape(-1, 2)
-        if polygon.min() < 0 or polygon.max() > 1:
+        if min(coordinates) < 0 or max(coordinates) > 1:
             raise UserError(f"{where} has coordinates outside 0..1; YOLO labels are normalised to the image size")
+        if len(coordinates) == 4:  # a detection label: centre, width, height
+            (xc, yc, w, h), polygon = coordinates, None
+            box = [xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2]
+        else:
+            polygon = np.asarray(coordinates, np.float64).reshape(-1, 2)
+            box = [*polygon.min(axis=0), *polygon.max(axis=0)]
         classes.append(int(category))
         polygons.append(polygon)
-    return classes, polygons
+        boxes.append(box)
+    return classes, polygons, np.clip(np.asarray(boxes, np.float64).reshape(-1, 4), 0, 1)
 
 
 def polygon_masks(polygons: list[np.ndarray], height: int, width: int) -> torch.Tensor:
@@ -155,11 +167,12 @@ def polygon_masks(polygons: list[np.ndarray], height: int, width: int) -> torch.
 
 
 class YoloDataset(InstanceDataset):
-    """The images of one part of an Ultralytics segmentation dataset with their polygon labels as masks.
+    """The images of one part of an Ultralytics dataset with their labels: boxes, and polygons as masks.
 
-    `names`: the class names, YOLO class c first at c. A label file without its image is a
-    problem (it stops the run, or with strict=False is collected). See the module docstring
-    for the layout and dataset.py's for the target contract.
+    `names`: the class names, YOLO class c first at c. `masks`: True for a mask model (a box
+    line makes its image a bad sample), False for a box model (no polygon is rasterised), None:
+    where every line is a polygon. See the module docstring for the layout and dataset.py's for
+    the target contract.
     """
 
     def __init__(
@@ -169,6 +182,7 @@ class YoloDataset(InstanceDataset):
         image_dir: Path,
         transforms: Callable | None = None,
         strict: bool = True,
+        masks: bool | None = True,
     ) -> None:
         self.image_paths = list(dict.fromkeys(image_paths))
         self.label_paths = [label_path(p) for p in self.image_paths]
@@ -178,34 +192,55 @@ class YoloDataset(InstanceDataset):
         self.image_dir = Path(os.path.commonpath([image_dir, *(p.parent for p in self.image_paths)]))
         self.transforms = transforms
         self.problems: list[str] = []
+        self.warnings: list[str] = []
         for path in self.image_paths:
             if not path.is_file():
                 self._problem(f"{path}: listed but not found; fix the list or add the image", strict)
-        # A label file whose image is not on disk (another part's images, listed elsewhere, are on disk: fine)
+        # A label file whose image is not on disk (another part's images, listed elsewhere, are on disk: fine):
+        # Ultralytics reads past it, and so do we (coco128 ships two)
         for image_folder in sorted({p.parent for p in self.image_paths if p.parent.is_dir()}):
             labels = label_path(image_folder / "x.txt").parent
             stems = {p.stem for p in image_folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
             orphans = [p for p in labels.glob("*.txt") if p.stem not in stems and p.name != "classes.txt"]
             for orphan in sorted(orphans):
-                self._problem(
-                    f"{orphan}: a label file without an image in {image_folder}; add it or remove this", strict
-                )
+                self.warnings.append(f"{orphan}: a label file without an image in {image_folder}; it is unused")
+        self._outlines: str | None = None
+        self.masks = self.outlines() == "all" if masks is None else masks
+
+    def outlines(self) -> str:
+        """ "all" where every label line is a polygon, "none" where every one is a box (read once, when asked)."""
+        if self._outlines is None:
+            kinds = set()
+            for path in self.label_paths:
+                if path.is_file():
+                    lines = path.read_text(errors="replace").splitlines()
+                    kinds.update(len(line.split()) == 5 for line in lines if line.strip())
+            self._outlines = "some" if len(kinds) == 2 else "none" if kinds == {True} else "all"
+        return self._outlines
 
     def load(self, idx: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
         image = read_image(self.image_paths[idx])
         height, width = image.shape[-2:]
-        classes, polygons = [], []
+        classes, polygons, boxes = [], [], np.zeros((0, 4))
         if self.label_paths[idx].is_file():  # no label file: a background image
-            classes, polygons = read_labels(self.label_paths[idx], len(self.classes) - 1)
-        masks = polygon_masks(polygons, height, width)
-        target = {
-            "boxes": tv_tensors.BoundingBoxes(boxes_of_masks(masks), format="XYXY", canvas_size=(height, width)),
-            "labels": torch.tensor(classes, dtype=torch.int64) + 1,
-            "masks": tv_tensors.Mask(masks),
-            "image_id": idx,
-            "area": masks.sum(dim=(1, 2), dtype=torch.float32),
-            "iscrowd": torch.zeros(len(classes), dtype=torch.int64),
-        }
+            classes, polygons, boxes = read_labels(self.label_paths[idx], len(self.classes) - 1)
+        target: dict[str, Any] = {"labels": torch.tensor(classes, dtype=torch.int64) + 1, "image_id": idx}
+        if self.masks:
+            boxed = [k for k, polygon in enumerate(polygons, start=1) if polygon is None]
+            if boxed:
+                line = boxed[0]
+                raise UserError(
+                    f"{self.label_paths[idx]}: label {line} is a box (xc yc w h); mask models learn from polygons: "
+                    f"train a box model ({BOX_MODELS_HINT}), or outline it"
+                )
+            masks = polygon_masks(polygons, height, width)
+            target["masks"] = tv_tensors.Mask(masks)
+            pixel_boxes, area = boxes_of_masks(masks), masks.sum(dim=(1, 2), dtype=torch.float32)
+        else:
+            pixel_boxes = torch.from_numpy(boxes * [width, height, width, height]).to(torch.float32)
+            area = (pixel_boxes[:, 2] - pixel_boxes[:, 0]) * (pixel_boxes[:, 3] - pixel_boxes[:, 1])
+        target["boxes"] = tv_tensors.BoundingBoxes(pixel_boxes, format="XYXY", canvas_size=(height, width))
+        target.update(area=area, iscrowd=torch.zeros(len(classes), dtype=torch.int64))
         return image, target
 
     def annotation_path(self, idx: int) -> Path:
@@ -213,7 +248,11 @@ class YoloDataset(InstanceDataset):
 
 
 def yolo_dataset(
-    data_path: str | Path, part: str = "train", transforms: Callable | None = None, strict: bool = True
+    data_path: str | Path,
+    part: str = "train",
+    transforms: Callable | None = None,
+    strict: bool = True,
+    masks: bool | None = True,
 ) -> YoloDataset:
     """Part "train" or "val" of the YOLO dataset at `data_path` (a data.yaml, or a folder of images/ and labels/)."""
     data_path = Path(data_path)
@@ -221,7 +260,7 @@ def yolo_dataset(
         parts = read_data_yaml(data_path, (part,))  # the other part's folders are not walked
         if part == "val" and parts["val"] is None:
             raise UserError(f"{data_path}: no val: images; the test split comes from train: (--test-size)")
-        return YoloDataset(parts[part], parts["names"], parts["base"], transforms, strict)
+        return YoloDataset(parts[part], parts["names"], parts["base"], transforms, strict, masks)
     if not is_yolo_source(data_path):
         raise UserError(f"{data_path}: holds no images/ and labels/ folders; pass them, or the data.yaml")
     if part == "val":
@@ -229,13 +268,20 @@ def yolo_dataset(
     images = _images_of(data_path / "images")
     if not images:
         raise UserError(f"{data_path / 'images'}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
-    return YoloDataset(images, _names_of_folder(data_path), data_path.resolve(), transforms, strict)
+    return YoloDataset(images, _names_of_folder(data_path), data_path.resolve(), transforms, strict, masks)
 
 
 def has_val(data_path: str | Path) -> bool:
-    """Whether the YOLO dataset at `data_path` names a fixed validation set (a data.yaml's val:)."""
+    """Whether the YOLO dataset at `data_path` names a fixed validation set (a data.yaml's val:) other than its
+    train: images; a val: that names train:'s own folders is said in a note, and is no validation set."""
     data_path = Path(data_path)
-    return data_path.suffix.lower() in YAML_SUFFIXES and read_data_yaml(data_path, parts=())["has_val"]
+    if data_path.suffix.lower() not in YAML_SUFFIXES or not read_data_yaml(data_path, parts=())["has_val"]:
+        return False
+    entries = read_data_yaml(data_path, parts=())["entries"]
+    if entries["val"] == entries["train"]:
+        print(f"note: {data_path}: val: names the training images; holding out --test-size of them instead")
+        return False
+    return True
 
 
 def _names_of_folder(folder: Path) -> list[str]:

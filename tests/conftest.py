@@ -251,6 +251,50 @@ def write_yolo(root: Path, layout: list = LAYOUT, val: tuple[int, ...] = (1, 4, 
     return yaml
 
 
+VOC_NAMES = ("dog", "cat")  # instance k of an image is VOC_NAMES[k % 2]: classes sorted, "cat" is label 1
+
+
+def voc_xml(file_name: str, height: int, width: int, objects: list[tuple[str, tuple, int]]) -> str:
+    """A Pascal VOC annotation as LabelImg writes it; objects: (name, (xmin, ymin, xmax, ymax), difficult)."""
+    parts = [
+        f"<annotation><folder>JPEGImages</folder><filename>{file_name}</filename>",
+        f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size><segmented>0</segmented>",
+    ]
+    for name, (xmin, ymin, xmax, ymax), difficult in objects:
+        parts.append(
+            f"<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated>"
+            f"<difficult>{difficult}</difficult><bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin>"
+            f"<xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>"
+        )
+    return "".join(parts) + "</annotation>"
+
+
+def write_voc(root: Path, layout: list = LAYOUT, val: tuple[int, ...] | None = (1, 4, 7)) -> Path:
+    """A Pascal VOC dataset: JPEGImages/imgN.jpg, Annotations/imgN.xml, and (unless `val` is None)
+    ImageSets/Main/train.txt and val.txt. Each instance of the layout is an object whose VOC box is the
+    layout's box in 1-based inclusive pixels (xmin = x1 + 1, xmax = x2); the second object of image 8 is
+    difficult."""
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "Annotations").mkdir()
+    rng = np.random.default_rng(0)
+    names = []
+    for index, (height, width, instances) in enumerate(layout):
+        pixels = rng.integers(0, 80, (height, width, 3), dtype=np.uint8)
+        objects = []
+        for k, (_, y1, y2, x1, x2) in enumerate(instances):
+            pixels[y1:y2, x1:x2] = (200, 120 + 60 * (k % 2), 40)
+            objects.append((VOC_NAMES[k % 2], (x1 + 1, y1 + 1, x2, y2), int(index == 8 and k == 1)))
+        Image.fromarray(pixels).save(root / "JPEGImages" / f"img{index}.jpg", quality=95)
+        (root / "Annotations" / f"img{index}.xml").write_text(voc_xml(f"img{index}.jpg", height, width, objects))
+        names.append(f"img{index}")
+    if val is not None:
+        (root / "ImageSets" / "Main").mkdir(parents=True)
+        (root / "ImageSets" / "Main" / "val.txt").write_text("".join(f"{names[i]}\n" for i in val))
+        train = [name for i, name in enumerate(names) if i not in val]
+        (root / "ImageSets" / "Main" / "train.txt").write_text("".join(f"{name}\n" for name in train))
+    return root
+
+
 KEYPOINT_NAMES = ["head", "left_hand", "right_hand"]
 KEYPOINT_COLOURS = [(250, 250, 250), (250, 0, 0), (0, 0, 250)]  # each point sits on a dot of its own colour
 

@@ -59,3 +59,67 @@ def test_coco_file_mistakes_name_the_file(coco_folder):
         CocoDataset(folder, ann_file)
     with pytest.raises(UserError, match="--dataset coco needs --ann-file"):
         get_dataset("coco", folder)
+
+
+def _boxes_only(ann_file, keep=lambda annotation: False):
+    data = json.loads(ann_file.read_text())
+    for annotation in data["annotations"]:  # as CVAT's, Label Studio's and Roboflow's detection exports write them
+        if not keep(annotation):
+            annotation.pop("segmentation")
+    ann_file.write_text(json.dumps(data))
+    return data
+
+
+def test_a_boxes_only_json_gives_box_models_their_boxes_and_mask_models_none(coco_folder):
+    folder, ann_file, _ = coco_folder
+    outlined = CocoDataset(folder, ann_file, masks=False)  # a box model never reads outlines, even where they are
+    data = _boxes_only(ann_file)
+    dataset = CocoDataset(folder, ann_file, masks=False)
+    assert dataset.outlines() == "none" and CocoDataset(folder, ann_file, masks=None).masks is False
+    for idx in range(3):
+        target, expected = dataset[idx][1], outlined[idx][1]
+        assert "masks" not in target and "masks" not in expected
+        for key in ("boxes", "labels", "iscrowd", "area"):
+            assert torch.equal(target[key], expected[key])
+    mine = [a for a in data["annotations"] if a["image_id"] == 1]
+    assert dataset[0][1]["area"].tolist() == [a["area"] for a in mine]  # the json's own areas
+    with pytest.raises(UserError, match=r'annotation 1 of a.png has no "segmentation" .* train a box model'):
+        CocoDataset(folder, ann_file, masks=True)[0]  # a mask model's read: each image a bad sample
+
+
+def test_mixed_outlines_train_box_models_on_all_and_mask_models_per_sample(coco_folder):
+    folder, ann_file, _ = coco_folder
+    _boxes_only(ann_file, keep=lambda annotation: annotation["image_id"] != 2)  # b.jpg's annotations lose theirs
+    box_data, mask_data = CocoDataset(folder, ann_file, masks=False), CocoDataset(folder, ann_file, masks=True)
+    assert box_data.outlines() == "some" and len(box_data[1][1]["boxes"]) == 2
+    assert mask_data[0][1]["masks"].shape[0] == 2  # a.png keeps its outlines
+    with pytest.raises(UserError, match=r'annotation \d+ of b.jpg has no "segmentation"'):
+        mask_data[1]
+    (warning,) = [w for w in box_data.annotation_warnings() if "no segmentation" in w]
+    assert "2 annotations (ids [" in warning and "mask models stop at their images" in warning
+
+
+def test_a_box_model_trains_on_a_boxes_only_json_and_check_says_so(coco_folder, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from test_train import FAST, run_cli
+
+    folder, ann_file, _ = coco_folder
+    _boxes_only(ann_file)
+    check = subprocess.run([sys.executable, "dataset.py", "check", "--data-path", folder, "--ann-file", ann_file],
+                           cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert check.returncode == 0, check.stdout
+    assert "instances: 4 (leaf_even 2, leaf_odd 2)" in check.stdout and "usable: 0 errors" in check.stdout
+    assert "annotations: boxes only, no outlines; trains the box models (fasterrcnn_resnet50_fpn" in check.stdout
+    out = tmp_path / "out"
+    box_model = ["--model", "fasterrcnn_mobilenet_v3_large_fpn", *FAST[2:], "--test-size", 1]
+    result = run_cli("--data-path", folder, "--ann-file", ann_file, *box_model, "--epochs", 1, "--output-dir", out)
+    assert result.returncode == 0, result.stderr
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(record["bbox"]) == 12 and "segm" not in record
+    refused = run_cli("--data-path", folder, "--ann-file", ann_file, *FAST, "--output-dir", tmp_path / "mask")
+    assert refused.returncode == 2 and "boxes only, no outlines, and --model maskrcnn_mobilenet_v3_large_fpn" in (
+        refused.stderr
+    )

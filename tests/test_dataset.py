@@ -263,3 +263,13 @@ def test_a_phone_photo_is_read_upright_under_its_mask(tmp_path, height, width, o
     assert image.shape[-2:] == (height, width)
     under = image[:, target["masks"][0].bool()].float().mean(dim=1)
     assert under[0] > 200 and under[1] < 60, f"mean RGB under the mask {under.tolist()}: read the wrong way up"
+
+
+def test_a_box_model_reads_a_mask_folder_for_boxes_alone(pennfudan):
+    # The same boxes, labels and areas as the masks give, one instance at a time: no N x H x W stack is made.
+    with_masks, boxes_only = PennFudanDataset(pennfudan), PennFudanDataset(pennfudan, masks=False)
+    for idx in range(len(with_masks)):
+        expected, target = with_masks[idx][1], boxes_only[idx][1]
+        assert "masks" not in target
+        for key in ("boxes", "labels", "area", "iscrowd"):
+            assert torch.equal(target[key], expected[key]), key

@@ -6,7 +6,6 @@ from conftest import KEYPOINT_COLOURS, KEYPOINT_NAMES, write_keypoint_coco
 
 from coco_eval import coco_detections, coco_ground_truth, score_detections
 from coco_utils import CocoDataset
-from dataset import boxes_of_masks
 from dataset_cli import main as dataset_main
 from keypoints import COCO_PERSON_KEYPOINTS, COCO_PERSON_SIGMAS, DEFAULT_SIGMA, flip_permutation, keypoint_sigmas
 from transforms import get_transform
@@ -224,14 +223,13 @@ def test_keypoint_annotations_without_an_outline_train_on_their_boxes(keypoint_c
         if annotation["segmentation"] is None:
             del annotation["segmentation"]
     ann_file.write_text(json.dumps(data))
-    dataset = CocoDataset(folder, ann_file, transforms=get_transform(False))
+    dataset = CocoDataset(folder, ann_file, transforms=get_transform(False), masks=None)  # as the data has them
     _, target = dataset[1]
-    assert target["masks"].flatten(1).sum(1).tolist() == [40 * 45, 50 * 55]  # each box, filled
-    assert torch.equal(boxes_of_masks(target["masks"]), target["boxes"])
+    assert "masks" not in target and dataset.outlines() == "none"  # nothing rasterised: no box drawn as a mask
+    assert target["boxes"].tolist() == [[5, 5, 45, 50], [40, 55, 90, 110]] and target["keypoints"].shape == (2, 3, 3)
+    assert target["area"].tolist() == [40 * 45, 50 * 55]  # the boxes'
     assert dataset_main(["check", "--data-path", str(folder), "--ann-file", str(ann_file)]) == 0
-    assert (
-        "17 annotations (ids [1, 2, 3, 4, 5]...) have a box and keypoints but no segmentation"
-        in capsys.readouterr().out
-    )
+    out = capsys.readouterr().out
+    assert "annotations: boxes only, no outlines; trains the box models (" in out and "and Keypoint R-CNN" in out
     with pytest.raises(UserError, match="annotation 1 of fig1.png has an empty segmentation"):
-        CocoDataset(folder, ann_file, keypoints=False)[0]
+        CocoDataset(folder, ann_file, keypoints=False, masks=True)[0]  # a mask model's read

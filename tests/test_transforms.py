@@ -121,3 +121,26 @@ def test_copy_paste_leaves_images_of_other_sizes_alone():
     other = (torch.zeros(3, 50, 50), {**small[1]})
     out = copy_paste([small, other])
     assert out[0][0] is small[0] and out[1][0] is other[0]
+
+
+@pytest.mark.parametrize("augmentation", AUGMENTATIONS)
+def test_boxes_without_masks_move_as_the_masks_boxes_do(augmentation):
+    # A box model's targets carry no masks: every preset moves the boxes alone, exactly where no pixel is resampled.
+    exact = augmentation in ("hflip", "none", "topdown", "multiscale")  # flips and quarter turns
+    transform = get_transform(train=True, augmentation=augmentation, size=64)
+    for seed in range(20):
+        image, target = _sample()
+        boxes_only = {key: value for key, value in target.items() if key != "masks"}
+        torch.manual_seed(seed)
+        with_masks = transform(image, target)[1]
+        torch.manual_seed(seed)
+        moved_image, moved = transform(image, boxes_only)
+        assert "masks" not in moved
+        height, width = moved_image.shape[-2:]
+        boxes = moved["boxes"]
+        assert ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()
+        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
+        if exact:
+            assert torch.equal(boxes, with_masks["boxes"])
+        elif len(boxes) == len(with_masks["boxes"]):  # resampled: the masks' boxes differ by their rounding
+            assert torch.allclose(boxes, with_masks["boxes"], atol=3)

@@ -63,9 +63,9 @@ def test_a_folder_of_images_and_labels_is_inferred_and_named_by_classes_txt(tmp_
 MALFORMED = {
     "not numbers": ("0 0.1 0.1 zero 0.5 0.2 0.9", "line 2 is not numbers"),
     "class out of range": ("5 0.1 0.1 0.5 0.1 0.5 0.5", "line 2 has class 5; the dataset has classes 0 to 1"),
-    "a box line": ("0 0.5 0.5 0.2 0.2", "line 2 is a box (x y w h), not a polygon"),
     "odd coordinates": ("1 0.1 0.1 0.5 0.1 0.5", "line 2 has 5 coordinates"),
-    "two points": ("1 0.1 0.1 0.5 0.1", "line 2 is a box"),
+    "three numbers": ("1 0.1 0.1 0.5", "line 2 has 3 coordinates; give a box (xc yc w h) or a polygon"),
+    "a box past the edge": ("1 0.5 0.5 1.2 0.2", "line 2 has coordinates outside 0..1"),
     "not normalised": ("0 10 10 50 10 50 50", "line 2 has coordinates outside 0..1"),
 }
 
@@ -81,13 +81,14 @@ def test_a_malformed_line_is_named_with_its_file_and_line(case, tmp_path):
         data.load(0)
 
 
-def test_a_label_file_without_its_image_stops_or_is_collected(tmp_path):
+def test_a_label_file_without_its_image_is_a_warning_and_unused(tmp_path):
+    # Ultralytics reads past such files (its coco128 ships two), and so do we.
     write_yolo(tmp_path)
     (tmp_path / "images" / "train" / "img3.png").unlink()
-    with pytest.raises(UserError, match=r"img3.txt: a label file without an image"):
-        yolo_dataset(tmp_path / "data.yaml")
-    data = yolo_dataset(tmp_path / "data.yaml", strict=False)
-    assert len(data.problems) == 1 and len(data) == 6
+    data = yolo_dataset(tmp_path / "data.yaml")
+    assert len(data) == 6 and not data.problems
+    (warning,) = data.warnings
+    assert warning.endswith(f"img3.txt: a label file without an image in {tmp_path / 'images' / 'train'}; it is unused")
 
 
 def test_trains_on_its_own_data_yaml_with_val_as_the_test_set(tmp_path):
@@ -111,7 +112,9 @@ def test_skip_bad_samples_leaves_out_a_malformed_label_file_with_one_line(tmp_pa
     assert "img5.txt: line 1 has 2 coordinates" in stopped.stderr
     skipped = run_cli(*FAST, "--data-path", yaml, "--epochs", 1, "--output-dir", out, "--skip-bad-samples")
     assert skipped.returncode == 0, skipped.stderr
-    assert "img5.txt: line 1 has 2 coordinates; a polygon needs x, y pairs, 3 or more; skipped" in skipped.stdout
+    assert "img5.txt: line 1 has 2 coordinates; give a box (xc yc w h) or a polygon (3 or more x, y); skipped" in (
+        skipped.stdout
+    )
     assert "on 6 images, testing on 3" in skipped.stdout
 
 
@@ -131,3 +134,59 @@ def test_flags_that_do_not_fit_a_yolo_dataset_are_refused(tmp_path):
     result = run_cli(*FAST, "--data-path", yaml, "--val-data-path", tmp_path, "--output-dir", out)
     assert result.returncode == 2 and "a YOLO dataset's validation images are its data.yaml's val:" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (out / "checkpoint.pth").exists()
+
+
+def _as_detection_labels(root, parts=("train", "val"), keep=()):
+    """Rewrite polygon lines as Ultralytics detection lines (class xc yc w h), but in the files named in `keep`."""
+    for part in parts:
+        for path in (root / "labels" / part).glob("*.txt"):
+            if path.stem in keep:
+                continue
+            lines = []
+            for line in path.read_text().splitlines():
+                category, *xy = line.split()
+                xs, ys = [float(v) for v in xy[0::2]], [float(v) for v in xy[1::2]]
+                centre = ((min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2)
+                lines.append(
+                    f"{category} {centre[0]:.6f} {centre[1]:.6f} {max(xs) - min(xs):.6f} {max(ys) - min(ys):.6f}"
+                )
+            path.write_text("\n".join(lines) + "\n")
+
+
+def test_detection_labels_are_boxes_and_polygons_give_box_models_their_box(tmp_path):
+    yaml = write_yolo(tmp_path)
+    outlined = yolo_dataset(yaml, masks=False)  # polygons, read for a box model: each polygon's box
+    assert outlined.outlines() == "all"
+    _as_detection_labels(tmp_path, keep=("img3",))  # a folder that mixes both
+    mixed = yolo_dataset(yaml, masks=False)
+    assert mixed.outlines() == "some" and yolo_dataset(yaml, masks=None).masks is False
+    for idx, path in enumerate(mixed.image_paths):
+        height, width, instances = LAYOUT[int(path.stem[3:])]
+        target, expected = mixed[idx][1], outlined[idx][1]
+        assert "masks" not in target and torch.equal(target["labels"], expected["labels"])
+        assert torch.allclose(target["boxes"], expected["boxes"], atol=1e-3)  # 6 decimals of a normalised box
+        boxes = [[x1, y1, x2, y2] for _, y1, y2, x1, x2 in instances]
+        assert torch.allclose(target["boxes"], torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), atol=1e-3)
+    with pytest.raises(UserError, match=r"img0.txt: label 1 is a box \(xc yc w h\); mask models learn from polygons"):
+        yolo_dataset(yaml, masks=True).load(0)  # a mask model's read: the image is a bad sample
+    assert yolo_dataset(yaml, masks=True).load(2)[1]["masks"].shape[0] == 2  # img3 kept its polygons
+
+
+def test_ultralytics_coco128_as_it_ships_passes_check_and_trains(tmp_path):
+    # coco128: one folder for train: and val:, and label files whose image is not there.
+    root = tmp_path / "coco128"
+    write_yolo(root, val=())
+    _as_detection_labels(root, parts=("train",))
+    (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/train\nnames:\n  0: stem\n  1: leaf\n")
+    (root / "labels" / "train" / "gone.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    check = subprocess.run([sys.executable, "dataset.py", "check", "--data-path", root / "data.yaml"], cwd=ROOT,
+                           capture_output=True, text=True)  # fmt: skip
+    assert check.returncode == 0, check.stdout
+    assert "note: " in check.stdout and "val: names the training images; holding out --test-size" in check.stdout
+    assert "gone.txt: a label file without an image in" in check.stdout
+    assert "usable: 0 errors, 2 warnings" in check.stdout  # and img2, without instances
+    box_model = ["--model", "fasterrcnn_mobilenet_v3_large_fpn", *FAST[2:]]
+    result = run_cli("--data-path", root / "data.yaml", *box_model, "--epochs", 1, "--output-dir", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "Training fasterrcnn_mobilenet_v3_large_fpn on 7 images, testing on 3" in result.stdout
+    assert "warning: " in result.stdout and "gone.txt: a label file without an image" in result.stdout
