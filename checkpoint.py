@@ -34,7 +34,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from distributed import distributed_env, get_rank, get_world_size
-from model import MODELS, head_settings, mask_head_shape, num_keypoints_of, set_mask_head
+from model import MODELS, build, head_settings, mask_head_shape, num_classes_of, num_keypoints_of, set_mask_head
 from utils import UserError, load_checkpoint, save_checkpoint, tensor_bytes
 from weights import freeze_batchnorm, freeze_like_pretrained
 
@@ -224,12 +224,12 @@ def model_config(model: nn.Module, name: str) -> dict[str, Any]:
     frozen = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
     return {
         "name": name,
-        "num_classes": model.roi_heads.box_predictor.cls_score.out_features,
+        "num_classes": num_classes_of(model),
         "frozen_bn_eps": frozen[0].eps if frozen else None,
         "frozen_parameters": [key for key, param in model.named_parameters() if not param.requires_grad],
         "min_size": list(model.transform.min_size),
         "max_size": model.transform.max_size,
-        "masks": getattr(model.roi_heads, "mask_predictor", None) is not None,
+        "masks": mask_head_shape(model) is not None,
         "num_keypoints": num_keypoints_of(model),
         "heads": head_settings(model),
         "mask_head": mask_head_shape(model),
@@ -250,7 +250,7 @@ def model_from_config(config: dict[str, Any], **kwargs: Any) -> nn.Module:
     heads = config.get("heads", {})  # absent from checkpoints older than the head settings: the defaults
     if config.get("num_keypoints"):
         heads = {**heads, "num_keypoints": config["num_keypoints"]}
-    model = MODELS[name][0](weights=None, weights_backbone=None, num_classes=config["num_classes"], **heads, **sizes)
+    model = build(name, weights=None, weights_backbone=None, num_classes=config["num_classes"], **heads, **sizes)
     if config.get("mask_head"):
         set_mask_head(model, *config["mask_head"])
     if config["frozen_bn_eps"] is not None:  # trained from pretrained weights: FrozenBatchNorm in the backbone

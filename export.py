@@ -27,7 +27,7 @@ import utils
 from checkpoint import model_from_checkpoint
 from dataset import read_image
 
-OUTPUTS = ("boxes", "labels", "scores", "masks", "keypoints", "keypoints_scores")  # those the model gives, in order
+OUTPUTS = ("boxes", "labels", "scores", "masks", "keypoints", "keypoints_scores")  # what a detection model may give
 # The largest absolute differences still accepted (pixels for boxes and keypoints, probabilities for scores and
 # masks, heatmap logits for keypoint scores).
 TOLERANCES = {"boxes": 1.0, "labels": 0, "scores": 1e-3, "masks": 1e-2, "keypoints": 1.0, "keypoints_scores": 1e-2}
@@ -54,8 +54,8 @@ def sample_images(paths: list[str], min_size: int) -> list[torch.Tensor]:
 
 def export_onnx(model: torch.nn.Module, image: torch.Tensor, path: Path, opset: int) -> None:
     """torch.onnx.export with the TorchScript-based exporter, which handles torchvision's detection models."""
-    with torch.inference_mode():
-        outputs = [name for name in OUTPUTS if name in model([image])[0]]
+    with torch.inference_mode():  # the graph's outputs come in the order of the model's dict (R-CNNs put labels
+        outputs = [name for name in model([image])[0] if name in OUTPUTS]  # first, RetinaNet, FCOS and SSD scores)
     dynamic = {"image": [1, 2], **{name: [0] for name in outputs}}
     if "masks" in outputs:
         dynamic["masks"] = [0, 2, 3]
@@ -110,9 +110,31 @@ def torchscript_runner(path: Path) -> Any:
     return run
 
 
+def matched(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`got`'s detections in `expected`'s order, each paired with the unpaired one of the same label nearest in box
+    and score: the order among (nearly) equal scores is arbitrary, and eager PyTorch and an exported graph break
+    such ties differently (an untrained model scores many alike)."""
+    boxes, scores = got["boxes"].float(), got["scores"].float()
+    free = torch.ones(len(scores), dtype=torch.bool)
+    order = []
+    for box, label, score in zip(
+        expected["boxes"].float(), expected["labels"], expected["scores"].float(), strict=True
+    ):
+        distance = (boxes - box).abs().amax(dim=1) + (scores - score).abs() * 1000  # pixels; 1e-3 of score = 1 pixel
+        distance[~free | (got["labels"] != label)] = float("inf")
+        if not torch.isfinite(distance.min()):
+            return got  # no counterpart: compared as it stands, it differs
+        order.append(int(distance.argmin()))
+        free[order[-1]] = False
+    return {name: value[order] for name, value in got.items()}
+
+
 def largest_differences(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> dict[str, float]:
-    """The largest absolute difference of each output; inf where the numbers of detections differ."""
+    """The largest absolute difference of each output, detections in canonical order; inf where the numbers of
+    detections differ."""
     differences = {}
+    if expected["scores"].shape == got["scores"].shape:
+        got = matched(expected, got)
     for name in expected:
         a, b = expected[name].float(), got[name].float()
         differences[name] = float((a - b).abs().max()) if a.shape == b.shape and a.numel() else 0.0

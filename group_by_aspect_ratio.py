@@ -68,6 +68,31 @@ class GroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
         return math.ceil(len(self.sampler) / self.batch_size)
 
 
+class NoSingleImageBatch(torch.utils.data.Sampler[list[int]]):
+    """The batches of `batches`, but a last batch of one image joins the batch before it: BatchNorm that trains
+    cannot normalise one image's 1 x 1 feature maps (SSDlite's last layers)."""
+
+    def __init__(self, batches: torch.utils.data.Sampler[list[int]]) -> None:
+        self.batches = batches
+        self.sampler = batches.sampler  # type: ignore[attr-defined]  (train.py calls its set_epoch)
+        size, count = batches.batch_size, len(self.sampler)  # type: ignore[attr-defined, arg-type]
+        self.joins = size > 1 and count > size and count % size == 1
+
+    def __iter__(self) -> Iterator[list[int]]:
+        held = None
+        for batch in self.batches:
+            if held is not None and len(batch) == 1:
+                batch, held = held + batch, None
+            if held is not None:
+                yield held
+            held = batch
+        if held is not None:
+            yield held
+
+    def __len__(self) -> int:
+        return len(self.batches) - int(self.joins)  # type: ignore[arg-type]
+
+
 def training_batches(
     dataset: torch.utils.data.Dataset,
     batch_size: int,
@@ -75,10 +100,14 @@ def training_batches(
     seed: int,
     num_replicas: int = 1,
     rank: int = 0,
+    single_images: bool = True,
 ) -> torch.utils.data.Sampler[list[int]]:
     """train.py's batches: a seeded shuffle (call .sampler.set_epoch each epoch), this rank's share of it,
-    grouped by aspect ratio unless `group_factor` is negative. One process is num_replicas=1."""
+    grouped by aspect ratio unless `group_factor` is negative. One process is num_replicas=1. Without
+    `single_images`, a last batch of one image joins the one before it (NoSingleImageBatch)."""
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, seed=seed)
     if group_factor < 0:
-        return torch.utils.data.BatchSampler(sampler, batch_size, drop_last=False)
-    return GroupedBatchSampler(sampler, aspect_ratio_groups(dataset, group_factor), batch_size)
+        batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=False)
+    else:
+        batches = GroupedBatchSampler(sampler, aspect_ratio_groups(dataset, group_factor), batch_size)
+    return batches if single_images else NoSingleImageBatch(batches)

@@ -1,12 +1,19 @@
 """Detection and instance-segmentation models for `num_classes`, with their weights.
 
 `get_model` builds one of MODELS, loads weights (torchvision's COCO weights, none, or a
-local file) and swaps the box and mask predictors for `num_classes` (and the keypoint
-predictor for `num_keypoints`), as the tutorial does.
+local file) and swaps the class-dependent layers for `num_classes`, as the tutorial swaps
+Faster R-CNN's box predictor: the R-CNNs' box and mask predictors (and the keypoint
+predictor for `num_keypoints`), RetinaNet's and FCOS's classification logits, SSD's
+per-level classifiers. Everything else keeps its trained weights.
+
+The families are torchvision's references': R-CNNs (two stages: proposals, then a head per
+region; masks and keypoints), RetinaNet and FCOS (one stage, dense; boxes), SSD and SSDlite
+(one stage on a fixed square input; boxes, fast).
 """
 
 from __future__ import annotations
 
+import math
 import urllib.error
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +26,7 @@ from torchvision.models import (
     MobileNet_V3_Large_Weights,
     ResNet18_Weights,
     ResNet50_Weights,
+    VGG16_Weights,
     WeightsEnum,
     detection,
     mobilenet_v2,
@@ -187,7 +195,30 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], type[WeightsEnum] | None, type
     "maskrcnn_resnet18_fpn": (maskrcnn_resnet18_fpn, None, ResNet18_Weights),
     "fasterrcnn_mobilenet_v2": (fasterrcnn_mobilenet_v2, None, MobileNet_V2_Weights),
     "maskrcnn_mobilenet_v2": (maskrcnn_mobilenet_v2, None, MobileNet_V2_Weights),
+    "fasterrcnn_mobilenet_v3_large_320_fpn": (
+        detection.fasterrcnn_mobilenet_v3_large_320_fpn,
+        detection.FasterRCNN_MobileNet_V3_Large_320_FPN_Weights,
+        MobileNet_V3_Large_Weights,
+    ),
+    "retinanet_resnet50_fpn": (
+        detection.retinanet_resnet50_fpn,
+        detection.RetinaNet_ResNet50_FPN_Weights,
+        ResNet50_Weights,
+    ),
+    "retinanet_resnet50_fpn_v2": (
+        detection.retinanet_resnet50_fpn_v2,
+        detection.RetinaNet_ResNet50_FPN_V2_Weights,
+        ResNet50_Weights,
+    ),
+    "fcos_resnet50_fpn": (detection.fcos_resnet50_fpn, detection.FCOS_ResNet50_FPN_Weights, ResNet50_Weights),
+    "ssd300_vgg16": (detection.ssd300_vgg16, detection.SSD300_VGG16_Weights, VGG16_Weights),
+    "ssdlite320_mobilenet_v3_large": (
+        detection.ssdlite320_mobilenet_v3_large,
+        detection.SSDLite320_MobileNet_V3_Large_Weights,
+        MobileNet_V3_Large_Weights,
+    ),
 }
+SSD_SIZES = {"ssd300_vgg16": 300, "ssdlite320_mobilenet_v3_large": 320}  # their square input, unless --min-size
 
 
 def is_keypoint_model(name: str) -> bool:
@@ -200,18 +231,80 @@ def learns_masks(name: str) -> bool:
     return name.startswith("maskrcnn")
 
 
+def is_rcnn(name: str) -> bool:
+    """Whether the model of MODELS called `name` is a two-stage R-CNN (proposals, then heads per region)."""
+    return "rcnn" in name
+
+
+def build(name: str, min_size: Any = None, max_size: int | None = None, **kwargs: Any) -> nn.Module:
+    """MODELS[name]'s builder called with `kwargs`, at `min_size` (one or several shorter sides) and `max_size`.
+
+    SSD models take one square input: `min_size` (its first side) sets it, else their own
+    300 or 320; their builders take no sizes, so the transform is set after building.
+    """
+    builder = MODELS[name][0]
+    if name not in SSD_SIZES:
+        sizes = {"min_size": min_size, "max_size": max_size}
+        return builder(**kwargs, **{key: value for key, value in sizes.items() if value is not None})
+    model = builder(**kwargs)
+    sides = [min_size] if isinstance(min_size, int) else list(min_size or [])
+    side = sides[0] if sides else SSD_SIZES[name]
+    model.transform.min_size, model.transform.max_size, model.transform.fixed_size = (side,), side, (side, side)
+    return model
+
+
+def num_classes_of(model: nn.Module) -> int:
+    """The classes (background included) `model` predicts."""
+    if hasattr(model, "roi_heads"):
+        return model.roi_heads.box_predictor.cls_score.out_features
+    head = model.head.classification_head
+    return head.num_classes if hasattr(head, "num_classes") else head.num_columns  # RetinaNet, FCOS; SSD
+
+
 BOX_MODELS = [name for name in MODELS if not learns_masks(name) and not is_keypoint_model(name)]
 BOX_MODELS_HINT = "--model " + ", ".join(BOX_MODELS)  # what a user error suggests for data with boxes only
 
 
 def num_keypoints_of(model: nn.Module) -> int | None:
     """K, the keypoints a Keypoint R-CNN predicts per object; None for other models."""
-    predictor = getattr(model.roi_heads, "keypoint_predictor", None)
+    predictor = getattr(getattr(model, "roi_heads", None), "keypoint_predictor", None)
     return None if predictor is None else predictor.kps_score_lowres.out_channels
+
+
+def _new_classifier(old: nn.Conv2d, anchors: int, num_classes: int, std: float, prior: float | None) -> nn.Conv2d:
+    """A convolution like `old` with `anchors` x `num_classes` outputs, initialised as torchvision initialises the
+    head (normal weights of `std`; the bias at the focal-loss prior, or 0)."""
+    new = nn.Conv2d(old.in_channels, anchors * num_classes, old.kernel_size, old.stride, old.padding)
+    nn.init.normal_(new.weight, std=std)
+    nn.init.constant_(new.bias, 0.0 if prior is None else -math.log((1 - prior) / prior))
+    return new
+
+
+def _replace_dense_classifiers(model: nn.Module, num_classes: int) -> None:
+    """RetinaNet's and FCOS's classification logits, or SSD's per-level classifiers, for `num_classes`: the layers
+    whose outputs are per class; the convolutions before them keep their weights."""
+    head = model.head.classification_head
+    if num_classes_of(model) == num_classes:
+        return
+    if hasattr(head, "cls_logits"):  # RetinaNet, FCOS: one 3 x 3 convolution over every level, focal loss
+        head.cls_logits = _new_classifier(head.cls_logits, head.num_anchors, num_classes, 0.01, 0.01)
+        head.num_classes = num_classes
+        return
+    for level, layer in enumerate(head.module_list):  # SSD: a convolution per level (SSDlite: its last 1 x 1)
+        conv = layer if isinstance(layer, nn.Conv2d) else layer[-1]
+        new = _new_classifier(conv, conv.out_channels // head.num_columns, num_classes, 0.03, None)
+        if isinstance(layer, nn.Conv2d):
+            head.module_list[level] = new
+        else:
+            layer[-1] = new
+    head.num_columns = num_classes
 
 
 def _replace_predictors(model: nn.Module, num_classes: int, num_keypoints: int | None = None) -> None:
     """New box (and mask, or keypoint) predictors for `num_classes` (and `num_keypoints`), as in the tutorial."""
+    if not hasattr(model, "roi_heads"):
+        _replace_dense_classifiers(model, num_classes)
+        return
     if num_keypoints is not None and num_keypoints_of(model) != num_keypoints:
         in_channels = model.roi_heads.keypoint_predictor.kps_score_lowres.in_channels
         model.roi_heads.keypoint_predictor = KeypointRCNNPredictor(in_channels, num_keypoints)
@@ -234,7 +327,9 @@ HEAD_SETTINGS = (
 
 
 def head_settings(model: nn.Module) -> dict[str, int]:
-    """The HEAD_SETTINGS values `model` was built with."""
+    """The HEAD_SETTINGS values `model` was built with (an R-CNN's; none for the one-stage models)."""
+    if not hasattr(model, "roi_heads"):
+        return {}
     rpn, roi_heads = model.rpn, model.roi_heads
     return {
         "box_batch_size_per_image": roi_heads.fg_bg_sampler.batch_size_per_image,
@@ -248,7 +343,7 @@ def head_settings(model: nn.Module) -> dict[str, int]:
 
 def mask_head_shape(model: nn.Module) -> tuple[int, int] | None:
     """(convolutions, channels) of the mask head (torchvision's: 4 of 256); None for a model without masks."""
-    if getattr(model.roi_heads, "mask_head", None) is None:
+    if getattr(getattr(model, "roi_heads", None), "mask_head", None) is None:
         return None
     return len(model.roi_heads.mask_head), model.roi_heads.mask_predictor.conv5_mask.in_channels
 
@@ -292,13 +387,16 @@ def get_model(
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
     if name not in MODELS:
         raise UserError(f"--model {name}: unknown; choose one of {', '.join(MODELS)}")
-    builder, weights_enum, backbone_enum = MODELS[name]
+    _, weights_enum, backbone_enum = MODELS[name]
     if is_keypoint_model(name) != (num_keypoints is not None):
         raise UserError(
             f"--model {name} learns keypoints: train it on a COCO keypoints json (--ann-file)"
             if num_keypoints is None
             else f"--model {name} has no keypoint head; for keypoints use --model keypointrcnn_resnet50_fpn"
         )
+    if not is_rcnn(name) and any(kwargs.get(setting) is not None for setting in HEAD_SETTINGS):
+        setting = next(s for s in HEAD_SETTINGS if kwargs.get(s) is not None)
+        raise UserError(f"--{setting.replace('_', '-')}: an R-CNN setting; --model {name} has no such head")
     weights_spec = resolve_weights(weights, weights_enum, "--weights")
     backbone_spec = resolve_weights(weights_backbone, backbone_enum, "--weights-backbone")
     if weights_spec is not None and backbone_spec is not None:
@@ -306,14 +404,15 @@ def get_model(
     pretrained = weights_spec is not None or backbone_spec is not None
     points = {} if num_keypoints is None else {"num_keypoints": num_keypoints}  # COCO weights: 17, swapped below
     layers = trainable_backbone_layers
-    if layers is None:
-        layers = 3 if pretrained else (5 if "resnet" in name else 6)
+    if layers is None:  # every stage when nothing is pretrained: ResNet and VGG have 5, MobileNets 6
+        layers = 3 if pretrained else (5 if "resnet" in name or "vgg" in name else 6)
 
     try:
         if isinstance(weights_spec, WeightsEnum):
-            model = builder(weights=weights_spec, trainable_backbone_layers=layers, **kwargs)
+            model = build(name, weights=weights_spec, trainable_backbone_layers=layers, **kwargs)
         elif isinstance(backbone_spec, WeightsEnum):
-            model = builder(
+            model = build(
+                name,
                 weights=None,
                 weights_backbone=backbone_spec,
                 num_classes=num_classes,
@@ -327,17 +426,20 @@ def get_model(
                 eps = 0.0 if name in ZERO_EPS_COCO_MODELS else None
             else:
                 eps = config.get("frozen_bn_eps")
-            if "roi_heads.box_predictor.cls_score.weight" not in state:
+            if not any(key.startswith(("roi_heads.box_predictor.", "head.")) for key in state):
                 raise UserError(f"--weights {weights_spec}: not weights of a detection model; pick its --model")
-            source_classes = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
+            # the file's classes: a checkpoint's config says; torchvision's COCO files have 91
+            source_classes = (config or {}).get("num_classes", 91)
+            if "roi_heads.box_predictor.cls_score.weight" in state:
+                source_classes = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
             source_points = state.get("roi_heads.keypoint_predictor.kps_score_lowres.weight")
             if points and source_points is not None:  # a ConvTranspose2d's weight: in x out x 4 x 4
                 points = {"num_keypoints": source_points.shape[1]}
-            model = builder(weights=None, weights_backbone=None, num_classes=source_classes, **points, **kwargs)
+            model = build(name, weights=None, weights_backbone=None, num_classes=source_classes, **points, **kwargs)
             freeze_like_pretrained(model, name, layers, eps)
             load_matching(model, state, weights_spec, name)
         else:
-            model = builder(weights=None, weights_backbone=None, num_classes=num_classes, **points, **kwargs)
+            model = build(name, weights=None, weights_backbone=None, num_classes=num_classes, **points, **kwargs)
             if isinstance(backbone_spec, Path):
                 freeze_like_pretrained(model, name, layers)
                 load_backbone(model, backbone_spec)

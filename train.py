@@ -41,7 +41,7 @@ from dataset_cli import add_dataset_args, dataset_from_args, fixed_validation, p
 from engine import evaluate, train_one_epoch
 from group_by_aspect_ratio import training_batches
 from keypoints import keypoint_sigmas
-from model import BOX_MODELS_HINT, HEAD_SETTINGS, MODELS, get_model, is_keypoint_model, learns_masks
+from model import BOX_MODELS_HINT, HEAD_SETTINGS, MODELS, SSD_SIZES, get_model, is_keypoint_model, learns_masks
 from recipe import (
     LR,
     MOMENTUM,
@@ -59,7 +59,7 @@ from visualize import save_batch_picture, save_predictions_picture
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Fine-tune Mask R-CNN or Faster R-CNN", add_help=add_help)
+    parser = argparse.ArgumentParser(description="Fine-tune a torchvision detection model", add_help=add_help)
     add = parser.add_argument
     add_dataset_args(parser)
     add("--download", action="store_true", help="download Penn-Fudan into --data-path if it does not exist")
@@ -133,6 +133,14 @@ def check_args(args: argparse.Namespace) -> None:
         raise utils.UserError("--lr-scheduler multisteplr needs --lr-steps: the epochs at which the lr decays")
     if args.use_copypaste and args.augmentation != "lsj":
         raise utils.UserError("--use-copypaste pastes between images of one size: add --augmentation lsj")
+    if args.model in SSD_SIZES and args.augmentation == "multiscale":
+        raise utils.UserError(
+            f"--augmentation multiscale: --model {args.model} takes one square size; use ssd or ssdlite"
+        )
+    if args.model.startswith("ssdlite") and args.batch_size < 2:
+        raise utils.UserError(
+            f"--batch-size 1: --model {args.model}'s BatchNorm cannot train on one image; use 2 or more"
+        )
     if args.allow_changes and not args.resume:
         raise utils.UserError("--allow-changes lets --resume change a run's settings; drop it for a new run")
     if args.overwrite and args.resume:
@@ -201,9 +209,11 @@ def make_loaders(
     if train_data is not None:
         train_set = torch.utils.data.Subset(train_data, train_ids)
         # One sampler for one process and for many: a seeded shuffle per epoch (set_epoch), this rank's share of it.
-        batches = training_batches(
-            train_set, args.batch_size, args.aspect_ratio_group_factor, args.seed, num_replicas=world_size, rank=rank
-        )
+        ones = not args.model.startswith("ssdlite")  # its BatchNorm on 1 x 1 maps cannot train on one image
+        batches = training_batches(train_set, args.batch_size, args.aspect_ratio_group_factor, args.seed,
+                                   num_replicas=world_size, rank=rank, single_images=ones)  # fmt: skip
+        if getattr(batches, "joins", False):
+            print(f"note: the last batch of one image joins the one before it (--model {args.model}'s BatchNorm)")
         # Training workers start again each epoch, seeded from the main RNG, which a checkpoint restores: a resumed
         # run augments as the straight one did. Test workers have nothing random: they persist (bench.py: first batch
         # time), seeded from their own generator, so that the main RNG is drawn from the same way with and without a
@@ -282,6 +292,9 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
             checkpoint, args.resume, defaults, values, args.test_only, args.allow_changes
         )
         args = argparse.Namespace(**{**settings, **commands})
+    if args.model in SSD_SIZES and not args.resume:  # a square input: --min-size when typed, else the model's own
+        args.min_size = args.min_size if "min_size" in (given or set()) else SSD_SIZES[args.model]
+        args.max_size = args.min_size
     check_args(args)
     # The output folder, before any work: held by this run (rank 0) for its lifetime, and never an earlier run's.
     lock = run_folder.hold(args.output_dir) if distributed.launched_rank() == 0 else None

@@ -3,6 +3,7 @@
     hflip       a random horizontal flip (the tutorial's)
     none        nothing
     ssd         photometric distortion, zoom out, IoU crop and flip (torchvision's SSD preset)
+    ssdlite     IoU crop and flip (torchvision's SSDlite preset)
     multiscale  a flip, and the model resizes each training image to a random shorter side
                 between 0.6 x and 1 x --min-size (evaluation: --min-size); see train_sizes()
     lsj         large-scale jitter (Ghiasi et al., 2021): scaled by 0.1-2 x, then cropped or
@@ -32,7 +33,7 @@ from dataset import boxes_of_masks
 from keypoints import labelled_inside
 from utils import collate_fn
 
-AUGMENTATIONS = ("hflip", "none", "ssd", "multiscale", "lsj", "topdown")
+AUGMENTATIONS = ("hflip", "none", "ssd", "ssdlite", "multiscale", "lsj", "topdown")
 IMAGENET_MEAN_PIXEL = (124, 116, 104)  # what padding shows: the mean colour, as torchvision's presets pad
 
 
@@ -197,6 +198,7 @@ def get_transform(
         "hflip": [flip],
         "multiscale": [flip],  # the model draws the scale: train_sizes()
         "ssd": [T.RandomPhotometricDistort(p=0.5), T.RandomZoomOut(fill=pad), T.RandomIoUCrop(), flip],
+        "ssdlite": [T.RandomIoUCrop(), flip],
         "lsj": [T.ScaleJitter((size, size), scale_range=(0.1, 2.0), antialias=True),
                 T.RandomCrop((size, size), pad_if_needed=True, fill=pad), flip],
         "topdown": [flip, RandomFlip(vertical=True, keypoint_flip=keypoint_flip), RandomRot90()],

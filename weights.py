@@ -22,7 +22,9 @@ def backbone_body(model: nn.Module) -> nn.Module:
 
 
 # torchvision's original COCO weights for these were trained with FrozenBatchNorm eps = 0.
-ZERO_EPS_COCO_MODELS = ("maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn")
+ZERO_EPS_COCO_MODELS = (
+    "maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn", "retinanet_resnet50_fpn",
+)  # fmt: skip
 
 
 def resolve_weights(spec: str | None, enum: type[WeightsEnum] | None, flag: str) -> WeightsEnum | Path | None:
@@ -58,8 +60,11 @@ def freeze_like_pretrained(model: nn.Module, name: str, trainable_layers: int, e
 
     Its BatchNorm layers become FrozenBatchNorm2d (batches of 2 give useless statistics;
     the v2 models keep BatchNorm, as torchvision builds them) and its first stages stop
-    learning, leaving `trainable_layers` stages trainable.
+    learning, leaving `trainable_layers` stages trainable. SSD models (VGG, and SSDlite's
+    BatchNorm that trains) are left whole: from a local file they train every layer.
     """
+    if name.startswith("ssd"):
+        return
     if not name.endswith("_fpn_v2"):  # torchvision builds its v2 models with BatchNorm that trains
         freeze_batchnorm(model, eps)
     body = backbone_body(model)

@@ -97,5 +97,5 @@ def test_dataset_show_draws_samples_before_and_after_the_augmentation(pennfudan,
     bad = subprocess.run([sys.executable, "dataset.py", "show", "--data-path", str(pennfudan), "--augmentation",
                           "sideways"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.strip() == (
-        "error: --augmentation sideways: unknown; choose one of hflip, none, ssd, multiscale, lsj, topdown"
+        "error: --augmentation sideways: unknown; choose one of hflip, none, ssd, ssdlite, multiscale, lsj, topdown"
     )

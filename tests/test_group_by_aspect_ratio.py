@@ -5,7 +5,7 @@ import torch
 from conftest import LAYOUT
 
 import dataset
-from group_by_aspect_ratio import GroupedBatchSampler, aspect_ratio_groups
+from group_by_aspect_ratio import GroupedBatchSampler, aspect_ratio_groups, training_batches
 
 
 def _batches(num_images, group_ids, batch_size, num_replicas=1, rank=0, epoch=0):
@@ -49,3 +49,16 @@ def test_groups_come_from_file_headers_without_decoding(pennfudan, monkeypatch):
     ratios = [LAYOUT[i][1] / LAYOUT[i][0] for i in (0, 1, 2, 5)]  # width / height: 1.33, 0.86, 1.17, 0.83
     assert groups[0] > groups[2] > groups[1] >= groups[3]
     assert aspect_ratio_groups(subset, factor=0) == [int(r >= 1) for r in ratios]  # portrait / landscape
+
+
+@pytest.mark.parametrize(("count", "sizes"), [(7, [2, 2, 3]), (6, [2, 2, 2]), (5, [2, 3]), (1, [1])])
+@pytest.mark.parametrize("group_factor", [-1, 3])
+def test_a_last_batch_of_one_image_joins_the_one_before_it(count, sizes, group_factor):
+    # SSDlite's BatchNorm cannot train on one image: its batches never hold one (unless there is one image).
+    dataset = [(torch.zeros(3, 10, 10 + k), {}) for k in range(count)]  # (image, target) pairs of several shapes
+    batches = training_batches(dataset, 2, group_factor, seed=0, single_images=False)
+    batches.sampler.set_epoch(1)
+    drawn = list(batches)
+    assert sorted(len(batch) for batch in drawn) == sorted(sizes) and len(batches) == len(sizes)
+    assert sorted(index for batch in drawn for index in batch) == list(range(count))  # each image once
+    assert any(len(batch) == 1 for batch in training_batches(dataset, 2, group_factor, 0)) == (count % 2 == 1)

@@ -9,11 +9,14 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from checkpoint import model_config, model_from_checkpoint, model_from_config
 from model import (
     MODELS,
+    SSD_SIZES,
     get_model,
     get_model_instance_segmentation,
     head_settings,
     is_keypoint_model,
+    is_rcnn,
     mask_head_shape,
+    num_classes_of,
     num_keypoints_of,
 )
 from utils import UserError
@@ -49,21 +52,34 @@ def _summary(model):
     )
 
 
+ONE_STAGE_LOSSES = {"retinanet": {"classification", "bbox_regression"}, "ssd": {"classification", "bbox_regression"},
+                    "fcos": {"classification", "bbox_regression", "bbox_ctrness"}}  # fmt: skip
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_trains_and_predicts_for_num_classes(name):
     torch.manual_seed(0)
     points = {"num_keypoints": 2} if is_keypoint_model(name) else {}
-    model = get_model(name, num_classes=3, weights="none", **points, **SMALL)
-    assert model.roi_heads.box_predictor.cls_score.out_features == 3
-    assert model.transform.min_size == (64,) and model.transform.max_size == 96
+    sizes = {"min_size": 300} if name == "ssd300_vgg16" else SMALL  # VGG's last layers need 300 pixels
+    model = get_model(name, num_classes=3, weights="none", **points, **sizes)
+    assert num_classes_of(model) == 3
+    if name in SSD_SIZES:  # one square input
+        assert (
+            model.transform.min_size == (sizes["min_size"],) and model.transform.fixed_size == (sizes["min_size"],) * 2
+        )
+    else:
+        assert model.transform.min_size == (64,) and model.transform.max_size == 96
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())  # from scratch: BatchNorm learns
     assert all(p.requires_grad for p in model.backbone.parameters())
     mask = torch.zeros(1, 70, 90, dtype=torch.uint8)
     mask[0, 10:40, 20:60] = 1
-    target = {"boxes": torch.tensor([[20.0, 10.0, 60.0, 40.0]]), "labels": torch.tensor([2]), "masks": mask}
+    target = {"boxes": torch.tensor([[20.0, 10.0, 60.0, 40.0]]), "labels": torch.tensor([2])}
+    if name.startswith("maskrcnn"):  # only a mask model is fed masks: a box model's data has none
+        target["masks"] = mask
     target["keypoints"] = torch.tensor([[[30.0, 20.0, 2.0], [50.0, 30.0, 1.0]]])  # what only Keypoint R-CNN reads
     losses = model([torch.rand(3, 70, 90), torch.rand(3, 70, 90)], [target, target])
     expected = {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    expected = next((v for k, v in ONE_STAGE_LOSSES.items() if name.startswith(k)), expected)
     if name.startswith("maskrcnn"):
         expected.add("loss_mask")
         assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 3
@@ -76,6 +92,42 @@ def test_every_model_trains_and_predicts_for_num_classes(name):
     (output,) = model([torch.rand(3, 70, 90)])
     assert ("masks" in output) == name.startswith("maskrcnn")
     assert ("keypoints" in output) == bool(points) and output.get("keypoints", torch.zeros(0, 2, 3)).shape[1:] == (2, 3)
+    assert (output["labels"] < 3).all()
+    rebuilt = model_from_config(model_config(model, name))  # no flag, no download
+    rebuilt.load_state_dict(model.state_dict())
+    assert _summary(rebuilt) == _summary(model) and rebuilt.transform.min_size == model.transform.min_size
+
+
+ONE_STAGE = [name for name in MODELS if not is_rcnn(name)]
+
+
+@pytest.mark.parametrize("name", [*ONE_STAGE, "fasterrcnn_mobilenet_v3_large_320_fpn"])
+def test_coco_weights_keep_all_but_the_classifier_which_fits_the_user_s_classes(name, fake_hub, tmp_path):
+    fake_hub["state"] = state = _coco_state(name)
+    from_hub = get_model(name, num_classes=4, weights="DEFAULT")
+    torch.save(state, tmp_path / "coco.pth")
+    from_file = get_model(name, num_classes=4, weights=str(tmp_path / "coco.pth"))  # offline: torchvision's file
+    assert num_classes_of(from_hub) == num_classes_of(from_file) == 4
+    for model in (from_hub, from_file):
+        loaded = model.state_dict()
+        kept = [key for key in state if "num_batches_tracked" not in key]  # FrozenBatchNorm counts no batches
+        swapped = [
+            key for key in kept if loaded[key].shape != state[key].shape or not torch.equal(loaded[key], state[key])
+        ]
+        for key in swapped:  # the per-class layers, and nothing else
+            assert "cls_logits" in key or "classification_head.module_list" in key or "box_predictor" in key, key
+        assert swapped and all(key.endswith(("weight", "bias")) for key in swapped)
+    if not name.startswith("ssd"):  # torchvision freezes the first stages and BatchNorm; a local file the same
+        assert _summary(from_file) == _summary(from_hub)
+    if name == "retinanet_resnet50_fpn":  # its original COCO weights want FrozenBatchNorm eps 0, as R-CNN's do
+        assert model_config(from_file, name)["frozen_bn_eps"] == 0.0
+    if name in SSD_SIZES:
+        assert from_hub.transform.fixed_size == (SSD_SIZES[name],) * 2
+
+
+def test_r_cnn_head_settings_are_refused_for_one_stage_models():
+    with pytest.raises(UserError, match="--rpn-pre-nms-top-n-train: an R-CNN setting; --model retinanet_resnet50_fpn"):
+        get_model("retinanet_resnet50_fpn", weights="none", rpn_pre_nms_top_n_train=100)
 
 
 @pytest.mark.parametrize(
