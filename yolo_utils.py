@@ -275,10 +275,12 @@ def has_val(data_path: str | Path) -> bool:
     """Whether the YOLO dataset at `data_path` names a fixed validation set (a data.yaml's val:) other than its
     train: images; a val: that names train:'s own folders is said in a note, and is no validation set."""
     data_path = Path(data_path)
-    if data_path.suffix.lower() not in YAML_SUFFIXES or not read_data_yaml(data_path, parts=())["has_val"]:
+    if data_path.suffix.lower() not in YAML_SUFFIXES:
         return False
-    entries = read_data_yaml(data_path, parts=())["entries"]
-    if entries["val"] == entries["train"]:
+    found = read_data_yaml(data_path, parts=())
+    if not found["has_val"]:
+        return False
+    if found["entries"]["val"] == found["entries"]["train"]:
         print(f"note: {data_path}: val: names the training images; holding out --test-size of them instead")
         return False
     return True
