@@ -61,7 +61,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add_dataset_args(parser)
     add("--parts", nargs="+", choices=PARTS, default=list(PARTS[:4]), help="what to measure (default: all but recipe)")
-    add("--models", nargs="+", default=["maskrcnn_resnet50_fpn"], choices=list(MODELS), metavar="NAME")
+    add(
+        "--models",
+        nargs="+",
+        default=["maskrcnn_resnet50_fpn"],
+        choices=list(MODELS),
+        metavar="NAME",
+        help="train, eval, epoch: the models to measure; recipe: the first is the tutorial's model "
+        "(maskrcnn_resnet50_fpn, or fasterrcnn_resnet50_fpn for boxes)",
+    )
     add("--weights", default="none", help="none (default), DEFAULT, or a local .pth (a COCO file: fine-tuning)")
     add("--device", default=utils.default_device())
     add("-b", "--batch-size", type=int, default=2)
@@ -85,7 +93,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help=f"recipe: which to run (default: all): tutorial, {', '.join(RECIPES)}",
     )
     add("--budget-minutes", type=float, default=43, help="recipe: wall clock for each (default: %(default)s)")
-    add("--recipe-args", default="", help='recipe: train.py flags added to each recipe, e.g. "--epochs 12"')
+    add(
+        "--recipe-args",
+        default="",
+        help='recipe: train.py flags added to each recipe, e.g. --recipe-args="-b 2 --epochs 12" (the "=" lets it '
+        "start with a dash)",
+    )
     add("--tutorial-epochs", type=int, default=10, help="recipe: the tutorial's epochs (default: %(default)s)")
     add("--seed", type=int, default=0, help="recipe: the split's seed, as train.py's (default: %(default)s)")
     add("--plot", help="recipe: also draw AP against minutes into this PNG")

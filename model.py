@@ -88,15 +88,17 @@ def maskrcnn_mobilenet_v3_large_fpn(
     return model
 
 
-def maskrcnn_resnet18_fpn(
+def fasterrcnn_resnet18_fpn(
     *,
     weights: None = None,
     weights_backbone: ResNet18_Weights | None = None,
     num_classes: int | None = None,
     trainable_backbone_layers: int | None = None,
+    masks: bool = False,
     **kwargs: Any,
-) -> detection.MaskRCNN:
-    """Mask R-CNN on a ResNet-18 FPN: R50's strides (4 to 32) at about a third of its backbone's work.
+) -> detection.FasterRCNN:
+    """Faster R-CNN (Mask R-CNN with `masks`) on a ResNet-18 FPN: R50's strides (4 to 32) at about a third
+    of its backbone's work.
 
     torchvision publishes no COCO weights for it: train from scratch, or from ImageNet
     weights for the backbone (`weights_backbone`).
@@ -110,7 +112,12 @@ def maskrcnn_resnet18_fpn(
         norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d,
         trainable_layers=trainable_backbone_layers,
     )
-    return detection.MaskRCNN(backbone, num_classes or 91, **kwargs)
+    return (detection.MaskRCNN if masks else detection.FasterRCNN)(backbone, num_classes or 91, **kwargs)
+
+
+def maskrcnn_resnet18_fpn(**kwargs: Any) -> detection.MaskRCNN:
+    """fasterrcnn_resnet18_fpn with a mask head."""
+    return fasterrcnn_resnet18_fpn(masks=True, **kwargs)
 
 
 def fasterrcnn_mobilenet_v2(
@@ -193,6 +200,7 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], type[WeightsEnum] | None, type
         ResNet50_Weights,
     ),
     "maskrcnn_resnet18_fpn": (maskrcnn_resnet18_fpn, None, ResNet18_Weights),
+    "fasterrcnn_resnet18_fpn": (fasterrcnn_resnet18_fpn, None, ResNet18_Weights),
     "fasterrcnn_mobilenet_v2": (fasterrcnn_mobilenet_v2, None, MobileNet_V2_Weights),
     "maskrcnn_mobilenet_v2": (maskrcnn_mobilenet_v2, None, MobileNet_V2_Weights),
     "fasterrcnn_mobilenet_v3_large_320_fpn": (

@@ -11,6 +11,7 @@ from conftest import ROOT
 from PIL import Image
 
 import bench
+from utils import UserError
 
 
 def test_bench_measures_every_part_beside_the_tutorial_s_way(pennfudan, tmp_path, capsys):
@@ -53,25 +54,41 @@ def test_bench_measures_every_part_beside_the_tutorial_s_way(pennfudan, tmp_path
     assert "images_per_second" in capsys.readouterr().out  # the tables
 
 
+# Every recipe but cpu-43min, which is cpu-12min with more epochs (and --recipe-args sets the epochs here).
+RECIPES = [name for name in bench.RECIPES if name != "cpu-43min"]
+
+
 def test_recipe_part_records_ap_against_minutes_beside_the_tutorial_s_code(pennfudan, tmp_path):
     # A smoke run at a tiny size: what is recorded, not how good or fast.
     output, plot = tmp_path / "bench.json", tmp_path / "recipes.png"
     args = bench.get_args_parser().parse_args(
         ["--data-path", str(pennfudan), "--parts", "recipe", "--min-size", "64", "--max-size", "128", "-j", "0",
          "--test-size", "3", "--tutorial-epochs", "2", "--recipe-args", "--min-size 64 --max-size 128 --epochs 2",
-         "--plot", str(plot), "--output", str(output)]
+         "--plot", str(plot), "--output", str(output), "--recipes", "tutorial", *RECIPES]
     )  # fmt: skip
     report = bench.main(args)
-    assert [row["recipe"] for row in report["recipes"]] == ["tutorial", *bench.RECIPES]
+    assert [row["recipe"] for row in report["recipes"]] == ["tutorial", *RECIPES]
     for row in report["recipes"]:
         assert [point["epoch"] for point in row["points"]] == [0, 1]
         minutes = [point["minutes"] for point in row["points"]]
         assert 0 < minutes[0] < minutes[1] == row["minutes"]
-        assert all(0 <= point["score"] <= 1 and point["score"] == point["segm_ap"] for point in row["points"])
+        boxes = "--model fasterrcnn" in row["command"]  # a box recipe scores box AP
+        for point in row["points"]:
+            assert 0 <= point["score"] <= 1 and point["score"] == point["bbox_ap" if boxes else "segm_ap"]
+            assert (point["segm_ap"] is None) == boxes
         assert row["best_ap"] == max(point["score"] for point in row["points"])
     assert "--seed 0 --test-size 3" in report["recipes"][1]["command"]
     with Image.open(plot) as image:
         assert image.format == "PNG"
+
+    # the tutorial's first model, Faster R-CNN, for boxes
+    args.recipes, args.models, args.tutorial_epochs, args.plot = ["tutorial"], ["fasterrcnn_resnet50_fpn"], 1, None
+    (tutorial,) = bench.main(args)["recipes"]
+    assert "fasterrcnn_resnet50_fpn" in tutorial["command"] and len(tutorial["points"]) == 1
+    assert tutorial["points"][0]["segm_ap"] is None and tutorial["points"][0]["score"] == tutorial["best_ap"]
+    args.models = ["maskrcnn_resnet18_fpn"]
+    with pytest.raises(UserError, match="--models maskrcnn_resnet18_fpn: the tutorial's code trains"):
+        bench.main(args)
 
     args.recipes, args.budget_minutes, args.plot = ["cpu-12min"], 0.001, None  # stopped before an epoch
     (stopped,) = bench.main(args)["recipes"]
@@ -83,7 +100,8 @@ def test_a_killed_recipe_benchmark_leaves_no_training_behind(pennfudan, tmp_path
     command = [sys.executable, "bench.py", "--data-path", str(pennfudan), "--parts", "recipe", "--recipes",
                "cpu-12min", "--recipe-args", "--min-size 64 --max-size 128 --epochs 50", "-j", "0", "--test-size", "3",
                "--output", str(tmp_path / "bench.json")]  # fmt: skip
-    benchmark = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # the killed benchmark's folder stays, in here
+    benchmark = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline, training = time.time() + 60, []
     while not training and time.time() < deadline:
         time.sleep(0.2)

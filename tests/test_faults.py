@@ -241,7 +241,13 @@ def _start(pennfudan, out, *extra, env=None):
         args += ["--resume", out / "checkpoint.pth"]
     command = [sys.executable, "-u", str(ROOT / "tests" / "faulty_train.py"), *map(str, args)]
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})})  # fmt: skip
+                            env={**os.environ, **(env or {})}, preexec_fn=_hear_ctrl_c)  # fmt: skip
+
+
+def _hear_ctrl_c():
+    """A run started in the background (`pytest &`, some CI runners) inherits SIGINT ignored, and Python then never
+    raises KeyboardInterrupt; a terminal's Ctrl-C reaches a foreground run, which this restores."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _run_until(process, marker, after=0.0):

@@ -8,6 +8,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from checkpoint import model_config, model_from_checkpoint, model_from_config
 from model import (
+    BOX_MODELS,
     MODELS,
     SSD_SIZES,
     get_model,
@@ -15,6 +16,7 @@ from model import (
     head_settings,
     is_keypoint_model,
     is_rcnn,
+    learns_masks,
     mask_head_shape,
     num_classes_of,
     num_keypoints_of,
@@ -265,6 +267,25 @@ def test_resnet18_has_no_coco_weights_but_takes_imagenet_ones(tmp_path):
     model = get_model("maskrcnn_resnet18_fpn", 2, weights="none", weights_backbone=str(tmp_path / "imagenet.pth"))
     assert any(isinstance(m, FrozenBatchNorm2d) for m in model.backbone.body.modules())
     assert not any(p.requires_grad for p in model.backbone.body.layer1.parameters())  # 3 stages train
+
+
+def test_resnet18_for_boxes_is_the_mask_model_without_its_mask_head(tmp_path):
+    torch.manual_seed(0)
+    boxes = get_model("fasterrcnn_resnet18_fpn", 3, weights="none", box_batch_size_per_image=128, **SMALL)
+    masks = get_model("maskrcnn_resnet18_fpn", 3, weights="none", **SMALL)
+    assert "fasterrcnn_resnet18_fpn" in BOX_MODELS and not learns_masks("fasterrcnn_resnet18_fpn")
+    assert mask_head_shape(boxes) is None and head_settings(boxes)["box_batch_size_per_image"] == 128
+    mask_keys = {k for k in masks.state_dict() if k.startswith("roi_heads.mask_")}
+    assert mask_keys and set(boxes.state_dict()) == set(masks.state_dict()) - mask_keys
+    boxes.train()
+    target = {"boxes": torch.tensor([[10.0, 12.0, 40.0, 50.0]]), "labels": torch.tensor([2])}
+    losses = boxes([torch.rand(3, 80, 90)], [target])
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+
+    config = {**model_config(boxes, "fasterrcnn_resnet18_fpn"), "class_names": ["background", "a", "b"]}
+    torch.save({"model": boxes.state_dict(), "model_config": config}, tmp_path / "best.pth")
+    rebuilt, _ = model_from_checkpoint(tmp_path / "best.pth")
+    assert mask_head_shape(rebuilt) is None and head_settings(rebuilt) == head_settings(boxes)
 
 
 @pytest.mark.parametrize("name", ["fasterrcnn_mobilenet_v2", "maskrcnn_mobilenet_v2"])
