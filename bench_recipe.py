@@ -1,8 +1,8 @@
 """bench.py --parts recipe: held-out AP against wall-clock minutes, for training recipes and for the tutorial's.
 
-Each of our recipes is a train.py command (RECIPES, plus the dataset flags, --seed,
---test-size and any --recipe-args), run as a user runs it, in its own process; an epoch's
-point is the time from the command's start until its metrics.jsonl line appeared, so
+Each of our recipes is a train.py command (`--recipe NAME` for recipe.py's, or an EXPERIMENTS
+line, plus the dataset flags, --seed, --test-size and any --recipe-args), run as a user runs
+it, in its own process; an epoch's point is the time from the command's start until its metrics.jsonl line appeared, so
 start-up, the pre-flight read, training and evaluation are all counted. A recipe that
 outlives --budget-minutes is stopped, and its points so far stand.
 
@@ -37,36 +37,23 @@ import utils
 from coco_eval import selection_score
 from dataset_cli import dataset_from_args
 from model import get_model, learns_masks
+from recipe import RECIPES as TRAIN_RECIPES
 from recipe import make_optimizer
 from split import split_indices
 from tutorial import evaluate_like_the_tutorial, train_like_the_tutorial, tutorial_transform
 
 ROOT = Path(__file__).resolve().parent
 TUTORIAL_MODELS = ("maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn")  # the two models the tutorial fine-tunes
-# train.py flags of each recipe (the dataset, split and output flags are added by the benchmark).
-_CVPPP_CPU = ["--weights", "none", "--min-size", "320", "--max-size", "640", "-b", "4"]
-_LIGHT = ["--model", "maskrcnn_resnet18_fpn", "--mask-head", "2", "128", "--box-batch-size-per-image", "128"]
-_ADAMW = ["--augmentation", "topdown", "--opt", "adamw", "--lr", "0.0002", "--weight-decay", "0.05",
-          "--norm-weight-decay", "0", "--lr-scheduler", "cosineannealinglr"]  # fmt: skip
-RECIPES: dict[str, list[str]] = {
+# Comparisons that are not recipes a user picks, as train.py flags (the dataset, split and output flags are added).
+EXPERIMENTS: dict[str, list[str]] = {
     # The tutorial's hyper-parameters through train.py: the same model and recipe as "tutorial".
     "tutorial-hparams": ["--model", "maskrcnn_resnet50_fpn", "--weights", "none", "--lr", "0.001", "-b", "2",
                          "--min-size", "320", "--max-size", "640", "--epochs", "8", "--lr-step-size", "3"],
-    # CPU, from scratch: ResNet-18 FPN with a light mask head and a quarter of the sampled RoIs (2.6x R50's speed per
-    # image at 320), every orientation of a top-down picture, a cosine schedule. Chosen on --seed 1: AdamW (0.328
-    # after 10 epochs) over SGD (0.301). cpu-12min and cpu-43min differ only in epochs, to fit each budget here.
-    "r18-light-sgd": [*_LIGHT, *_CVPPP_CPU, "--augmentation", "topdown", "--lr", "0.002", "--norm-weight-decay", "0",
-                      "--lr-scheduler", "cosineannealinglr", "--epochs", "10"],
-    "cpu-12min": [*_LIGHT, *_CVPPP_CPU, *_ADAMW, "--epochs", "9"],
-    "cpu-43min": [*_LIGHT, *_CVPPP_CPU, *_ADAMW, "--epochs", "30"],
-    # Boxes only, CPU, from scratch: cpu-43min's recipe on the same ResNet-18 FPN without its mask head, with twice
-    # the steps (batch 2) at a higher lr. Chosen on --seed 1: box AP 0.506 after 15 epochs against batch 4 at lr
-    # 0.0002, 0.458 after 16 (both 19 minutes).
-    "cpu-box-20min": ["--model", "fasterrcnn_resnet18_fpn", "--box-batch-size-per-image", "128", "--weights", "none",
-                      "--min-size", "320", "--max-size", "640", "-b", "2", "--augmentation", "topdown",
-                      "--opt", "adamw", "--lr", "0.0003", "--weight-decay", "0.05", "--norm-weight-decay", "0",
-                      "--lr-scheduler", "cosineannealinglr", "--epochs", "15"],
+    # cpu-12min's model, sizes and schedule with SGD, which AdamW beat on --seed 1 (0.328 against 0.301 after 10).
+    "r18-light-sgd": ["--recipe", "cpu-12min", "--opt", "sgd", "--lr", "0.002", "--weight-decay", "0.0005",
+                      "--epochs", "10"],
 }  # fmt: skip
+RECIPES: dict[str, list[str]] = {**{name: ["--recipe", name] for name in TRAIN_RECIPES}, **EXPERIMENTS}
 
 
 def dataset_flags(args: argparse.Namespace) -> list[str]:

@@ -40,10 +40,10 @@ from weights import freeze_batchnorm, freeze_like_pretrained
 
 # Settings a resume may change: the length of the run, the learning rate after a divergence, the machine.
 OVERRIDABLE = (
-    "epochs", "lr", "workers", "device", "print_freq", "output_dir", "tensorboard", "amp", "channels_last",
-    "use_deterministic_algorithms", "skip_bad_samples",
+    "epochs", "time_budget", "lr", "workers", "device", "print_freq", "output_dir", "tensorboard", "amp",
+    "channels_last", "use_deterministic_algorithms", "skip_bad_samples",
 )  # fmt: skip
-TRAINING_ONLY = ("epochs", "lr", "tensorboard")  # mean nothing to --test-only
+TRAINING_ONLY = ("epochs", "time_budget", "lr", "tensorboard")  # mean nothing to --test-only
 # Never changed by a resume, even with --allow-changes: a new split or model is a new run.
 SPLIT_SETTINGS = ("seed", "test_size", "val_data_path", "val_ann_file")
 MODEL_SETTINGS = (
@@ -94,6 +94,11 @@ def resume_settings(
         if test_only and name in TRAINING_ONLY:
             say(f"{flag(name)} {value}: ignored with --test-only")
             continue
+        if name == "recipe":
+            raise UserError(
+                f"{said}; a resume keeps the settings its recipe gave: drop --recipe, and type the flag you mean to "
+                "change (a new recipe is a new run: another --output-dir, without --resume)"
+            )
         if name in SPLIT_SETTINGS:
             raise UserError(
                 f"{said}; the split is the run's and a resume never changes it: split anew in a new run "

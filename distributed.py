@@ -138,6 +138,15 @@ def mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(values, stacked.tolist(), strict=True))
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether `flag` is true on any rank (one all_reduce): every rank takes the same turn."""
+    if get_world_size() == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def cleanup_distributed() -> None:
     if is_distributed():
         dist.destroy_process_group()

@@ -13,6 +13,7 @@ import torch
 
 import distributed
 import utils
+from budget import OutOfTime
 from coco_eval import all_results, coco_detections, coco_ground_truth, score_detections
 
 SAMPLES_KEPT = 4  # evaluate(samples=...): held-out images kept for a picture
@@ -73,6 +74,7 @@ def train_one_epoch(
     print_freq: int = 10,
     scaler: torch.amp.GradScaler | None = None,
     first_batch: Callable[[tuple, tuple], None] | None = None,
+    deadline: float | None = None,
 ) -> dict[str, float]:
     """Train for one epoch; return the mean of each loss (torchvision's names, plus "loss").
 
@@ -80,7 +82,8 @@ def train_one_epoch(
     (at most 1000), as torchvision's reference does. With a `scaler`, the forward pass
     runs under autocast: float16 on CUDA, bfloat16 on CPU. Under DDP the logged and
     returned losses are means over all ranks, so every rank stops together on a NaN.
-    `first_batch(images, targets)` sees the epoch's first batch as the loader made it.
+    `first_batch(images, targets)` sees the epoch's first batch as the loader made it. Past
+    `deadline` (a time.time(); every rank agrees) the epoch stops with budget.OutOfTime.
     """
     model.train()
     logger = utils.MetricLogger()
@@ -96,6 +99,8 @@ def train_one_epoch(
             warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / 1000, total_iters=warmup_iters)
 
     for iteration, (images, targets) in enumerate(logger.log_every(data_loader, print_freq, f"Epoch: [{epoch}]")):
+        if deadline is not None and distributed.any_rank(time.time() > deadline, device):
+            raise OutOfTime(f"the time budget ended in epoch {epoch}, at iteration {iteration} of {len(data_loader)}")
         if iteration == 0 and first_batch is not None:
             first_batch(images, targets)
         loss, loss_dict = forward_losses(model, images, targets, device, amp=scaler is not None)

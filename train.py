@@ -9,6 +9,7 @@ This file only wires the other modules together; docs/flags.md explains every fl
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import time
@@ -21,6 +22,7 @@ import torch
 import distributed
 import run_folder
 import utils
+from budget import OutOfTime, TimeBudget, stretched_steps
 from checkpoint import (
     COMMANDS,
     OVERRIDABLE,
@@ -50,6 +52,8 @@ from recipe import (
     WEIGHT_DECAY,
     make_optimizer,
     make_scheduler,
+    recipe_help,
+    recipe_values,
     retarget_scheduler,
     set_base_lr,
 )
@@ -59,8 +63,14 @@ from visualize import save_batch_picture, save_predictions_picture
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Fine-tune a torchvision detection model", add_help=add_help)
+    parser = argparse.ArgumentParser(
+        description="Fine-tune a torchvision detection model",
+        epilog=recipe_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=add_help,
+    )
     add = parser.add_argument
+    add("--recipe", help="a named recipe whose flags become this run's defaults (listed below); typed flags win")
     add_dataset_args(parser)
     add("--download", action="store_true", help="download Penn-Fudan into --data-path if it does not exist")
     add("--model", default="maskrcnn_resnet50_fpn", choices=list(MODELS), metavar="NAME", help=", ".join(MODELS))
@@ -73,6 +83,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--device", default=utils.default_device(), help="cuda, cuda:N or cpu (default: %(default)s)")
     add("-b", "--batch-size", type=int, default=2, help="images per training batch (default: %(default)s)")
     add("--epochs", type=int, default=10, help="total epochs to train (default: %(default)s)")
+    add("--time-budget", type=float, metavar="MINUTES", help="train for this wall clock instead of --epochs")
     workers = min(4, utils.available_cpus())
     add("-j", "--workers", type=int, default=workers, help="data loading processes (default: %(default)s)")
     add("--opt", default="sgd", choices=OPTIMIZERS, help="optimizer (default: %(default)s)")
@@ -103,6 +114,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--use-deterministic-algorithms", action="store_true", help="reproducible results, at some cost in speed")
     add("--tensorboard", action="store_true", help="also log losses, AP and lr to --output-dir/tensorboard")
     add("--skip-bad-samples", action="store_true", help="leave out unreadable or broken samples (default: stop)")
+    parser.set_defaults(recipe_settings=None)  # what --recipe set (args.json, checkpoints): no flag of its own
     return parser
 
 
@@ -121,6 +133,8 @@ def check_args(args: argparse.Namespace) -> None:
     for name in positive:
         if getattr(args, name) <= 0:
             raise utils.UserError(f"{flag(name)} {getattr(args, name)}: must be positive")
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise utils.UserError(f"--time-budget {args.time_budget}: must be positive (minutes)")
     if args.epochs < 0 or args.workers < 0:
         raise utils.UserError("--epochs and --workers must not be negative")
     if args.min_size > args.max_size:
@@ -266,6 +280,34 @@ def build_model(
     return model.to(device, memory_format=memory_format)
 
 
+def plan_epochs(
+    args: argparse.Namespace,
+    budget: TimeBudget,
+    done: int,
+    epoch_seconds: float,
+    optimizer: torch.optim.Optimizer,
+    output_dir: Path,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """--time-budget, after the first epoch (training, evaluation, saves): set --epochs to what fits, and return
+    the schedule stretched over them, at the point it reaches after the `done` epochs."""
+    nominal = args.epochs
+    epochs = distributed.broadcast_object(budget.epochs(done, epoch_seconds))  # rank 0's clock decides for all
+    args.epochs = epochs
+    args.lr_step_size, args.lr_steps = stretched_steps(nominal, epochs, args.lr_step_size, args.lr_steps)
+    for group in optimizer.param_groups:  # the schedule as if planned for `epochs` from the start
+        group["lr"] = group["initial_lr"]
+    lr_scheduler = make_scheduler(optimizer, args.lr_scheduler, epochs, args.lr_step_size, args.lr_steps,
+                                  args.lr_gamma)  # fmt: skip
+    for _ in range(done):
+        lr_scheduler.step()
+    print(f"--time-budget {args.time_budget:g} min: an epoch takes {epoch_seconds:.0f} s, so {epochs} epochs in all "
+          f"({budget.spent() / 60:.1f} min spent)")  # fmt: skip
+    if distributed.is_main_process():
+        args_json = output_dir / "args.json"
+        utils.write_json({**json.loads(args_json.read_text()), **vars(args)}, args_json)
+    return lr_scheduler
+
+
 def print_summary(history: list[dict[str, Any]], output_dir: Path) -> None:
     """Where a run's results are: its best epoch and AP, the output folder, how to use best.pth."""
     if not history:
@@ -278,20 +320,38 @@ def print_summary(history: list[dict[str, Any]], output_dir: Path) -> None:
     print(f"Predict: python predict.py --checkpoint {output_dir / 'best.pth'} IMAGES_OR_FOLDERS")
 
 
+def apply_recipe(args: argparse.Namespace, given: set[str]) -> None:
+    """A new run's --recipe: its values become the settings the command line did not type (recipe.py)."""
+    if {"epochs", "time_budget"} <= given:
+        raise utils.UserError("--epochs and --time-budget: give one; the budget chooses the number of epochs")
+    if not args.recipe:
+        return
+    values = recipe_values(args.recipe, given)
+    vars(args).update(values)
+    args.recipe_settings = values
+    shown = " ".join(f"{flag(name)} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                     for name, v in values.items() if v is not None)  # fmt: skip
+    print(f"recipe {args.recipe}: {shown}")
+
+
 def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, Any] | None:
     """Train (or with --test-only evaluate) as `args` say; `given`: the flags typed (see parse_args)."""
     checkpoint, changes = None, []
-    if args.resume:
+    defaults = vars(get_args_parser().parse_args([]))
+    if given is None:  # main called with a namespace alone: every flag whose value is not its default
+        given = {name for name, value in vars(args).items() if value != defaults.get(name)}
+    if not args.resume:
+        apply_recipe(args, given)
+    else:
         checkpoint = utils.load_checkpoint(args.resume)
-        defaults = vars(get_args_parser().parse_args([]))
-        if given is None:  # main called with a namespace alone: every flag whose value is not its default
-            given = {name for name, value in vars(args).items() if value != defaults[name]}
         values = {name: getattr(args, name) for name in given}
         commands = {name: getattr(args, name) for name in COMMANDS}  # what to do this time, not what the run is
         settings, changes = settings_of_run(
             checkpoint, args.resume, defaults, values, args.test_only, args.allow_changes
         )
         args = argparse.Namespace(**{**settings, **commands})
+        if "epochs" in given and "time_budget" not in given:  # a typed --epochs ends the run's time budget
+            args.time_budget = None
     if args.model in SSD_SIZES and not args.resume:  # a square input: --min-size when typed, else the model's own
         args.min_size = args.min_size if "min_size" in (given or set()) else SSD_SIZES[args.model]
         args.max_size = args.min_size
@@ -386,23 +446,34 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
     tensorboard = None
     if args.tensorboard and distributed.is_main_process():
         tensorboard = TensorBoardLogger(output_dir / "tensorboard", start_epoch)
+    budget, planned = None, False  # --time-budget: planned once its first epoch is timed
+    if args.time_budget:
+        carried = (checkpoint or {}).get("budget") or {}
+        budget = TimeBudget(args.time_budget, carried.get("spent", 0.0))
+        planned = carried.get("planned", False) and not any(c["flag"] == "--time-budget" for c in changes)
     stats = None
     print(f"Training {args.model} on {len(split['train'])} images, testing on {len(split['test'])}")
-    for epoch in range(start_epoch, args.epochs):
+    epoch = start_epoch
+    while epoch < args.epochs:
         train_loader.batch_sampler.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         start = time.time()
         picture = None
         if epoch == 0 and distributed.is_main_process():  # what the model is fed, ground truth drawn: worth a look
             picture = partial(save_batch_picture, class_names=classes, path=output_dir / "first_batch.png",
                               skeleton=data.skeleton)  # fmt: skip
-        losses = train_one_epoch(model, optimizer, train_loader, device, epoch, args.print_freq, scaler, picture)
+        deadline = budget.deadline() if planned else None  # the epoch that is timed is never cut
+        try:
+            losses = train_one_epoch(model, optimizer, train_loader, device, epoch, args.print_freq, scaler, picture,
+                                     deadline)  # fmt: skip
+        except OutOfTime as stop:
+            print(f"{stop}: epoch {epoch} is dropped; the run ends with epoch {epoch - 1} (--time-budget)")
+            break
         train_seconds = time.time() - start
         lr = optimizer.param_groups[0]["lr"]
-        lr_scheduler.step()
-        start = time.time()
         samples: list[tuple] = []  # the first test images with their detections, for best_predictions.png
         stats = evaluate(model_without_ddp, test_loader, device, classes, samples=samples, keypoint_sigmas=sigmas)
-        eval_seconds = time.time() - start
+        eval_seconds = time.time() - start - train_seconds
+        lr_scheduler.step()
 
         history.append(
             {"epoch": epoch, "lr": lr, **losses, **stats, "train_seconds": train_seconds, "eval_seconds": eval_seconds}
@@ -414,6 +485,8 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
             continue
         weights = {"model": model_without_ddp.state_dict(), "model_config": config, "args": vars(args)}
         weights.update(split=split, changes=all_changes, epoch=epoch, stats=stats)
+        if budget is not None:
+            weights["budget"] = {"spent": budget.spent(), "planned": planned}
         save_epoch(output_dir, weights, is_best, optimizer, lr_scheduler, scaler, best_score, history, rng_states)
         if is_best:
             save_predictions_picture(samples, classes, output_dir / "best_predictions.png", 0.5, data.skeleton)
@@ -421,6 +494,10 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
         plot_curves(history, output_dir / "curves.png")
         if tensorboard is not None:
             tensorboard.log(history[-1])
+        epoch += 1
+        if budget is not None and not planned:  # the epochs that fit, with the schedule stretched over them
+            lr_scheduler = plan_epochs(args, budget, epoch, time.time() - start, optimizer, output_dir)
+            planned = True
     if tensorboard is not None:
         tensorboard.close()
     print_summary(history, output_dir)

@@ -1,10 +1,24 @@
 import io
+import json
 
 import pytest
 import torch
+from test_train import run_cli
 from torch import nn
 
-from recipe import OPTIMIZERS, SCHEDULERS, make_optimizer, make_scheduler, parameter_groups, retarget_scheduler
+import train
+from recipe import (
+    OPTIMIZERS,
+    RECIPES,
+    SCHEDULERS,
+    make_optimizer,
+    make_scheduler,
+    parameter_groups,
+    recipe_help,
+    recipe_values,
+    retarget_scheduler,
+)
+from utils import UserError
 
 SCHEDULE = {"epochs": 6, "step_size": 2, "steps": [2, 4], "gamma": 0.5}
 
@@ -99,3 +113,68 @@ def test_a_changed_epoch_count_moves_the_cosine_end():
         scheduler.step()
         lrs.append(optimizer.param_groups[0]["lr"])
     assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False)) and lrs[-1] == pytest.approx(0.0, abs=1e-9)
+
+
+# ---------------------------------------------------------------------------
+# Named recipes (RECIPES) on train.py's command line.
+
+
+def test_a_recipe_gives_its_settings_and_typed_flags_win():
+    values = recipe_values("cpu-43min", typed={"lr", "data_path"})
+    assert "lr" not in values and values["model"] == "maskrcnn_resnet18_fpn" and values["weights"] == "none"
+    assert values["time_budget"] == 43 and "epochs" not in values
+    # a typed --epochs cancels the budget; a typed --time-budget replaces the recipe's epochs
+    assert "time_budget" not in recipe_values("cpu-43min", typed={"epochs"})
+    assert "epochs" not in recipe_values("gpu-5min", typed={"time_budget"})
+    assert recipe_values("gpu-5min", typed=set())["epochs"] == 40
+    with pytest.raises(UserError, match="--recipe cpu-1min: no such recipe; choose one of cpu-12min, cpu-43min"):
+        recipe_values("cpu-1min", typed=set())
+
+
+def test_every_recipe_names_real_flags_with_valid_values_and_runs_offline():
+    parser = train.get_args_parser()
+    known = {action.dest: action for action in parser._actions}
+    for name, (line, values) in RECIPES.items():
+        assert line and values["weights"] == "none", name
+        for setting, value in values.items():
+            assert setting in known, (name, setting)
+            if known[setting].choices and value is not None:
+                assert value in known[setting].choices, (name, setting)
+    assert all(name in recipe_help() for name in RECIPES)
+    assert all(name in parser.format_help() for name in RECIPES)
+
+
+def test_recipe_on_the_command_line_and_after_a_resume(pennfudan, tmp_path):
+    out = tmp_path / "out"
+    small = ["--min-size", 64, "--max-size", 96, "--test-size", 3, "-j", 0, "--epochs", 1]
+    run = run_cli("--data-path", pennfudan, "--recipe", "cpu-12min", "--lr", 0.0001, *small, "--output-dir", out)
+    assert run.returncode == 0, run.stderr
+    assert "recipe cpu-12min: --model maskrcnn_resnet18_fpn --mask-head 2 128" in run.stdout
+    args = json.loads((out / "args.json").read_text())
+    assert args["recipe"] == "cpu-12min" and args["model"] == "maskrcnn_resnet18_fpn" and args["opt"] == "adamw"
+    assert args["lr"] == 0.0001 and "lr" not in args["recipe_settings"]  # the typed flag won
+    assert args["min_size"] == 64 and "min_size" not in args["recipe_settings"]
+    assert args["time_budget"] is None and args["epochs"] == 1  # the typed --epochs cancelled the budget
+    assert args["recipe_settings"]["batch_size"] == 4 and args["batch_size"] == 4
+    checkpoint = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert checkpoint["args"]["recipe"] == "cpu-12min" and checkpoint["args"]["recipe_settings"]["opt"] == "adamw"
+
+    resumed = run_cli("--resume", out / "checkpoint.pth", "--epochs", 2)  # needs no other flag
+    assert resumed.returncode == 0, resumed.stderr
+    args = json.loads((out / "args.json").read_text())
+    assert (args["recipe"], args["lr"], args["epochs"], args["model"]) == (
+        "cpu-12min",
+        0.0001,
+        2,
+        "maskrcnn_resnet18_fpn",
+    )
+    assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 1
+
+    other = run_cli("--resume", out / "checkpoint.pth", "--recipe", "cpu-43min", "--epochs", 3)
+    assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1, other.stderr
+    assert "--recipe cpu-43min: the run has cpu-12min" in other.stderr
+    unknown = run_cli("--data-path", pennfudan, "--recipe", "fast", "--output-dir", tmp_path / "x")
+    assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1, unknown.stderr
+    assert "choose one of cpu-12min, cpu-43min, cpu-box-20min, gpu-5min" in unknown.stderr
+    both = run_cli("--data-path", pennfudan, "--epochs", 2, "--time-budget", 5, "--output-dir", tmp_path / "y")
+    assert both.returncode == 2 and "--epochs and --time-budget: give one" in both.stderr
