@@ -45,7 +45,7 @@ OVERRIDABLE = (
 )  # fmt: skip
 TRAINING_ONLY = ("epochs", "time_budget", "lr", "tensorboard")  # mean nothing to --test-only
 # Never changed by a resume, even with --allow-changes: a new split or model is a new run.
-SPLIT_SETTINGS = ("seed", "test_size", "val_data_path", "val_ann_file")
+SPLIT_SETTINGS = ("seed", "test_size", "val_size", "val_data_path", "val_ann_file")
 MODEL_SETTINGS = (
     "model", "weights", "weights_backbone", "trainable_backbone_layers", "mask_head", "box_batch_size_per_image",
     "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",

@@ -181,8 +181,9 @@ def in_dataset_ids(
 
 
 def best_epoch(history: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The record of the epoch that best.pth keeps (the highest selection_score); None before the first."""
-    return max(history, key=selection_score, default=None)
+    """The record of the epoch that best.pth keeps: the highest selection_score of its validation scores ("val",
+    with --val-size), else of its test scores; None before the first."""
+    return max(history, key=lambda record: selection_score(record.get("val", record)), default=None)
 
 
 def selected_iou_type(stats: dict[str, Any]) -> str:

@@ -1,4 +1,9 @@
-"""The train/test split: seeded, named by file, and kept by name when a run is resumed."""
+"""The train/validation/test split: seeded, named by file, and kept by name when a run is resumed.
+
+The test images (--test-size, or a fixed validation set) are scored every epoch and choose
+nothing; the validation images (--val-size), set aside from the training images, choose
+best.pth. Without --val-size the test images choose it too, and the run says so.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,16 @@ def split_indices(num_images: int, test_size: int, seed: int) -> tuple[list[int]
         raise UserError(f"--test-size {test_size}: must be at least 1 and below the {num_images} images in the dataset")
     order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(order[:-test_size]), sorted(order[-test_size:])
+
+
+def split_off_validation(train_ids: list[int], val_size: int, seed: int) -> tuple[list[int], list[int]]:
+    """--val-size: `val_size` of the training images, seeded, set aside to choose best.pth; (train, val), sorted."""
+    if not 0 < val_size < len(train_ids):
+        raise UserError(
+            f"--val-size {val_size}: must be at least 1 and below the {len(train_ids)} training images; lower it"
+        )
+    kept, chosen = split_indices(len(train_ids), val_size, seed)
+    return [train_ids[i] for i in kept], [train_ids[i] for i in chosen]
 
 
 def sample_names(dataset: Any, indices: list[int]) -> list[str]:
@@ -53,8 +68,9 @@ def check_held_out(train_data: Any, train_ids: list[int], test_data: Any, test_i
 
 def ids_of_run(
     split: dict[str, list[str]], train_data: Any | None, test_data: Any, fixed: bool, allow_changes: bool
-) -> tuple[list[int], list[int]]:
-    """A resumed run's split, found by name in the data as they are now; no image moves between its parts.
+) -> tuple[list[int], list[int], list[int]]:
+    """A resumed run's (train, val, test) split, found by name in the data as they are now (the validation
+    images in `train_data`); no image moves between its parts.
 
     An image of the split that is gone stops the run (--allow-changes: it is left out);
     an image that is new since is left out (--allow-changes: it joins training, never test).
@@ -62,9 +78,12 @@ def ids_of_run(
     test_ids, missing = indices_of(test_data, split["test"])
     parts = [("test", missing)]
     train_ids: list[int] = []
+    val_ids: list[int] = []
     if train_data is not None:
         train_ids, missing = indices_of(train_data, split["train"])
         parts.append(("training", missing))
+        val_ids, missing = indices_of(train_data, split.get("val", []))
+        parts.append(("validation", missing))
     for part, missing in parts:
         if missing:
             where = f"{missing[0]}: a {part} image of the run, not in the dataset now ({len(missing)} such)"
@@ -72,11 +91,11 @@ def ids_of_run(
                 raise UserError(f"{where}; put it back, or add --allow-changes to go on without")
             print(f"{where}; going on without (--allow-changes)")
     if train_data is not None:
-        assigned = set(train_ids) if fixed else set(train_ids) | set(test_ids)
+        assigned = set(train_ids) | set(val_ids) if fixed else set(train_ids) | set(val_ids) | set(test_ids)
         new = [i for i in range(len(train_data)) if i not in assigned and train_data.trains_on(i)]
         if new and allow_changes:
             print(f"{len(new)} images not in the run's split join its training set (--allow-changes)")
             train_ids = sorted(train_ids + new)
         elif new:
             print(f"note: {len(new)} images are not in the run's split and stay out; --allow-changes trains on them")
-    return train_ids, test_ids
+    return train_ids, val_ids, test_ids

@@ -36,7 +36,7 @@ from checkpoint import (
     settings_of_run,
     stored_split,
 )
-from coco_eval import ap_line, best_epoch, has_ground_truth, selection_score, write_results
+from coco_eval import IOU_TYPES, ap_line, best_epoch, has_ground_truth, selection_score, write_results
 from curves import TensorBoardLogger, plot_curves
 from dataset import download_pennfudan
 from dataset_cli import add_dataset_args, dataset_from_args, fixed_validation, preflight, training_transform
@@ -57,7 +57,7 @@ from recipe import (
     retarget_scheduler,
     set_base_lr,
 )
-from split import check_held_out, ids_of_run, sample_names, split_indices
+from split import check_held_out, ids_of_run, sample_names, split_indices, split_off_validation
 from transforms import AUGMENTATIONS, copy_paste_collate, get_transform, train_sizes
 from visualize import save_batch_picture, save_predictions_picture
 
@@ -96,6 +96,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--lr-steps", type=int, nargs="+", help="multisteplr: the epochs at which the lr decays")
     add("--lr-gamma", type=float, default=0.1, help="steplr, multisteplr: lr decay factor (default: %(default)s)")
     add("--test-size", type=int, default=50, help="images held out for evaluation (default: %(default)s)")
+    add("--val-size", type=int, default=0, help="training images set aside to choose best.pth (default: none)")
     add("--seed", type=int, default=0, help="seeds the split, init and data order (default: %(default)s)")
     add("--min-size", type=int, default=800, help="shorter image side the model resizes to (default: %(default)s)")
     add("--max-size", type=int, default=1333, help="longer image side at most (default: %(default)s)")
@@ -133,6 +134,8 @@ def check_args(args: argparse.Namespace) -> None:
     for name in positive:
         if getattr(args, name) <= 0:
             raise utils.UserError(f"{flag(name)} {getattr(args, name)}: must be positive")
+    if args.val_size < 0:
+        raise utils.UserError(f"--val-size {args.val_size}: must not be negative")
     if args.time_budget is not None and args.time_budget <= 0:
         raise utils.UserError(f"--time-budget {args.time_budget}: must be positive (minutes)")
     if args.epochs < 0 or args.workers < 0:
@@ -166,11 +169,12 @@ def check_args(args: argparse.Namespace) -> None:
 
 def make_loaders(
     args: argparse.Namespace, device: torch.device, run_split: dict[str, list[str]] | None = None
-) -> tuple[Any, Any, list[str], dict[str, list[str]]]:
-    """The train and test DataLoaders, the class names, and the split by file name.
+) -> tuple[Any, Any, Any, list[str], dict[str, list[str]]]:
+    """The train, validation and test DataLoaders, the class names, and the split by file name.
 
     The split is `run_split` (a resumed run's) when given, else a seeded split of the data
-    (or the fixed validation set). With --test-only no training data is read and the train
+    (or the fixed validation set), with --val-size training images set aside for validation
+    (its loader is None without). With --test-only no training data is read and the train
     loader is None. Under DDP each rank trains on its own shard of every epoch's shuffle and
     evaluates on every world_size-th test image, so each test image is counted exactly once.
     """
@@ -199,24 +203,36 @@ def make_loaders(
             raise utils.UserError(
                 f"the validation set's classes {test_data.classes[1:]} differ from the training set's"
             )
+    val_ids: list[int] = []
     if run_split is not None:
-        train_ids, test_ids = ids_of_run(run_split, train_data, test_data, fixed, args.allow_changes)
+        train_ids, val_ids, test_ids = ids_of_run(run_split, train_data, test_data, fixed, args.allow_changes)
     elif fixed:
         train_ids, test_ids = list(range(len(train_data or []))), list(range(len(test_data)))
     else:
         train_ids, test_ids = split_indices(len(test_data), args.test_size, args.seed)
+    val_data = None
     if train_data is not None:
         train_ids = [i for i in train_ids if train_data.trains_on(i)]
-        check_held_out(train_data, train_ids, test_data, test_ids)
+        if args.val_size and run_split is None:
+            train_ids, val_ids = split_off_validation(train_ids, args.val_size, args.seed)
+        check_held_out(train_data, train_ids + val_ids, test_data, test_ids)
+        # the validation images are training files, read as test images are (with crowds, no augmentation)
+        val_data = dataset_from_args(args, get_transform(False), strict=strict) if fixed and val_ids else test_data
     parts = {} if train_data is None else {"training": (train_data, train_ids)}
+    if val_ids:
+        parts["validation"] = (val_data, val_ids)
     parts["test"] = (test_data, test_ids)
     kept, skipped = preflight(parts, args.workers, args.skip_bad_samples)
-    train_ids, test_ids = kept.get("training", []), kept["test"]
+    train_ids, val_ids, test_ids = kept.get("training", []), kept.get("validation", []), kept["test"]
+    earlier = run_split or {}
     split = {
-        "train": sample_names(train_data, train_ids) if train_data is not None else (run_split or {}).get("train", []),
+        "train": sample_names(train_data, train_ids) if train_data is not None else earlier.get("train", []),
         "test": sample_names(test_data, test_ids),
-        "skipped": list(dict.fromkeys([*(run_split or {}).get("skipped", []), *skipped])),
+        "skipped": list(dict.fromkeys([*earlier.get("skipped", []), *skipped])),
     }
+    if val_ids or earlier.get("val"):  # train, val, test, skipped: in that order in split.json
+        val = sample_names(train_data, val_ids) if train_data is not None else earlier["val"]
+        split = {"train": split["train"], "val": val, **split}
     rank, world_size = distributed.get_rank(), distributed.get_world_size()
     common = {"num_workers": args.workers, "collate_fn": utils.collate_fn, "pin_memory": device.type == "cuda"}
     train_loader = None
@@ -234,11 +250,14 @@ def make_loaders(
         # resume.
         train_options = {**common, "collate_fn": copy_paste_collate if args.use_copypaste else utils.collate_fn}
         train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=batches, **train_options)
+    evaluation = {"batch_size": 1, "persistent_workers": args.workers > 0, **common}
     test_set = torch.utils.data.Subset(test_data, test_ids[rank::world_size])
-    test_loader = torch.utils.data.DataLoader(
-        test_set, batch_size=1, persistent_workers=args.workers > 0, generator=torch.Generator(), **common
-    )
-    return train_loader, test_loader, test_data.classes, split
+    test_loader = torch.utils.data.DataLoader(test_set, generator=torch.Generator(), **evaluation)
+    val_loader = None
+    if val_ids:
+        val_set = torch.utils.data.Subset(val_data, val_ids[rank::world_size])
+        val_loader = torch.utils.data.DataLoader(val_set, generator=torch.Generator(), **evaluation)
+    return train_loader, val_loader, test_loader, test_data.classes, split
 
 
 def build_model(
@@ -309,14 +328,25 @@ def plan_epochs(
 
 
 def print_summary(history: list[dict[str, Any]], output_dir: Path) -> None:
-    """Where a run's results are: its best epoch and AP, the output folder, how to use best.pth."""
+    """Where a run's results are: the epoch best.pth keeps, who chose it, its test AP and the last epoch's."""
     if not history:
         return
-    best = best_epoch(history)
-    if has_ground_truth(best):
-        print(f"Best epoch {best['epoch']}: {ap_line(best)} on the test split; all in {output_dir}/")
-    else:
+    best, last = best_epoch(history), history[-1]
+
+    def test_ap(record: dict[str, Any]) -> str:
+        return ap_line(record) if has_ground_truth(record) else "no ground truth in the test split"
+
+    if "val" not in best and not has_ground_truth(best):
         print(f"No ground truth in the test split: no epoch was scored, best.pth is the last; all in {output_dir}/")
+    else:
+        if "val" not in best:
+            chosen = "chosen on the test images themselves, so its test AP is not held out (--val-size N chooses)"
+        elif has_ground_truth(best["val"]):
+            chosen = f"chosen on the validation images ({ap_line(best['val'])} there)"
+        else:
+            chosen = "the last (no ground truth in the validation split)"
+        print(f"Best epoch {best['epoch']}, {chosen}: {test_ap(best)} on the test split")
+        print(f"Last epoch {last['epoch']}: {test_ap(last)} on the test split; all in {output_dir}/")
     print(f"Predict: python predict.py --checkpoint {output_dir / 'best.pth'} IMAGES_OR_FOLDERS")
 
 
@@ -386,7 +416,7 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
         run_split = stored_split(checkpoint, args.resume)
         if run_split is None:
             print(f"note: {args.resume} holds no split; splitting with --seed and --test-size as the run did")
-    train_loader, test_loader, classes, split = make_loaders(args, device, run_split)
+    train_loader, val_loader, test_loader, classes, split = make_loaders(args, device, run_split)
     data = test_loader.dataset.dataset
     names = data.keypoint_names  # of the keypoints a keypoint model learns; none for other models
     sigmas = keypoint_sigmas(names, args.keypoint_sigmas) if names else None
@@ -470,30 +500,37 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
             break
         train_seconds = time.time() - start
         lr = optimizer.param_groups[0]["lr"]
+        chooser = None  # the validation images' scores, which choose best.pth; without them the test images'
+        if val_loader is not None:
+            print(f"Validation split ({len(split['val'])} images: they choose best.pth)")
+            chooser = evaluate(model_without_ddp, val_loader, device, classes, keypoint_sigmas=sigmas)
+            print(f"Test split ({len(split['test'])} images)")
         samples: list[tuple] = []  # the first test images with their detections, for best_predictions.png
         stats = evaluate(model_without_ddp, test_loader, device, classes, samples=samples, keypoint_sigmas=sigmas)
         eval_seconds = time.time() - start - train_seconds
         lr_scheduler.step()
 
-        history.append(
-            {"epoch": epoch, "lr": lr, **losses, **stats, "train_seconds": train_seconds, "eval_seconds": eval_seconds}
-        )
-        score = selection_score(stats)  # without ground truth nothing ranks the epochs: best.pth is the last
-        is_best, best_score = score > best_score or not has_ground_truth(stats), max(score, best_score)
+        record = {"epoch": epoch, "lr": lr, **losses, **stats, "train_seconds": train_seconds}
+        record["eval_seconds"] = eval_seconds
+        if chooser is not None:
+            record["val"] = {name: chooser[name] for name in IOU_TYPES if name in chooser}
+        history.append(record)
+        chooser = chooser or stats
+        score = selection_score(chooser)  # without ground truth nothing ranks the epochs: best.pth is the last
+        is_best, best_score = score > best_score or not has_ground_truth(chooser), max(score, best_score)
         rng_states = distributed.all_gather_object(get_rng_state())  # every rank takes part; rank 0 writes
-        if not distributed.is_main_process():
-            continue
-        weights = {"model": model_without_ddp.state_dict(), "model_config": config, "args": vars(args)}
-        weights.update(split=split, changes=all_changes, epoch=epoch, stats=stats)
-        if budget is not None:
-            weights["budget"] = {"spent": budget.spent(), "planned": planned}
-        save_epoch(output_dir, weights, is_best, optimizer, lr_scheduler, scaler, best_score, history, rng_states)
-        if is_best:
-            save_predictions_picture(samples, classes, output_dir / "best_predictions.png", 0.5, data.skeleton)
-        utils.write_jsonl(history, output_dir / "metrics.jsonl")
-        plot_curves(history, output_dir / "curves.png")
-        if tensorboard is not None:
-            tensorboard.log(history[-1])
+        if distributed.is_main_process():
+            weights = {"model": model_without_ddp.state_dict(), "model_config": config, "args": vars(args)}
+            weights.update(split=split, changes=all_changes, epoch=epoch, stats=stats)
+            if budget is not None:
+                weights["budget"] = {"spent": budget.spent(), "planned": planned}
+            save_epoch(output_dir, weights, is_best, optimizer, lr_scheduler, scaler, best_score, history, rng_states)
+            if is_best:
+                save_predictions_picture(samples, classes, output_dir / "best_predictions.png", 0.5, data.skeleton)
+            utils.write_jsonl(history, output_dir / "metrics.jsonl")
+            plot_curves(history, output_dir / "curves.png")
+            if tensorboard is not None:
+                tensorboard.log(history[-1])
         epoch += 1
         if budget is not None and not planned:  # the epochs that fit, with the schedule stretched over them
             lr_scheduler = plan_epochs(args, budget, epoch, time.time() - start, optimizer, output_dir)

@@ -102,9 +102,11 @@ def save_predictions_picture(
     score_threshold: float,
     skeleton: list[tuple[int, int]] | None = None,
 ) -> None:
-    """One row per held-out image: its ground truth, then the model's detections scoring at least `score_threshold`."""
+    """One row per held-out image: its ground truth, then the model's detections scoring at least `score_threshold`
+    (nothing is written for no image)."""
     rows = []
     for image, target, output in samples:
         kept = {key: value[output["scores"] >= score_threshold] for key, value in output.items()}
         rows.append([draw(image, target, class_names, skeleton), draw(image, kept, class_names, skeleton)])
-    save_png(grid(rows), path)
+    if rows:  # no image, no picture
+        save_png(grid(rows), path)
