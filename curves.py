@@ -13,20 +13,24 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 import utils
-from coco_eval import best_epoch
+from coco_eval import IOU_TYPES, best_epoch
 
-LOSSES = ("loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
-# COCOeval's summary numbers worth a curve: (index in its 12 stats, name).
+NOT_LOSSES = ("epoch", "lr", "train_seconds", "eval_seconds")  # a record's other numbers are its mean losses
+# COCOeval's summary numbers worth a curve: (index in its stats, name); the same two for keypoints' 10.
 AP_STATS = ((0, "AP"), (1, "AP50"))
 
 
 def scalars(record: dict[str, Any]) -> dict[str, float]:
-    """The numbers of one epoch's record to plot: "loss/<name>", "<bbox|segm>/<AP|AP50>", "lr"."""
-    values = {f"loss/{name}": record[name] for name in LOSSES if name in record}
-    for iou_type in ("bbox", "segm"):
-        for index, name in AP_STATS:
-            if iou_type in record:
-                values[f"{iou_type}/{name}"] = record[iou_type][index]
+    """The numbers of one epoch's record to plot: "loss/<name>" for every loss the model reports (each model
+    names its own), "<bbox|segm|keypoints>/<AP|AP50>" on the test split, "val/<type>/<AP|AP50>" on the
+    validation images that choose best.pth (--val-size), and "lr"."""
+    values = {f"loss/{name}": value for name, value in record.items()
+              if name not in NOT_LOSSES and isinstance(value, (int, float))}  # fmt: skip
+    for prefix, stats in (("", record), ("val/", record.get("val", {}))):
+        for iou_type in IOU_TYPES:
+            for index, name in AP_STATS:
+                if iou_type in stats:
+                    values[f"{prefix}{iou_type}/{name}"] = stats[iou_type][index]
     values["lr"] = record["lr"]
     return values
 
@@ -38,7 +42,7 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path) -> None:
 
 
 def curves_figure(history: list[dict[str, Any]]) -> Figure:
-    """Losses (left) and AP on the test split (right) per epoch.
+    """Losses (left) and AP (right: the test split's, and the validation images' that choose best.pth) per epoch.
 
     The AP axis spans the data (early AP is often a few hundredths), epochs are whole
     numbers, and each legend sits outside its axes so that it never hides a line.
@@ -57,7 +61,12 @@ def curves_figure(history: list[dict[str, Any]]) -> Figure:
         if axes is ap_axes:
             top = max([top, *(v for v in values if v is not None)])
     loss_axes.set(title="training losses (mean per epoch)", xlabel="epoch", yscale="log")
-    ap_axes.set(title="COCO AP on the test split", xlabel="epoch", ylim=(0, min(1.0, max(0.05, top * 1.15))))
+    chooser = "validation (val/)" if any("val" in record for record in history) else "test"
+    ap_axes.set(
+        title=f"COCO AP on the test split; best.pth chosen on {chooser}",
+        xlabel="epoch",
+        ylim=(0, min(1.0, max(0.05, top * 1.15))),
+    )
     best = best_epoch(history)
     if best is not None:
         ap_axes.axvline(best["epoch"], color="grey", linestyle=":", label=f"best (epoch {best['epoch']})")

@@ -308,8 +308,8 @@ def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:
     return report, errors, warnings
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python dataset.py check|show [train.py's dataset flags]`: 0 when done (check: and usable), 2 if not."""
+def get_args_parser() -> argparse.ArgumentParser:
+    """`python dataset.py check|show`'s flags: train.py's dataset flags, and show's own."""
     parser = argparse.ArgumentParser(prog="dataset.py", description="Check a dataset, or look at it, without training")
     commands = parser.add_subparsers(dest="command", required=True)
     add_dataset_args(commands.add_parser("check", help="read every file and report problems"))
@@ -321,7 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     add("--num-images", type=int, default=8, help="how many samples to draw (default: %(default)s)")
     add("--seed", type=int, default=0, help="which samples, and their augmentation (default: %(default)s)")
     add("--output-dir", default="show", help="where the pictures go (default: %(default)s)")
-    args, _ = parser.parse_known_args(argv)  # train.py's other flags may ride along
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python dataset.py check|show [train.py's dataset flags]`: 0 when done (check: and usable), 2 if not."""
+    args, _ = get_args_parser().parse_known_args(argv)  # train.py's other flags may ride along
     try:
         if args.command == "show":
             return show_dataset(args)

@@ -454,7 +454,8 @@ def get_model(
     except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
         raise UserError(
             f"could not download the weights for {name} ({getattr(error, 'reason', error)}); offline, "
-            "train from scratch with --weights none, or pass --weights PATH to a local .pth "
+            "train from scratch with --recipe cpu-43min (its --weights none at an lr that learns; --weights none "
+            "alone needs --lr 0.001, as the default diverges), or pass --weights PATH to a local .pth "
             f"(torchvision's file from {torch.hub.get_dir()}/checkpoints on a machine that has it)"
         ) from error
     _replace_predictors(model, num_classes, num_keypoints)

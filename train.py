@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
+from torchvision import tv_tensors
 
 import distributed
 import run_folder
@@ -111,7 +113,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--overwrite", action="store_true", help="start a new run in an --output-dir that holds an earlier one")
     add("--resume", default="", help="checkpoint.pth to continue, with the run's settings (or best.pth, --test-only)")
     add("--test-only", action="store_true", help="only evaluate the --resume checkpoint on the run's test split")
-    add("--allow-changes", action="store_true", help="with --resume: let flags change the run's data, sizes, recipe")
+    add(
+        "--allow-changes",
+        action="store_true",
+        help="with --resume: let flags change the run's data, sizes, augmentation",
+    )
     add("--use-deterministic-algorithms", action="store_true", help="reproducible results, at some cost in speed")
     add("--tensorboard", action="store_true", help="also log losses, AP and lr to --output-dir/tensorboard")
     add("--skip-bad-samples", action="store_true", help="leave out unreadable or broken samples (default: stop)")
@@ -157,6 +163,16 @@ def check_args(args: argparse.Namespace) -> None:
     if args.model.startswith("ssdlite") and args.batch_size < 2:
         raise utils.UserError(
             f"--batch-size 1: --model {args.model}'s BatchNorm cannot train on one image; use 2 or more"
+        )
+    if is_keypoint_model(args.model) and not hasattr(tv_tensors, "KeyPoints"):
+        raise utils.UserError(
+            f"--model {args.model}: keypoint training needs torchvision 0.23 or later (tv_tensors.KeyPoints), and "
+            f"this is torchvision {torchvision.__version__}: pip install --upgrade torch torchvision"
+        )
+    if args.weights_backbone and args.weights.lower() != "none":
+        raise utils.UserError(
+            f"--weights-backbone {args.weights_backbone} needs --weights none: --weights {args.weights} is a whole "
+            "model, backbone included"
         )
     if args.allow_changes and not args.resume:
         raise utils.UserError("--allow-changes lets --resume change a run's settings; drop it for a new run")

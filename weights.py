@@ -35,8 +35,9 @@ def resolve_weights(spec: str | None, enum: type[WeightsEnum] | None, flag: str)
         return Path(spec)
     if enum is None:
         raise UserError(
-            f"{flag} {spec}: torchvision has no COCO weights for this model; use --weights none "
-            "(with --weights-backbone DEFAULT for its ImageNet backbone) or --weights PATH"
+            f"{flag} {spec}: torchvision has no COCO weights for this model; use --weights none with --lr 0.001 "
+            "(and --weights-backbone DEFAULT for its ImageNet backbone), a from-scratch --recipe such as cpu-43min, "
+            "or --weights PATH"
         )
     try:
         return enum.verify(spec)

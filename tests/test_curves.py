@@ -27,6 +27,15 @@ def test_scalars_are_losses_ap_and_lr():
         "bbox/AP": 0.2, "bbox/AP50": 0.4, "segm/AP": 0.1, "segm/AP50": 0.3, "lr": 0.01 / 3,
     }  # fmt: skip
     assert "segm/AP" not in scalars(_record(2, masks=False))  # Faster R-CNN: boxes only
+    # Keypoint R-CNN: its own loss and keypoint AP (which chooses best.pth); RetinaNet: its own loss names;
+    # --val-size: the validation AP that chooses best.pth
+    keypoints = {**_record(1, masks=False), "loss_keypoint": 4.0, "keypoints": [0.3, 0.6] + [0.0] * 8}
+    keypoints.update(val={"bbox": [0.2] * 12, "keypoints": [0.25, 0.5] + [0.0] * 8}, train_seconds=3.0)
+    values = scalars(keypoints)
+    assert values["loss/loss_keypoint"] == 4.0 and values["keypoints/AP"] == 0.3 and values["keypoints/AP50"] == 0.6
+    assert values["val/keypoints/AP"] == 0.25 and values["val/bbox/AP50"] == 0.2
+    assert "loss/train_seconds" not in values and "loss/epoch" not in values
+    assert "loss/bbox_regression" in scalars({**_record(0), "bbox_regression": 0.7, "classification": 0.2})
 
 
 def test_the_ap_axis_fits_the_data_epochs_are_whole_and_legends_hide_no_line():

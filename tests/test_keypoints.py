@@ -4,6 +4,7 @@ import pytest
 import torch
 from conftest import KEYPOINT_COLOURS, KEYPOINT_NAMES, write_keypoint_coco
 
+import train
 from coco_eval import coco_detections, coco_ground_truth, score_detections
 from coco_utils import CocoDataset
 from dataset_cli import main as dataset_main
@@ -233,3 +234,11 @@ def test_keypoint_annotations_without_an_outline_train_on_their_boxes(keypoint_c
     assert "annotations: boxes only, no outlines; trains the box models (" in out and "and Keypoint R-CNN" in out
     with pytest.raises(UserError, match="annotation 1 of fig1.png has an empty segmentation"):
         CocoDataset(folder, ann_file, keypoints=False, masks=True)[0]  # a mask model's read
+
+
+def test_keypoint_training_on_a_torchvision_without_keypoints_is_one_line(monkeypatch):
+    args = train.get_args_parser().parse_args(["--data-path", "x", "--model", "keypointrcnn_resnet50_fpn"])
+    train.check_args(args)  # this torchvision has tv_tensors.KeyPoints
+    monkeypatch.delattr(train.tv_tensors, "KeyPoints")
+    with pytest.raises(UserError, match="keypoint training needs torchvision 0.23 or later"):
+        train.check_args(args)
