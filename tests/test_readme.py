@@ -58,6 +58,14 @@ def test_the_resume_and_test_only_commands_work_as_written(pennfudan, tmp_path):
         result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)  # output/ is in the cwd
         assert result.returncode == 0, result.stderr
     assert "wrote output/eval.json" in result.stdout
+    # the first screen's predict command, on a photos/ folder of the test's
+    (predict_line,) = [line for line in readme.splitlines() if line.startswith("python predict.py --checkpoint output")]
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(np.full((90, 120, 3), 128, np.uint8)).save(tmp_path / "photos" / "grey.jpg")
+    predicted = subprocess.run([sys.executable, str(ROOT / "predict.py"), *predict_line.split("#")[0].split()[2:]],
+                               cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr
+    assert {"predictions.json", "grey.png"} <= {path.name for path in (tmp_path / "predictions").iterdir()}
     assert [json.loads(line)["epoch"] for line in (tmp_path / "output/metrics.jsonl").read_text().splitlines()] == [
         0,
         1,
