@@ -266,11 +266,14 @@ def test_a_validation_set_that_is_the_training_set_is_refused(pennfudan, tmp_pat
 
 def test_two_cpu_processes_train_resume_and_score_like_one(pennfudan, tmp_path):
     out = tmp_path / "ddp"
-    common = ["--data-path", pennfudan, *FAST, "--output-dir", out]  # 7 training images: 4 + 4 (one repeated)
-    first = run_torchrun(2, *common, "--epochs", 1)
+    common = ["--data-path", pennfudan, *FAST, "--output-dir", out]
+    # 5 training images (3 + 3, one repeated), 2 validation images (1 + 1); a budget that the first epoch spends
+    # (rank 0's plan, broadcast: 1 epoch), which the resume's typed --epochs then replaces
+    first = run_torchrun(2, *common, "--val-size", 2, "--time-budget", 0.05)
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("Training maskrcnn") == first.stdout.count("Epoch: [0] Total time") == 1  # rank 0 only
-    assert "Epoch: [0] [1/2]" in first.stdout  # each rank took ceil(4 / 2) steps
+    assert "Epoch: [0] [1/2]" in first.stdout  # each rank took ceil(3 / 2) steps
+    assert "so 1 epoch in all" in first.stdout and "chosen on the validation images" in first.stdout
     resumed = run_torchrun(2, *common, "--epochs", 2, "--resume", out / "checkpoint.pth")
     assert resumed.returncode == 0, resumed.stderr
     assert "Epoch: [1]" in resumed.stdout and "Epoch: [0]" not in resumed.stdout
