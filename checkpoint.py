@@ -5,10 +5,13 @@ Every epoch writes checkpoint.pth, and best.pth when the test AP improves. Both 
     model          the model's state dict
     model_config   what rebuilds the model with no flag and no download (model_config below)
     args           every setting of the run, as plain types
-    split          {"train": [...], "test": [...], "skipped": [...]}: image paths relative to the
-                   dataset's image folder, and the bad samples --skip-bad-samples left out
+    split          {"train": [...], "val": [...], "test": [...], "skipped": [...]}: image paths relative
+                   to the dataset's image folder ("val" with --val-size), and the bad samples
+                   --skip-bad-samples left out
     changes        what resumes changed: [{"epoch", "flag", "from", "to"}]
-    epoch, stats   the epoch it ends and that epoch's evaluation
+    epoch, stats   the epoch it ends and that epoch's evaluation (of the test split)
+    budget         with --time-budget: {"spent": seconds of the budget used, "planned": whether the
+                   epochs that fit were set}, so that a resume keeps the budget's end
 
 and checkpoint.pth also the optimizer, lr_scheduler, scaler (with --amp), best_score,
 metrics (every epoch's record) and rng (every rank's random state). model_from_checkpoint
