@@ -170,8 +170,8 @@ def check_args(args: argparse.Namespace) -> None:
         )
     if args.weights_backbone and args.weights.lower() != "none":
         raise utils.UserError(
-            f"--weights-backbone {args.weights_backbone} needs --weights none: --weights {args.weights} is a whole "
-            "model, backbone included"
+            f"--weights-backbone needs --weights none: --weights {args.weights} is a whole model, backbone included; "
+            "add --weights none"
         )
     if args.allow_changes and not args.resume:
         raise utils.UserError("--allow-changes lets --resume change a run's settings; drop it for a new run")
