@@ -45,7 +45,7 @@ OTHER_VALUES = {
     "keypoint_sigmas": [0.05],
 }  # fmt: skip
 NEVER = {
-    "seed": 1, "test_size": 50, "val_data_path": "val", "val_ann_file": "val.json",
+    "seed": 1, "test_size": 50, "val_size": 2, "val_data_path": "val", "val_ann_file": "val.json",
     "model": "fasterrcnn_resnet50_fpn", "weights": "DEFAULT", "weights_backbone": "DEFAULT",
     "trainable_backbone_layers": 5, "mask_head": [2, 128], "box_batch_size_per_image": 128,
     "rpn_pre_nms_top_n_train": 500, "rpn_post_nms_top_n_train": 500, "rpn_pre_nms_top_n_test": 500,
@@ -60,8 +60,16 @@ def resume(given, test_only=False, allow_changes=False):
 
 def test_every_setting_is_in_one_group():
     settings = set(STORED) - {"resume", "test_only", "allow_changes", "download", "overwrite"}
-    assert settings == set(OVERRIDABLE) | set(OTHER_VALUES) | set(NEVER)
+    settings -= {"recipe_settings"}  # what --recipe set: no flag of its own
+    assert settings == set(OVERRIDABLE) | set(OTHER_VALUES) | set(NEVER) | {"recipe"}
     assert set(NEVER) == set(SPLIT_SETTINGS) | set(MODEL_SETTINGS) | set(OPTIMIZER_SETTINGS)
+
+
+def test_a_resume_keeps_its_recipe_even_with_allow_changes():
+    stored = {**STORED, "recipe": "cpu-12min"}
+    assert resume_settings(stored, {"recipe": "cpu-12min"}, "out/checkpoint.pth", False, False)[0] == stored
+    with pytest.raises(UserError, match="--recipe cpu-43min: the run has cpu-12min .* a resume keeps the settings"):
+        resume_settings(stored, {"recipe": "cpu-43min"}, "out/checkpoint.pth", False, True)
 
 
 def test_no_flag_gives_the_run_as_it_was():
