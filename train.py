@@ -24,7 +24,7 @@ from torchvision import tv_tensors
 import distributed
 import run_folder
 import utils
-from budget import OutOfTime, TimeBudget, stretched_steps
+from budget import PLANS, OutOfTime, TimeBudget, stretched_steps
 from checkpoint import (
     COMMANDS,
     OVERRIDABLE,
@@ -229,8 +229,8 @@ def plan_epochs(
     optimizer: torch.optim.Optimizer,
     output_dir: Path,
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """--time-budget, after the first epoch (training, evaluation, saves): set --epochs to what fits, and return
-    the schedule stretched over them, at the point it reaches after the `done` epochs."""
+    """--time-budget, after one of the first epochs (training, evaluation, saves: `epoch_seconds`): set --epochs to
+    what fits, and return the schedule stretched over them, at the point it reaches after the `done` epochs."""
     nominal = args.epochs
     epochs = distributed.broadcast_object(budget.epochs(done, epoch_seconds))  # rank 0's clock decides for all
     args.epochs = epochs
@@ -399,11 +399,11 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
     tensorboard = None
     if args.tensorboard and distributed.is_main_process():
         tensorboard = TensorBoardLogger(output_dir / "tensorboard", start_epoch)
-    budget, planned = None, False  # --time-budget: planned once its first epoch is timed
+    budget, plans = None, 0  # --time-budget: the epochs are planned after the first epoch, and again after the second
     if args.time_budget:
         carried = (checkpoint or {}).get("budget") or {}
         budget = TimeBudget(args.time_budget, carried.get("spent", 0.0))
-        planned = carried.get("planned", False) and not any(c["flag"] == "--time-budget" for c in changes)
+        plans = 0 if any(c["flag"] == "--time-budget" for c in changes) else carried.get("plans", 0)
     stats = None
     print(f"Training {args.model} on {len(split['train'])} images, testing on {len(split['test'])}")
     epoch = start_epoch
@@ -414,7 +414,7 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
         if epoch == 0 and distributed.is_main_process():  # what the model is fed, ground truth drawn: worth a look
             picture = partial(save_batch_picture, class_names=classes, path=output_dir / "first_batch.png",
                               skeleton=data.skeleton)  # fmt: skip
-        deadline = budget.deadline() if planned else None  # the epoch that is timed is never cut
+        deadline = budget.deadline() if plans else None  # the first epoch, which is timed, is never cut
         try:
             losses = train_one_epoch(model, optimizer, train_loader, device, epoch, args.print_freq, scaler, picture,
                                      deadline)  # fmt: skip
@@ -446,7 +446,7 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
             weights = {"model": model_without_ddp.state_dict(), "model_config": config, "args": vars(args)}
             weights.update(split=split, changes=all_changes, epoch=epoch, stats=stats)
             if budget is not None:
-                weights["budget"] = {"spent": budget.spent(), "planned": planned}
+                weights["budget"] = {"spent": budget.spent(), "plans": plans}
             save_epoch(output_dir, weights, is_best, optimizer, lr_scheduler, scaler, best_score, history, rng_states)
             if is_best:
                 save_predictions_picture(samples, classes, output_dir / "best_predictions.png", 0.5, data.skeleton)
@@ -455,9 +455,9 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
             if tensorboard is not None:
                 tensorboard.log(history[-1])
         epoch += 1
-        if budget is not None and not planned:  # the epochs that fit, with the schedule stretched over them
+        if budget is not None and plans < PLANS:  # the epochs that fit, with the schedule stretched over them
             lr_scheduler = plan_epochs(args, budget, epoch, time.time() - start, optimizer, output_dir)
-            planned = True
+            plans += 1
     if tensorboard is not None:
         tensorboard.close()
     print_summary(history, output_dir)
