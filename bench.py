@@ -17,6 +17,9 @@
   one thread, and the ground truth rebuilt by loading and transforming every test image
   again) and for engine.evaluate (split into model and metric time) on the same model,
   whose AP must be identical; then engine.evaluate on the model in channels_last.
+- memory: peak resident memory of `dataset.py check`, a training epoch and an evaluation on
+  synthetic 4000 x 3000 photos with 300 instances each, beside the same at 1067 x 800, through
+  the folder, COCO and YOLO routes (bench_memory.py).
 - epoch: one whole training epoch (--epoch-images images, data loading included) of
   train.py's pipeline and of the tutorial's (its dataset, transforms and loop), each in
   a fresh process, with the first of --models, on the same images: those the tutorial's
@@ -35,6 +38,7 @@ from typing import Any
 import torch
 
 import utils
+from bench_memory import add_memory_args, measure_memory
 from bench_recipe import RECIPES, measure_recipes, recipe_table_rows
 from checkpoint import model_from_checkpoint
 from dataset_cli import add_dataset_args, dataset_from_args
@@ -53,14 +57,20 @@ from tutorial import (
     tutorial_transform,
 )
 
-PARTS = ("data", "train", "eval", "epoch", "recipe")
+PARTS = ("data", "train", "eval", "epoch", "recipe", "memory")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Benchmark training speed and memory")
     add = parser.add_argument
     add_dataset_args(parser)
-    add("--parts", nargs="+", choices=PARTS, default=list(PARTS[:4]), help="what to measure (default: all but recipe)")
+    add(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS[:4]),
+        help="what to measure (default: all but recipe and memory)",
+    )
     add(
         "--models",
         nargs="+",
@@ -103,6 +113,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=0, help="recipe: the split's seed, as train.py's (default: %(default)s)")
     add("--plot", help="recipe: also draw AP against minutes into this PNG")
     add("--output", default="bench.json", help="where the JSON goes (default: %(default)s)")
+    add_memory_args(parser)
     return parser
 
 
@@ -355,6 +366,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         print(f"held-out AP against wall-clock minutes, seed {args.seed}, {args.test_size} test images")
         columns = {"recipe": "", "best_ap": ".3f", "best_minutes": ".1f", "minutes": ".1f", "epochs": "d"}
         print(table(recipe_table_rows(report["recipes"]), columns))
+    if "memory" in args.parts:
+        report["memory"] = measure_memory(args)
+        print(f"peak resident memory (MB) of {args.models[0]} at --min-size {args.min_size}, -j 0; big / small")
+        columns = {"route": "", "size": "", "check_mb": ".0f", "train_mb": ".0f", "evaluate_mb": ".0f"}
+        columns.update(check_ratio=".2f", train_ratio=".2f", evaluate_ratio=".2f", read_seconds_per_sample=".3f")
+        print(table([{key: row.get(key) for key in columns} for row in report["memory"]], columns))
     utils.write_json(report, args.output)
     print(f"wrote {args.output}")
     return report

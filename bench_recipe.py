@@ -36,6 +36,7 @@ from torchvision.transforms import v2 as T
 import utils
 from coco_eval import selection_score
 from dataset_cli import dataset_from_args
+from masks import instance_masks
 from model import get_model, learns_masks
 from recipe import RECIPES as TRAIN_RECIPES
 from recipe import make_optimizer
@@ -152,7 +153,11 @@ class _Transformed(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, idx: int) -> tuple[Any, dict[str, Any]]:
-        return self.transforms(*self.dataset.load(idx))
+        image, target = self.dataset.load(idx)
+        if "instance_map" in target:  # the tutorial's datasets hold N x H x W masks
+            masks = instance_masks(target)
+            target = {**{key: value for key, value in target.items() if key != "instance_map"}, "masks": masks}
+        return self.transforms(image, target)
 
 
 def measure_recipes(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -13,22 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pycocotools.mask as mask_utils
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 import utils
-
-
-def _encode(masks: torch.Tensor) -> list[dict[str, Any]]:
-    """N x H x W binary masks to COCO compressed RLEs (counts as str, so json can write them)."""
-    if len(masks) == 0:
-        return []
-    rles = mask_utils.encode(np.asfortranarray(masks.permute(1, 2, 0).numpy().astype(np.uint8)))
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
+from masks import encode_detections, encode_ground_truth
 
 
 def _xywh(boxes: torch.Tensor) -> list[list[float]]:
@@ -46,8 +36,8 @@ def coco_ground_truth(image_id: int, height: int, width: int, target: dict[str, 
         {"image_id": image_id, "bbox": box, "category_id": label, "area": area, "iscrowd": crowd}
         for box, label, area, crowd in zip(*columns, strict=True)
     ]
-    if "masks" in target:
-        for annotation, rle in zip(annotations, _encode(target["masks"].cpu()), strict=True):
+    if "masks" in target or "instance_map" in target:  # encoded one instance at a time
+        for annotation, rle in zip(annotations, encode_ground_truth(target), strict=True):
             annotation["segmentation"] = rle
     if "keypoints" in target:
         for annotation, points in zip(annotations, target["keypoints"].cpu(), strict=True):
@@ -56,13 +46,16 @@ def coco_ground_truth(image_id: int, height: int, width: int, target: dict[str, 
     return image, annotations
 
 
-def coco_detections(image_id: int, output: dict[str, torch.Tensor]) -> dict[str, list[dict]]:
+def coco_detections(
+    image_id: int, output: dict[str, torch.Tensor], size: tuple[int, int] | None = None
+) -> dict[str, list[dict]]:
     """One image's model output as COCO results by IoU type: "bbox", and "segm" (masks) or "keypoints"
-    where the model predicts them; labels as category ids."""
+    where the model predicts them; labels as category ids. Unpasted "mask_probs" (masks.unpasted_masks) are
+    pasted at `size`, the image's (height, width), a few at a time."""
     scores, labels = output["scores"].tolist(), output["labels"].tolist()
     found = {"bbox": [{"bbox": box} for box in _xywh(output["boxes"].cpu())]}
-    if "masks" in output:
-        found["segm"] = [{"segmentation": rle} for rle in _encode((output["masks"][:, 0] > 0.5).cpu())]
+    if "masks" in output or "mask_probs" in output:
+        found["segm"] = [{"segmentation": rle} for rle in encode_detections(output, *(size or (0, 0)))]
     if "keypoints" in output:  # x, y, and 1 for every point, as torchvision's model gives them
         found["keypoints"] = [{"keypoints": points.flatten().tolist()} for points in output["keypoints"].cpu()]
     return {

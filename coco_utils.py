@@ -15,6 +15,7 @@ from torchvision import tv_tensors
 
 from dataset import InstanceDataset, read_image
 from keypoints import labelled_inside
+from masks import MapBuilder, rasterise
 from model import BOX_MODELS_HINT
 from utils import UserError
 
@@ -260,12 +261,14 @@ class CocoDataset(InstanceDataset):
             "image_id": idx,
             "iscrowd": torch.tensor([int(a.get("iscrowd", 0)) for a in annotations], dtype=torch.int64),
         }
-        if self.masks:
-            masks = np.zeros((len(annotations), height, width), np.uint8)
+        if self.masks:  # each outline drawn in its own window, painted into one map: no N x H x W stack
+            painted = MapBuilder(height, width)
+            pixels = np.zeros(len(annotations), np.int64)
             for k, annotation in enumerate(annotations):
-                masks[k] = self.coco.annToMask(annotation)
-            target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
-            pixels = masks.sum(axis=(1, 2))
+                window, top, left = rasterise(annotation["segmentation"], height, width)
+                painted.add(window, top, left)
+                pixels[k] = window.sum()
+            target["instance_map"] = painted.result()
         else:  # COCO's area is the outline's, where there is one; else the box's
             pixels = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         target["area"] = torch.tensor([a.get("area", p) for a, p in zip(annotations, pixels, strict=True)],

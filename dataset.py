@@ -11,13 +11,18 @@ The target contract (every dataset here returns it; the README points to it):
         area      float32, N, pixels in each mask (COCO's area; the box's, without outlines)
         iscrowd   int64, N, 0 for ordinary instances; 1 for regions evaluation ignores (COCO's
                   crowd, VOC's difficult), which training leaves out
-    and, where the data has outlines and the model learns masks (`masks` True),
-        masks     tv_tensors.Mask, uint8, N x H x W, values 0 or 1
+    and, where the data has outlines and the model learns masks (`masks` True), one of
+        masks         tv_tensors.Mask, uint8, N x H x W, values 0 or 1: the tutorial's form, N x H x W bytes
+        instance_map  masks.InstanceMap, int32, L x H x W: pixel value k marks instance k (the k-th row of
+                      boxes, labels, ..., from 1), 0 none; overlapping instances lie in different layers.
+                      The datasets here return this: one int32 image per layer whatever N, where a
+                      12-megapixel photo with 300 instances would be 3.6 GB as masks. The training
+                      transform splits it into `masks` at the size the model sees (transforms.py).
     and, for a dataset with keypoints (K named points per instance, `keypoint_names`),
         keypoints float32, N x K x 3: x, y in pixels (COCO's: the pixel's column and row)
                   and visibility (0 unlabelled, with x = y = 0; 1 labelled but hidden; 2 visible)
 
-N may be 0: an image without instances yields boxes 0 x 4, masks 0 x H x W, and so on.
+N may be 0: an image without instances yields boxes 0 x 4, masks 0 x H x W (a map of zeros), and so on.
 Box models (Faster R-CNN, RetinaNet, ...) never need masks: a dataset read for one (`masks`
 False) leaves them out, also where the files have outlines, so a large photo with many
 objects costs no N x H x W stack. Which data has outlines: mask folders, COCO with
@@ -42,6 +47,7 @@ from PIL import Image, ImageOps
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
+from masks import InstanceMap, boxes_of_index_maps, index_label_image
 from utils import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -172,25 +178,17 @@ def boxes_of_masks(masks: torch.Tensor) -> torch.Tensor:
 
 
 def masks_to_target(instance_mask: np.ndarray, image_id: int, masks: bool = True) -> dict[str, Any]:
-    """Split an instance mask into per-instance binary masks with COCO-convention boxes and areas; with `masks`
-    False, the boxes and areas alone, one instance at a time (no N x H x W stack)."""
+    """The target of an instance-label image: boxes (COCO's convention) and areas from one pass over it, and with
+    `masks` its InstanceMap, the instances numbered in the order of their values. No N x H x W stack is made."""
     height, width = instance_mask.shape
-    instance_ids = np.unique(instance_mask)
-    instance_ids = instance_ids[instance_ids != 0]
-    n = len(instance_ids)
+    index, pixels = index_label_image(instance_mask)
+    n = len(pixels)
     target: dict[str, Any] = {"labels": torch.ones(n, dtype=torch.int64), "image_id": image_id}
-    if masks:
-        stack = torch.from_numpy((instance_mask[None] == instance_ids[:, None, None]).astype(np.uint8))  # N x H x W
-        boxes, area = boxes_of_masks(stack), stack.sum(dim=(1, 2), dtype=torch.float32)
-        target["masks"] = tv_tensors.Mask(stack)
-    else:
-        boxes = torch.zeros(n, 4)
-        for k, value in enumerate(instance_ids):
-            boxes[k] = boxes_of_masks(torch.from_numpy(instance_mask == value)[None])[0]
-        values, counts = np.unique(instance_mask, return_counts=True)
-        area = torch.from_numpy(counts[values != 0].astype(np.float32))
+    boxes = boxes_of_index_maps(torch.from_numpy(index)[None], n)
     target["boxes"] = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width))
-    target.update(area=area, iscrowd=torch.zeros(n, dtype=torch.int64))
+    target.update(area=torch.from_numpy(pixels.astype(np.float32)), iscrowd=torch.zeros(n, dtype=torch.int64))
+    if masks:
+        target["instance_map"] = InstanceMap(torch.from_numpy(index)[None])
     return target
 
 

@@ -22,8 +22,9 @@ import distributed
 from coco_utils import CocoDataset
 from dataset import InstanceDataset, MaskFolderDataset, PennFudanDataset, high_bit_values
 from keypoints import flip_permutation
-from model import BOX_MODELS, is_keypoint_model, learns_masks
-from transforms import AUGMENTATIONS, get_transform
+from masks import pixels_of
+from model import BOX_MODELS, is_keypoint_model, learns_masks, resizes_in_data
+from transforms import AUGMENTATIONS, get_transform, train_sizes
 from utils import UserError, one_line, writable_folder
 from visualize import draw, grid, save_png
 from voc_utils import VocDataset, has_voc_val
@@ -134,7 +135,9 @@ def training_transform(args: argparse.Namespace, dataset: InstanceDataset) -> Ca
     keypoint_flip = None
     if dataset.keypoint_names and args.augmentation != "none":
         keypoint_flip = flip_permutation(dataset.keypoint_names, args.keypoint_flip_map)
-    return get_transform(True, args.augmentation, args.min_size, keypoint_flip)
+    model = getattr(args, "model", "maskrcnn_resnet50_fpn")  # `dataset.py show` names no model: the default's sizes
+    model_sizes = (train_sizes(args.augmentation, args.min_size), args.max_size) if resizes_in_data(model) else None
+    return get_transform(True, args.augmentation, args.min_size, keypoint_flip, model_sizes)
 
 
 def _is_yolo(args: argparse.Namespace) -> bool:
@@ -271,8 +274,11 @@ def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:
         for points in target.get("keypoints", []):
             labelled.update(name for name, v in zip(dataset.keypoint_names, points[:, 2].tolist(), strict=True) if v)
         crowd += int(target["iscrowd"].sum())
-        pixels = target["masks"].flatten(1).sum(1).tolist() if "masks" in target else target["area"].tolist()
-        what = "mask" if "masks" in target else "box"
+        pixels, what = target["area"].tolist(), "box"  # the outlines' own pixels where there are outlines:
+        if "instance_map" in target:  # counted on the one map, no mask of its own per instance
+            pixels, what = pixels_of(target["instance_map"], len(target["labels"])).tolist(), "mask"
+        elif "masks" in target:
+            pixels, what = target["masks"].flatten(1).sum(1).tolist(), "mask"
         for k, (label, area) in enumerate(zip(target["labels"].tolist(), pixels, strict=True)):
             per_class[dataset.classes[label]] += 1
             if area == 0:
@@ -317,7 +323,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_dataset_args(show)
     add = show.add_argument
     add("--augmentation", default="hflip", help="train.py's preset to apply (default: %(default)s)")
-    add("--min-size", type=int, default=800, help="train.py's --min-size: lsj's square (default: %(default)s)")
+    add("--min-size", type=int, default=800, help="train.py's --min-size (default: %(default)s)")
+    add("--max-size", type=int, default=1333, help="train.py's --max-size (default: %(default)s)")
     add("--num-images", type=int, default=8, help="how many samples to draw (default: %(default)s)")
     add("--seed", type=int, default=0, help="which samples, and their augmentation (default: %(default)s)")
     add("--output-dir", default="show", help="where the pictures go (default: %(default)s)")
@@ -352,8 +359,8 @@ def show_dataset(args: argparse.Namespace) -> int:
     """`dataset.py show`: for --num-images samples, OUTPUT_DIR/<image>.png: the sample as read, then as trained on."""
     if args.augmentation not in AUGMENTATIONS:
         raise UserError(f"--augmentation {args.augmentation}: unknown; choose one of {', '.join(AUGMENTATIONS)}")
-    if args.num_images <= 0 or args.min_size <= 0:
-        raise UserError("--num-images and --min-size must be positive")
+    if args.num_images <= 0 or not 0 < args.min_size <= args.max_size:
+        raise UserError("--num-images and --min-size must be positive, and --max-size at least --min-size")
     dataset = dataset_from_args(args, include_crowd=False)
     dataset.transforms = training_transform(args, dataset)
     output_dir = writable_folder(args.output_dir)

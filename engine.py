@@ -15,6 +15,8 @@ import distributed
 import utils
 from budget import OutOfTime
 from coco_eval import all_results, coco_detections, coco_ground_truth, score_detections
+from masks import unpasted_masks
+from visualize import shrink
 
 SAMPLES_KEPT = 4  # evaluate(samples=...): held-out images kept for a picture
 
@@ -161,17 +163,21 @@ def evaluate(
     for batch_images, targets in logger.log_every(data_loader, 100, "Test:"):
         batch_images = [image.to(device, non_blocking=True) for image in batch_images]
         start = time.time()
-        outputs = model(batch_images)
+        with unpasted_masks(model) as mask_probs:  # pasted below a few at a time, not all at the photo's size
+            outputs = model(batch_images)
         if device.type == "cuda":
             torch.cuda.synchronize()
         model_time = time.time() - start
         start = time.time()
-        for image, target, output in zip(batch_images, targets, outputs, strict=True):
-            if samples is not None and len(samples) < SAMPLES_KEPT:
-                samples.append((image.cpu(), target, {key: value.cpu() for key, value in output.items()}))
-            image_id = int(target["image_id"])
-            record, gt = coco_ground_truth(image_id, image.shape[-2], image.shape[-1], target)
-            per_image.append((record, gt, coco_detections(image_id, output)))
+        for k, (image, target, output) in enumerate(zip(batch_images, targets, outputs, strict=True)):
+            if mask_probs:
+                output["mask_probs"] = mask_probs[k]
+            if samples is not None and len(samples) < SAMPLES_KEPT:  # kept at a screen's size, not the photo's
+                picture, shown = shrink(image, target)
+                samples.append((picture, shown, shrink(image, {key: v.cpu() for key, v in output.items()})[1]))
+            image_id, size = int(target["image_id"]), tuple(image.shape[-2:])
+            record, gt = coco_ground_truth(image_id, *size, target)
+            per_image.append((record, gt, coco_detections(image_id, output, size)))
         logger.update(model_time=model_time, metric_time=time.time() - start)
 
     start = time.time()

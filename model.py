@@ -239,6 +239,12 @@ def learns_masks(name: str) -> bool:
     return name.startswith("maskrcnn")
 
 
+def resizes_in_data(name: str) -> bool:
+    """Whether training images reach model `name` at its size already (transforms.ResizeForModel, where outlines
+    become masks), so that it skips its own resize in training: every model but SSD's fixed squares."""
+    return name not in SSD_SIZES
+
+
 def is_rcnn(name: str) -> bool:
     """Whether the model of MODELS called `name` is a two-stage R-CNN (proposals, then heads per region)."""
     return "rcnn" in name

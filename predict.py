@@ -3,7 +3,8 @@
     python predict.py --checkpoint output/best.pth photos/ extra.jpg --output-dir predictions
 
 For each readable image, predictions/<name>.png shows the masks (or keypoints and their
-skeleton), boxes, class names and scores above --score-threshold; predictions/predictions.json
+skeleton), boxes, class names and scores above --score-threshold, at most 1600 pixels long
+(a 12-megapixel photo is drawn at a screen's size); predictions/predictions.json
 lists the same detections in COCO results format (xywh boxes, RLE masks, keypoints as
 x, y, 1 triples with their keypoint_scores), each with its file_name, in the training
 data's category ids (a COCO json's own ids) and, with --ann-file, that json's image ids. The checkpoint
@@ -26,6 +27,7 @@ from checkpoint import model_from_checkpoint
 from coco_eval import coco_detections, in_dataset_ids
 from coco_utils import read_coco
 from dataset import IMAGE_EXTENSIONS, read_image
+from masks import unpasted_masks
 from visualize import draw
 
 
@@ -136,13 +138,16 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         good = [(index, image) for index, image in zip(indices, images, strict=True) if not isinstance(image, str)]
         if not good:
             continue
-        outputs = model([image.to(device).float() / 255 for _, image in good])
-        for (index, image), output in zip(good, outputs, strict=True):
+        with unpasted_masks(model) as mask_probs:  # pasted a few at a time, not all at the photo's size
+            outputs = model([image.to(device).float() / 255 for _, image in good])
+        for k, ((index, image), output) in enumerate(zip(good, outputs, strict=True)):
+            if mask_probs:
+                output["mask_probs"] = mask_probs[k]
             keep = output["scores"] >= args.score_threshold
             output = {key: value[keep].cpu() for key, value in output.items()}
-            picture = draw(image, output, class_names, skeleton).permute(1, 2, 0).numpy()
+            picture = draw(image, output, class_names, skeleton).permute(1, 2, 0).numpy()  # at a screen's size
             Image.fromarray(picture).save(output_dir / names[index])
-            found = coco_detections(index, output)
+            found = coco_detections(index, output, tuple(image.shape[-2:]))
             for k, box in enumerate(found["bbox"]):
                 name = class_names[box["category_id"]]
                 record = {"file_name": str(paths[index]), **in_dataset_ids([box], image_ids, category_ids)[0]}

@@ -44,7 +44,7 @@ from dataset_cli import add_dataset_args
 from engine import evaluate, train_one_epoch
 from keypoints import keypoint_sigmas
 from loaders import make_loaders
-from model import HEAD_SETTINGS, MODELS, SSD_SIZES, get_model, is_keypoint_model
+from model import HEAD_SETTINGS, MODELS, SSD_SIZES, get_model, is_keypoint_model, resizes_in_data
 from recipe import (
     LR,
     MOMENTUM,
@@ -215,6 +215,9 @@ def build_model(
             model.load_state_dict(checkpoint["model"])
         except (KeyError, RuntimeError) as error:
             raise utils.UserError(f"--resume {args.resume}: its weights do not fit its own model_config") from error
+    # The training transform resized the images (transforms.ResizeForModel); torchvision's own switch, which its
+    # references set for lsj, makes the model skip its resize in training only.
+    model.transform._skip_resize = resizes_in_data(args.model)
     # torchvision's keypoint loss views its logits as if contiguous: Keypoint R-CNN keeps the default layout
     channels_last = args.channels_last and not is_keypoint_model(args.model)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format

@@ -4,8 +4,8 @@
     none        nothing
     ssd         photometric distortion, zoom out, IoU crop and flip (torchvision's SSD preset)
     ssdlite     IoU crop and flip (torchvision's SSDlite preset)
-    multiscale  a flip, and the model resizes each training image to a random shorter side
-                between 0.6 x and 1 x --min-size (evaluation: --min-size); see train_sizes()
+    multiscale  a flip, and each training image resized to a random shorter side between
+                0.6 x and 1 x --min-size (evaluation: --min-size); see train_sizes()
     lsj         large-scale jitter (Ghiasi et al., 2021): scaled by 0.1-2 x, then cropped or
                 padded to a --min-size square; and a flip
     topdown     both flips and a turn by 0, 90, 180 or 270 degrees: for pictures taken from
@@ -15,6 +15,10 @@ Every training preset ends by setting each box to the box of its mask (COCO's co
 since resampling moves masks and boxes a little apart, and by dropping instances that a
 transform left without pixels. The image becomes float in [0, 1]. Geometric presets leave
 `area` as it was before the transform: training does not use it, and evaluation uses "none".
+Last, a training image is resized to the size the model sees (ResizeForModel: the model's own
+resize, done here, so the model skips it in training), and only there does an instance map
+(masks.py) become per-instance masks: a 12-megapixel photo's 300 instances cost their pixels
+at 1067 x 800, not at 4000 x 3000. Every step moves the map exactly as it moves each mask.
 
 Keypoints (N x K x 3: x, y, visibility) move as points; a flip also swaps their labels through
 the dataset's flip permutation (keypoints.py: a mirrored left wrist is a right wrist), and a
@@ -23,14 +27,17 @@ point that a crop leaves outside the image becomes unlabelled (0, 0, 0), as COCO
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 from torchvision import tv_tensors
+from torchvision.models.detection.transform import resize_boxes, resize_keypoints
 from torchvision.transforms import v2 as T
 
 from dataset import boxes_of_masks
 from keypoints import labelled_inside
+from masks import InstanceMap, boxes_of_index_maps, keep, split
 from utils import collate_fn
 
 AUGMENTATIONS = ("hflip", "none", "ssd", "ssdlite", "multiscale", "lsj", "topdown")
@@ -81,6 +88,9 @@ class RandomRot90(torch.nn.Module):
         if "masks" in target:
             masks = torch.rot90(target["masks"], turns, dims=(-2, -1))
             target["masks"], boxes = tv_tensors.Mask(masks), boxes_of_masks(masks)
+        elif "instance_map" in target:
+            instance_map = InstanceMap(torch.rot90(target["instance_map"], turns, dims=(-2, -1)))
+            target["instance_map"], boxes = instance_map, boxes_of_index_maps(instance_map, len(target["labels"]))
         else:  # boxes alone, turned exactly as the pixels they cover (x2, y2: one past the last column, row)
             boxes = target["boxes"].as_subclass(torch.Tensor)
             for _ in range(turns):  # a quarter turn: column x becomes row width - 1 - x, row y becomes column y
@@ -127,9 +137,63 @@ class BoxesFromMasks(torch.nn.Module):
     """Set every box to the box of its mask, so that the two agree after any resampling."""
 
     def forward(self, image: tv_tensors.Image, target: dict[str, Any]) -> tuple[tv_tensors.Image, dict[str, Any]]:
-        if "masks" in target:
-            boxes = boxes_of_masks(target["masks"])
+        if "masks" in target or "instance_map" in target:
+            if "masks" in target:
+                boxes = boxes_of_masks(target["masks"])
+            else:
+                boxes = boxes_of_index_maps(target["instance_map"], len(target["labels"]))
             target = {**target, "boxes": tv_tensors.wrap(boxes.to(target["boxes"].dtype), like=target["boxes"])}
+        return image, target
+
+
+class SanitizeInstances(T.SanitizeBoundingBoxes):
+    """torchvision's SanitizeBoundingBoxes (boxes without area or outside the image go, with their labels and
+    other per-instance values), which renumbers an InstanceMap's instances rather than indexing its layers."""
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, InstanceMap):
+            return keep(inpt, params["valid"])
+        return super().transform(inpt, params)
+
+
+class ResizeForModel(torch.nn.Module):
+    """The model's own resize, done here so that an InstanceMap is split into masks at the size the model sees,
+    not at the photo's (Detectron2 resizes in its data pipeline too). As torchvision's GeneralizedRCNNTransform
+    does it: the shorter side to one of `min_sizes` (drawn as its torch_choice draws), the longer at most
+    `max_size`; the image bilinear, masks nearest, boxes and keypoints scaled. The model then skips its own
+    resize in training (model.resizes_in_data)."""
+
+    def __init__(self, min_sizes: tuple[int, ...], max_size: int) -> None:
+        super().__init__()
+        self.min_sizes, self.max_size = tuple(min_sizes), max_size
+
+    def forward(self, image: tv_tensors.Image, target: dict[str, Any]) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        side = self.min_sizes[int(torch.empty(1).uniform_(0.0, float(len(self.min_sizes))).item())]
+        height, width = image.shape[-2:]
+        scale = min(side / min(height, width), self.max_size / max(height, width))
+        resize = partial(torch.nn.functional.interpolate, scale_factor=scale, recompute_scale_factor=True)
+        image = tv_tensors.wrap(resize(image[None], mode="bilinear", align_corners=False)[0], like=image)
+        size = tuple(image.shape[-2:])
+        target = dict(target)
+        boxes = resize_boxes(target["boxes"].as_subclass(torch.Tensor), (height, width), size)
+        target["boxes"] = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=size)
+        if "keypoints" in target:
+            target["keypoints"] = resize_keypoints(torch.as_tensor(target["keypoints"]), (height, width), size)
+        if "masks" in target:  # nearest, from float, as torchvision's resize does
+            target["masks"] = tv_tensors.Mask(resize(target["masks"][:, None].float())[:, 0].byte())
+        if "instance_map" in target:  # the same pixels as each mask resized alone: float holds ints to 2**24
+            instance_map = resize(target.pop("instance_map")[None].float())[0].to(torch.int32)
+            target["masks"] = split(instance_map, len(target["labels"]))
+        return image, target
+
+
+class SplitInstances(torch.nn.Module):
+    """An InstanceMap as N x H x W masks at the size it has: for models that resize in training themselves."""
+
+    def forward(self, image: tv_tensors.Image, target: dict[str, Any]) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        if "instance_map" in target:
+            target = dict(target)
+            target["masks"] = split(target.pop("instance_map"), len(target["labels"]))
         return image, target
 
 
@@ -181,12 +245,19 @@ def _per_instance_fields(sample: tuple) -> tuple[torch.Tensor, ...]:
 
 
 def get_transform(
-    train: bool, augmentation: str = "hflip", size: int = 800, keypoint_flip: list[int] | None = None
+    train: bool,
+    augmentation: str = "hflip",
+    size: int = 800,
+    keypoint_flip: list[int] | None = None,
+    model_sizes: tuple[tuple[int, ...], int] | None = None,
 ) -> T.Compose:
     """The transform for training (`train=True`, with `augmentation`) or for evaluation (no augmentation).
 
     size: the model's --min-size, which lsj crops to. keypoint_flip: for a dataset with keypoints, the
     flip permutation (keypoints.flip_permutation); without it a flip of keypoints is an error.
+    model_sizes: (the model's shorter sides, its longest side): training images end at the model's size
+    (ResizeForModel), where an InstanceMap becomes masks; None: at their own size, which the model resizes.
+    Evaluation keeps the images' size and an InstanceMap, which evaluation encodes at the photo's size.
     See the module docstring for the presets.
     """
     if augmentation not in AUGMENTATIONS:
@@ -196,7 +267,7 @@ def get_transform(
     presets: dict[str, list[Any]] = {
         "none": [],
         "hflip": [flip],
-        "multiscale": [flip],  # the model draws the scale: train_sizes()
+        "multiscale": [flip],  # ResizeForModel draws the scale: train_sizes()
         "ssd": [T.RandomPhotometricDistort(p=0.5), T.RandomZoomOut(fill=pad), T.RandomIoUCrop(), flip],
         "ssdlite": [T.RandomIoUCrop(), flip],
         "lsj": [T.ScaleJitter((size, size), scale_range=(0.1, 2.0), antialias=True),
@@ -204,9 +275,7 @@ def get_transform(
         "topdown": [flip, RandomFlip(vertical=True, keypoint_flip=keypoint_flip), RandomRot90()],
     }  # fmt: skip
     steps = [KeypointsAsPoints(), *presets[augmentation], BoxesFromMasks(), PointsAsKeypoints()] if train else []
-    steps += [
-        T.ToDtype(torch.float32, scale=True),
-        T.SanitizeBoundingBoxes(labels_getter=_per_instance_fields),
-        T.ToPureTensor(),
-    ]
-    return T.Compose(steps)
+    steps += [T.ToDtype(torch.float32, scale=True), SanitizeInstances(labels_getter=_per_instance_fields)]
+    if train:  # the instances are split last, at the size the model sees
+        steps.append(ResizeForModel(*model_sizes) if model_sizes is not None else SplitInstances())
+    return T.Compose([*steps, T.ToPureTensor()])

@@ -14,14 +14,17 @@ from typing import Any
 
 import torch
 from PIL import Image
+from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmentation_masks
 
 import utils
+from masks import split
 
 # Distinct, colour-blind-friendly colours (Okabe-Ito), one per class, repeating after eight.
 COLORS = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
 PICTURE_HEIGHT = 320  # each image in a grid is scaled to this height
+SCREEN_SIDE = 1600  # the longest side a picture is drawn at: a 12-megapixel photo's own would be 36 MB of pixels
 
 
 def to_uint8(image: torch.Tensor) -> torch.Tensor:
@@ -29,6 +32,31 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
     if image.dtype == torch.uint8:
         return image.cpu()
     return (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def shrink(image: torch.Tensor, found: dict[str, Any], longest: int = SCREEN_SIDE) -> tuple[torch.Tensor, dict]:
+    """The uint8 image at most `longest` pixels on its longer side, and what `found` has on it to match: masks and
+    instance maps by nearest neighbour (then split: masks.split), a model's unpasted mask probabilities pasted at
+    that size, boxes and keypoints scaled. A photo is drawn at a screen's size, never at its own."""
+    image, found = to_uint8(image), dict(found)
+    height, width = image.shape[-2:]
+    scale = min(1.0, longest / max(height, width))
+    size = [max(1, round(height * scale)), max(1, round(width * scale))]
+    if size != [height, width]:
+        image = F.resize(image, size, antialias=True)
+        ratio = torch.tensor([size[1] / width, size[0] / height])
+        found["boxes"] = torch.as_tensor(found["boxes"]).cpu().float() * ratio.repeat(2)
+        if "keypoints" in found:
+            points = torch.as_tensor(found["keypoints"]).cpu().float()
+            found["keypoints"] = torch.cat([points[..., :2] * ratio, points[..., 2:]], dim=-1)
+        for key in ("masks", "instance_map"):
+            if key in found:
+                found[key] = F.resize(torch.as_tensor(found[key]).cpu(), size, F.InterpolationMode.NEAREST)
+    if "instance_map" in found:
+        found["masks"] = split(found.pop("instance_map"), len(found["labels"]))
+    if "mask_probs" in found:
+        found["masks"] = paste_masks_in_image(found.pop("mask_probs").cpu(), found["boxes"].cpu(), size)
+    return image, found
 
 
 def draw(
@@ -40,10 +68,11 @@ def draw(
     """The uint8 image with masks (half transparent), keypoints (joined by `skeleton`, pairs of keypoint
     indices), boxes and class names (with scores, for detections) on it.
 
-    `found`: a target of the dataset contract (binary N x H x W masks) or a model's output
-    (N x 1 x H x W mask probabilities, cut at 0.5, and "scores"). Unlabelled keypoints are not drawn.
+    `found`: a target of the dataset contract (binary N x H x W masks, or an instance map) or a model's output
+    (N x 1 x H x W mask probabilities, or unpasted "mask_probs", cut at 0.5, and "scores"). Unlabelled keypoints
+    are not drawn. A photo longer than SCREEN_SIDE is drawn at that size (shrink).
     """
-    image = to_uint8(image)
+    image, found = shrink(image, found)
     labels = found["labels"].tolist()
     if not labels:
         return image

@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pycocotools.mask as mask_utils
 import torch
 from torchvision import tv_tensors
 
-from dataset import IMAGE_EXTENSIONS, InstanceDataset, boxes_of_masks, read_image
+from dataset import IMAGE_EXTENSIONS, InstanceDataset, read_image
+from masks import InstanceMap, MapBuilder, boxes_of_index_maps, rasterise
 from model import BOX_MODELS_HINT
 from utils import UserError
 
@@ -157,13 +157,15 @@ def read_labels(path: Path, num_classes: int) -> tuple[list[int], list[np.ndarra
     return classes, polygons, np.clip(np.asarray(boxes, np.float64).reshape(-1, 4), 0, 1)
 
 
-def polygon_masks(polygons: list[np.ndarray], height: int, width: int) -> torch.Tensor:
-    """N x H x W uint8 masks of normalised polygons, rasterised as pycocotools rasterises COCO's polygons."""
-    masks = np.zeros((len(polygons), height, width), np.uint8)
+def polygon_map(polygons: list[np.ndarray], height: int, width: int) -> tuple[InstanceMap, np.ndarray]:
+    """Normalised polygons as an InstanceMap, each rasterised as pycocotools rasterises COCO's polygons (in its own
+    window: masks.rasterise), and the pixels of each."""
+    painted, pixels = MapBuilder(height, width), np.zeros(len(polygons), np.int64)
     for k, polygon in enumerate(polygons):
-        pixels = (polygon * [width, height]).flatten().tolist()
-        masks[k] = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([pixels], height, width)))
-    return torch.from_numpy(masks)
+        window, top, left = rasterise([(polygon * [width, height]).flatten().tolist()], height, width)
+        painted.add(window, top, left)
+        pixels[k] = window.sum()
+    return painted.result(), pixels
 
 
 class YoloDataset(InstanceDataset):
@@ -233,9 +235,9 @@ class YoloDataset(InstanceDataset):
                     f"{self.label_paths[idx]}: label {line} is a box (xc yc w h); mask models learn from polygons: "
                     f"train a box model ({BOX_MODELS_HINT}), or outline it"
                 )
-            masks = polygon_masks(polygons, height, width)
-            target["masks"] = tv_tensors.Mask(masks)
-            pixel_boxes, area = boxes_of_masks(masks), masks.sum(dim=(1, 2), dtype=torch.float32)
+            target["instance_map"], pixels = polygon_map(polygons, height, width)
+            pixel_boxes = boxes_of_index_maps(target["instance_map"], len(polygons))
+            area = torch.from_numpy(pixels.astype(np.float32))
         else:
             pixel_boxes = torch.from_numpy(boxes * [width, height, width, height]).to(torch.float32)
             area = (pixel_boxes[:, 2] - pixel_boxes[:, 0]) * (pixel_boxes[:, 3] - pixel_boxes[:, 1])

@@ -143,3 +143,20 @@ def _alive(pid):
         return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_memory_part_measures_each_command_on_big_and_model_sized_photos(tmp_path):
+    # The memory part at a tiny size, one route: each command ran in its own process, on both sizes.
+    output = tmp_path / "bench.json"
+    args = bench.get_args_parser().parse_args(
+        ["--parts", "memory", "--memory-size", "240", "180", "--memory-instances", "12", "--memory-images", "2",
+         "--memory-routes", "folder", "--models", "maskrcnn_mobilenet_v3_large_fpn", "--min-size", "64",
+         "--max-size", "100", "--device", "cpu", "--output", str(output)]
+    )  # fmt: skip
+    small, big = bench.main(args)["memory"]
+    assert (small["size"], big["size"]) == ("85x64", "240x180")  # the model's size: 64 / 180 of the photo
+    for row in (small, big):
+        for name in ("check", "train", "evaluate"):
+            assert row[f"{name}_mb"] > 100, row.get(f"{name}_error")  # each ran, and its peak is a process's
+        assert row["read_seconds_per_sample"] > 0
+    assert big["check_ratio"] == pytest.approx(big["check_mb"] / small["check_mb"])

@@ -14,6 +14,7 @@ from test_engine import StandIn
 from coco_eval import in_dataset_ids
 from coco_utils import CocoDataset
 from engine import evaluate
+from masks import instance_masks
 from transforms import get_transform
 from utils import collate_fn
 
@@ -31,7 +32,7 @@ def test_per_class_ap_equals_pycocotools_restricted_to_each_category(tmp_path):
     for idx in range(len(data)):
         _, target = data[idx]
         n = len(target["labels"])
-        masks = torch.roll(target["masks"], shifts=tuple(rng.integers(-4, 5, 2).tolist()), dims=(1, 2))
+        masks = torch.roll(instance_masks(target), shifts=tuple(rng.integers(-4, 5, 2).tolist()), dims=(1, 2))
         output = {
             "boxes": target["boxes"] + torch.from_numpy(rng.normal(0, 2, (n, 4)).astype(np.float32)),
             "labels": target["labels"].flip(0) if idx == 3 else target["labels"],  # some wrong classes
@@ -85,7 +86,7 @@ def test_results_in_the_datasets_ids_score_the_same_against_the_users_json(tmp_p
     for k, idx in enumerate(test_ids):
         _, target = data[idx]
         n = len(target["labels"])
-        masks = torch.roll(target["masks"], shifts=tuple(rng.integers(-4, 5, 2).tolist()), dims=(1, 2))
+        masks = torch.roll(instance_masks(target), shifts=tuple(rng.integers(-4, 5, 2).tolist()), dims=(1, 2))
         outputs.append({
             "boxes": target["boxes"] + torch.from_numpy(rng.normal(0, 3, (n, 4)).astype(np.float32)),
             "labels": target["labels"].flip(0) if k == 1 else target["labels"],  # some classes wrong

@@ -8,6 +8,7 @@ import torch
 
 from coco_utils import CocoDataset
 from dataset_cli import get_dataset
+from masks import instance_masks
 from utils import UserError
 
 
@@ -28,9 +29,9 @@ def test_coco_dataset_reads_polygons_and_both_rles(coco_folder):
             x, y, w, h = annotation["bbox"]
             assert target["boxes"][k].tolist() == [x, y, x + w, y + h]
             if isinstance(annotation["segmentation"], dict):  # RLE: exactly the instance
-                assert np.array_equal(target["masks"][k].numpy(), (mask == value).astype(np.uint8))
+                assert np.array_equal(instance_masks(target)[k].numpy(), (mask == value).astype(np.uint8))
             else:  # the bounding-rectangle polygon covers the instance's box
-                assert target["masks"][k].sum() >= (mask == value).sum()
+                assert instance_masks(target)[k].sum() >= (mask == value).sum()
     assert len(dataset[2][1]["boxes"]) == 0 and not dataset.trains_on(2)
 
 
@@ -38,7 +39,7 @@ def test_coco_crowd_regions_stay_out_of_training_targets(coco_folder):
     folder, ann_file, _ = coco_folder
     with_crowd, without = CocoDataset(folder, ann_file)[0][1], CocoDataset(folder, ann_file, include_crowd=False)[0][1]
     assert with_crowd["iscrowd"].tolist() == [1, 0] and without["iscrowd"].tolist() == [0]
-    assert torch.equal(without["masks"][0], with_crowd["masks"][1])
+    assert torch.equal(instance_masks(without)[0], instance_masks(with_crowd)[1])
     assert CocoDataset(folder, ann_file).trains_on(0)  # one annotation that is not a crowd
 
 
@@ -92,7 +93,7 @@ def test_mixed_outlines_train_box_models_on_all_and_mask_models_per_sample(coco_
     _boxes_only(ann_file, keep=lambda annotation: annotation["image_id"] != 2)  # b.jpg's annotations lose theirs
     box_data, mask_data = CocoDataset(folder, ann_file, masks=False), CocoDataset(folder, ann_file, masks=True)
     assert box_data.outlines() == "some" and len(box_data[1][1]["boxes"]) == 2
-    assert mask_data[0][1]["masks"].shape[0] == 2  # a.png keeps its outlines
+    assert instance_masks(mask_data[0][1]).shape[0] == 2  # a.png keeps its outlines
     with pytest.raises(UserError, match=r'annotation \d+ of b.jpg has no "segmentation"'):
         mask_data[1]
     (warning,) = [w for w in box_data.annotation_warnings() if "no segmentation" in w]

@@ -17,6 +17,7 @@ from dataset import (
     read_image,
 )
 from dataset_cli import get_dataset
+from masks import InstanceMap, instance_masks
 from utils import UserError
 
 
@@ -31,8 +32,9 @@ def test_contract_on_every_image(pennfudan):
         assert isinstance(target["boxes"], tv_tensors.BoundingBoxes) and target["boxes"].format.name == "XYXY"
         assert target["boxes"].dtype == torch.float32 and target["boxes"].shape == (n, 4)
         assert target["labels"].dtype == torch.int64 and target["labels"].tolist() == [1] * n
-        assert isinstance(target["masks"], tv_tensors.Mask) and target["masks"].dtype == torch.uint8
-        assert target["masks"].shape == (n, height, width)
+        assert isinstance(target["instance_map"], InstanceMap) and target["instance_map"].dtype == torch.int32
+        assert target["instance_map"].shape == (1, height, width)  # Penn-Fudan's instances never overlap
+        assert instance_masks(target).shape == (n, height, width)
         assert target["image_id"] == index and isinstance(target["image_id"], int)
         assert target["area"].dtype == torch.float32 and target["area"].shape == (n,)
         assert target["iscrowd"].dtype == torch.int64 and target["iscrowd"].tolist() == [0] * n
@@ -42,7 +44,7 @@ def test_instances_are_the_distinct_mask_values_in_order(pennfudan):
     image, target = PennFudanDataset(pennfudan)[1]  # values 3 and 7
     expected = instance_mask(*LAYOUT[1][:2], LAYOUT[1][2])
     for k, value in enumerate([3, 7]):
-        assert torch.equal(target["masks"][k], torch.from_numpy((expected == value).astype(np.uint8)))
+        assert torch.equal(instance_masks(target)[k], torch.from_numpy((expected == value).astype(np.uint8)))
         assert target["area"][k] == (expected == value).sum()
 
 
@@ -53,7 +55,7 @@ def test_boxes_agree_with_pycocotools_to_bbox():
     mask[50, 10:60] = 300  # one pixel high, and a 16-bit value
     mask[rng.random((60, 70)) > 0.97] = 4  # scattered pixels
     target = masks_to_target(mask, image_id=0)
-    rles = mask_utils.encode(np.asfortranarray(target["masks"].numpy().transpose(1, 2, 0)))
+    rles = mask_utils.encode(np.asfortranarray(instance_masks(target).numpy().transpose(1, 2, 0)))
     xywh = mask_utils.toBbox(rles)
     expected = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
     np.testing.assert_array_equal(target["boxes"].numpy(), expected)
@@ -64,7 +66,7 @@ def test_boxes_agree_with_pycocotools_to_bbox():
 
 def test_image_without_instances_has_empty_tensors(pennfudan):
     _, target = PennFudanDataset(pennfudan)[2]
-    assert target["boxes"].shape == (0, 4) and target["masks"].shape == (0, 96, 112)
+    assert target["boxes"].shape == (0, 4) and instance_masks(target).shape == (0, 96, 112)
     assert target["labels"].shape == target["area"].shape == target["iscrowd"].shape == (0,)
 
 
@@ -138,7 +140,7 @@ def test_pairs_by_stem_not_by_sorted_order(pennfudan):
     for image_path, mask_path in zip(dataset.image_paths, dataset.mask_paths, strict=True):
         assert mask_path.name == f"{image_path.stem}_mask.png"
     image, target = dataset[0]
-    assert image.shape[-2:] == target["masks"].shape[-2:] == (112, 96)
+    assert image.shape[-2:] == instance_masks(target).shape[-2:] == (112, 96)
 
 
 def test_image_without_mask_is_an_error_naming_it(pennfudan):
@@ -261,7 +263,7 @@ def test_a_phone_photo_is_read_upright_under_its_mask(tmp_path, height, width, o
     assert dataset.get_height_and_width(0) == (height, width)  # from the header, turned as the pixels are
     image, target = dataset[0]
     assert image.shape[-2:] == (height, width)
-    under = image[:, target["masks"][0].bool()].float().mean(dim=1)
+    under = image[:, instance_masks(target)[0].bool()].float().mean(dim=1)
     assert under[0] > 200 and under[1] < 60, f"mean RGB under the mask {under.tolist()}: read the wrong way up"
 
 
@@ -270,6 +272,6 @@ def test_a_box_model_reads_a_mask_folder_for_boxes_alone(pennfudan):
     with_masks, boxes_only = PennFudanDataset(pennfudan), PennFudanDataset(pennfudan, masks=False)
     for idx in range(len(with_masks)):
         expected, target = with_masks[idx][1], boxes_only[idx][1]
-        assert "masks" not in target
+        assert "masks" not in target and "instance_map" not in target
         for key in ("boxes", "labels", "area", "iscrowd"):
             assert torch.equal(target[key], expected[key]), key

@@ -26,6 +26,7 @@ from test_train import FAST, run_cli
 from coco_utils import CocoDataset
 from dataset import PennFudanDataset
 from dataset_cli import check_dataset
+from masks import instance_masks
 
 IMAGES, MASKS = "PNGImages", "PedMasks"
 
@@ -157,7 +158,9 @@ def test_rgb_and_16_bit_masks_work_as_documented(pennfudan):
     Image.fromarray(values.astype(np.uint16) * 1000).save(pennfudan / MASKS / "FudanPed00001_mask.png")
     sixteen_bit = PennFudanDataset(pennfudan)[1][1]
     for target in (rgb, sixteen_bit):
-        assert torch.equal(target["masks"], expected["masks"]) and torch.equal(target["boxes"], expected["boxes"])
+        assert torch.equal(instance_masks(target), instance_masks(expected)) and torch.equal(
+            target["boxes"], expected["boxes"]
+        )
 
 
 def test_a_coco_box_outside_the_image_is_clipped_with_a_warning(coco_folder):
@@ -350,7 +353,7 @@ def test_a_diverging_run_stops_and_keeps_the_previous_checkpoint(pennfudan, tmp_
     resume = ["--resume", out / "checkpoint.pth", "--lr", 10000]
     result = run_cli("--data-path", pennfudan, *FAST, "--epochs", 3, "--output-dir", out, *resume)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "the loss is nan" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and re.search("the loss is (nan|-?inf)", result.stderr)
     assert "epoch 1 iteration" in result.stderr and re.search(r"loss_\w+ (nan|-?inf)", result.stderr)  # where, which
     assert _digest(out / "checkpoint.pth") == saved
 

@@ -11,6 +11,7 @@ from conftest import ROOT
 from PIL import Image
 from torchvision import tv_tensors
 
+from masks import instance_masks
 from transforms import get_transform
 
 
@@ -35,7 +36,8 @@ def test_labelme_example_meets_the_target_contract(tmp_path):
     assert isinstance(image, tv_tensors.Image) and image.shape == (3, 60, 80)
     assert target["labels"].tolist() == [1, 2] and target["labels"].dtype == torch.int64
     assert target["boxes"].tolist() == [[10, 10, 41, 31], [50, 20, 71, 51]]
-    assert target["masks"].shape == (2, 60, 80) and target["masks"].dtype == torch.uint8
+    assert target["instance_map"].shape == (1, 60, 80) and target["instance_map"].dtype == torch.int32
+    assert instance_masks(target).shape == (2, 60, 80)
     _, transformed = namespace["LabelMeDataset"](tmp_path, ["cat", "dog"], get_transform(train=True))[0]
     assert transformed["masks"].shape == (2, 60, 80)
 

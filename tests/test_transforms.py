@@ -5,6 +5,7 @@ from conftest import instance_mask
 from torchvision import tv_tensors
 
 from dataset import masks_to_target
+from masks import instance_masks
 from transforms import AUGMENTATIONS, RandomRot90, copy_paste, copy_paste_collate, get_transform, train_sizes
 
 
@@ -49,7 +50,8 @@ def test_a_quarter_turn_moves_pixels_masks_and_boxes_exactly():
         turned, out = turn(image, target)
         turns = next(k for k in range(4) if torch.equal(turned, torch.rot90(image, k, dims=(-2, -1))))
         seen[turns] = out
-        assert torch.equal(out["masks"], torch.rot90(target["masks"], turns, dims=(-2, -1)))
+        turned_masks = instance_masks(out)
+        assert torch.equal(turned_masks, torch.rot90(instance_masks(target), turns, dims=(-2, -1)))
         assert out["boxes"].canvas_size == tuple(turned.shape[-2:])
     x1, y1, x2, y2 = target["boxes"].unbind(1)
     width = image.shape[-1]
@@ -78,7 +80,7 @@ def test_evaluation_transform_changes_nothing_but_the_dtype():
     image, target = _sample()
     out_image, out_target = get_transform(train=False)(image, target)
     torch.testing.assert_close(out_image, image.float() / 255)
-    for key in ("boxes", "masks", "labels", "area", "iscrowd"):
+    for key in ("boxes", "instance_map", "labels", "area", "iscrowd"):  # the instances stay in their map
         assert torch.equal(out_target[key], target[key])
 
 
@@ -88,8 +90,8 @@ def test_degenerate_boxes_are_dropped_with_their_masks_and_labels():
     target["labels"] = torch.tensor([1, 2, 3])
     out_image, out = get_transform(train=False)(image, target)
     assert out["labels"].tolist() == [1, 3]
-    assert out["masks"].shape[0] == len(out["area"]) == len(out["iscrowd"]) == 2
-    assert torch.equal(out["masks"][1], target["masks"][2])
+    assert instance_masks(out).shape[0] == len(out["area"]) == len(out["iscrowd"]) == 2
+    assert torch.equal(instance_masks(out)[1], instance_masks(target)[2])  # the map is renumbered: 3 is now 2
 
 
 def test_unknown_augmentation():
@@ -117,7 +119,7 @@ def test_copy_paste_moves_instances_between_images_of_a_batch():
 
 
 def test_copy_paste_leaves_images_of_other_sizes_alone():
-    small = get_transform(train=False)(*_sample())
+    small = get_transform(train=True, augmentation="none")(*_sample())
     other = (torch.zeros(3, 50, 50), {**small[1]})
     out = copy_paste([small, other])
     assert out[0][0] is small[0] and out[1][0] is other[0]
@@ -130,7 +132,7 @@ def test_boxes_without_masks_move_as_the_masks_boxes_do(augmentation):
     transform = get_transform(train=True, augmentation=augmentation, size=64)
     for seed in range(20):
         image, target = _sample()
-        boxes_only = {key: value for key, value in target.items() if key != "masks"}
+        boxes_only = {key: value for key, value in target.items() if key != "instance_map"}
         torch.manual_seed(seed)
         with_masks = transform(image, target)[1]
         torch.manual_seed(seed)

@@ -3,6 +3,7 @@
 import torch
 
 from dataset import PennFudanDataset
+from masks import instance_masks
 from visualize import draw, grid, to_uint8
 
 
@@ -10,11 +11,11 @@ def test_a_target_is_drawn_inside_its_masks_and_boxes_only(pennfudan):
     image, target = PennFudanDataset(pennfudan).load(0)
     drawn = draw(image, target, ["background", "person"])
     changed = (drawn != image).any(dim=0)
-    inside = target["masks"].bool().any(dim=0)
+    inside = instance_masks(target).bool().any(dim=0)
     for x1, y1, x2, y2 in target["boxes"].round().int().tolist():
         inside[max(y1 - 2, 0) : y2 + 2, max(x1 - 2, 0) : x2 + 2] = True  # the box's outline
         inside[max(y1 - 14, 0) : y1 + 14, x1 : x1 + 6 * len("person")] = True  # its caption, which may stick out
-    assert changed[target["masks"][0].bool()].float().mean() > 0.9  # the mask is tinted
+    assert changed[instance_masks(target)[0].bool()].float().mean() > 0.9  # the mask is tinted
     assert not changed[~inside].any()  # nothing outside
 
 

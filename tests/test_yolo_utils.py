@@ -12,6 +12,7 @@ from conftest import LAYOUT, ROOT, write_yolo
 from test_train import FAST, run_cli
 
 from dataset_cli import get_dataset
+from masks import instance_masks
 from utils import UserError
 from yolo_utils import YoloDataset, read_data_yaml, yolo_dataset
 
@@ -24,17 +25,17 @@ def test_polygons_become_masks_with_their_boxes_and_classes(tmp_path):
     for idx, name in enumerate(names):
         height, width, instances = LAYOUT[int(name[3:-4])]
         image, target = data[idx]
-        assert image.shape == (3, height, width) and target["masks"].shape == (len(instances), height, width)
+        assert image.shape == (3, height, width) and instance_masks(target).shape == (len(instances), height, width)
         assert target["labels"].tolist() == [k % 2 + 1 for k in range(len(instances))]
         for k, (_, y1, y2, x1, x2) in enumerate(instances):
             # as pycocotools rasterises the same polygon in pixels (COCO's rule), and the box is the mask's
             polygon = [float(v) for v in (x1, y1, x2, y1, x2, y2, x1, y2)]
             expected = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([polygon], height, width)))
-            assert abs(target["masks"][k].numpy().astype(int) - expected).sum() <= 2 * (y2 - y1 + x2 - x1)
+            assert abs(instance_masks(target)[k].numpy().astype(int) - expected).sum() <= 2 * (y2 - y1 + x2 - x1)
             assert target["boxes"][k].tolist() == pytest.approx([x1, y1, x2, y2], abs=1)
-            assert target["area"][k] == target["masks"][k].sum()
+            assert target["area"][k] == instance_masks(target)[k].sum()
     _, background = data[names.index("img2.png")]  # no label file: kept, with no instance
-    assert len(background["labels"]) == 0 and background["masks"].shape[0] == 0
+    assert len(background["labels"]) == 0 and instance_masks(background).shape[0] == 0
 
 
 def test_data_yaml_forms_as_ultralytics_and_roboflow_write_them(tmp_path):
@@ -169,7 +170,7 @@ def test_detection_labels_are_boxes_and_polygons_give_box_models_their_box(tmp_p
         assert torch.allclose(target["boxes"], torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), atol=1e-3)
     with pytest.raises(UserError, match=r"img0.txt: label 1 is a box \(xc yc w h\); mask models learn from polygons"):
         yolo_dataset(yaml, masks=True).load(0)  # a mask model's read: the image is a bad sample
-    assert yolo_dataset(yaml, masks=True).load(2)[1]["masks"].shape[0] == 2  # img3 kept its polygons
+    assert instance_masks(yolo_dataset(yaml, masks=True).load(2)[1]).shape[0] == 2  # img3 kept its polygons
 
 
 def test_ultralytics_coco128_as_it_ships_passes_check_and_trains(tmp_path):

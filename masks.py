@@ -1,0 +1,204 @@
+"""Instance masks without an N x H x W stack at the photo's size.
+
+A 12-megapixel photo with 300 instances is 3.6 GB as N x H x W bytes, but 48 MB as one integer
+image in which each pixel holds the number of the instance it belongs to. The datasets here
+return their outlines so (an InstanceMap under the target's "instance_map"); the transforms move
+it as they move any mask (nearest-neighbour, so every instance keeps exactly the pixels its own
+mask would), and transforms.ResizeForModel splits it into per-instance masks only at the size
+the model sees. Instances that overlap (COCO's crowds, polygons that share an edge) go to
+different layers of the map, so no pixel of any instance is lost.
+
+Evaluation goes the other way a few instances at a time: the ground truth is encoded one
+instance at a time, and the model's 28 x 28 mask probabilities are pasted at the photo's size,
+cut at 0.5 and encoded a few at a time (`unpasted_masks`), never all at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import torch
+from torchvision import tv_tensors
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+PASTED_AT_ONCE = 4  # detections pasted at the photo's size together: 4 x 12 megapixels of float32 is 192 MB
+
+
+class InstanceMap(tv_tensors.Mask):
+    """L x H x W int32: a pixel of value k > 0 belongs to instance k (the k-th row of the target's boxes,
+    labels, ..., counted from 1), 0 to none. Instances that overlap lie in different layers; most data needs
+    one. As a tv_tensors.Mask, torchvision's transforms flip, crop, pad and resize it as they do masks."""
+
+
+def index_label_image(label_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An instance-label image (H x W; 0 background, any other value an instance) as an index map: H x W int32,
+    the instances numbered 1..N in the order of their values; and the pixels of each, N int64."""
+    flat = label_image.reshape(-1)
+    if flat.dtype.kind in "ub" or (flat.dtype.kind == "i" and flat.size and 0 <= flat.min() and flat.max() < 2**20):
+        counts = np.bincount(flat, minlength=1)  # 8-bit, 16-bit and palette masks: a table, no sort
+        values = np.flatnonzero(counts[1:]) + 1
+        lookup = np.zeros(len(counts), np.int32)
+        lookup[values] = np.arange(1, len(values) + 1, dtype=np.int32)
+        return lookup[label_image], counts[values]
+    values, index, counts = np.unique(label_image, return_inverse=True, return_counts=True)
+    index = index.reshape(label_image.shape).astype(np.int32)
+    if len(values) and values[0] == 0:
+        return index, counts[1:]
+    return index + 1, counts  # no background pixel: every value is an instance
+
+
+def boxes_of_index_maps(layers: np.ndarray | torch.Tensor, n: int) -> torch.Tensor:
+    """N x 4 float32 XYXY boxes of instances 1..n of an L x H x W index map, in COCO's convention (x2 = last
+    column + 1, as dataset.boxes_of_masks gives them); 0s for an instance without pixels. One pass per layer."""
+    layers = torch.as_tensor(layers)
+    height, width = layers.shape[-2:]
+    rows = torch.zeros(n + 1, height, dtype=torch.uint8)  # rows[k, y]: instance k has a pixel in row y
+    cols = torch.zeros(n + 1, width, dtype=torch.uint8)
+    for layer in layers.reshape(-1, height, width).long():
+        rows[layer, torch.arange(height)[:, None]] = 1
+        cols[layer, torch.arange(width)[None, :]] = 1
+    rows, cols = rows[1:], cols[1:]
+    y1, y2 = rows.argmax(dim=1), height - rows.flip(1).argmax(dim=1)  # argmax finds the first maximum
+    x1, x2 = cols.argmax(dim=1), width - cols.flip(1).argmax(dim=1)
+    boxes = torch.stack([x1, y1, x2, y2], dim=1).to(torch.float32).reshape(-1, 4)
+    boxes[rows.sum(dim=1) == 0] = 0
+    return boxes
+
+
+def pixels_of(instance_map: torch.Tensor, n: int) -> torch.Tensor:
+    """The pixels of instances 1..n of an index map: N int64."""
+    return torch.bincount(instance_map.reshape(-1).long(), minlength=n + 1)[1 : n + 1]
+
+
+def split(instance_map: torch.Tensor, n: int) -> tv_tensors.Mask:
+    """Instances 1..n of an L x H x W index map as N x H x W uint8 masks (0 or 1): the one stack, made last."""
+    height, width = instance_map.shape[-2:]
+    masks = torch.zeros(n + 1, height * width, dtype=torch.uint8)
+    for layer in instance_map.reshape(-1, height * width).long():
+        masks.scatter_(0, layer[None], 1)  # masks[layer[p], p] = 1 for every pixel p
+    return tv_tensors.Mask(masks[1:].reshape(n, height, width))
+
+
+def keep(instance_map: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """The index map of the instances where `kept` (N bool) is True, numbered 1..kept.sum() in their order."""
+    lookup = torch.zeros(len(kept) + 1, dtype=instance_map.dtype)
+    lookup[1:][kept] = torch.arange(1, int(kept.sum()) + 1, dtype=instance_map.dtype)
+    return tv_tensors.wrap(lookup[instance_map.long()], like=instance_map)
+
+
+class MapBuilder:
+    """An InstanceMap painted one instance at a time, each into the first layer where it overlaps nothing."""
+
+    def __init__(self, height: int, width: int) -> None:
+        self.height, self.width = height, width
+        self.layers: list[np.ndarray] = []
+        self.count = 0
+
+    def add(self, window: np.ndarray, top: int, left: int) -> None:
+        """The next instance: its mask `window` (h x w, nonzero inside), whose top-left pixel is at (top, left)."""
+        self.count += 1
+        inside = window.astype(bool)
+        height, width = inside.shape
+        for layer in self.layers:
+            region = layer[top : top + height, left : left + width]
+            if not region[inside].any():
+                region[inside] = self.count
+                return
+        self.layers.append(np.zeros((self.height, self.width), np.int32))
+        self.layers[-1][top : top + height, left : left + width][inside] = self.count
+
+    def result(self) -> InstanceMap:
+        layers = self.layers or [np.zeros((self.height, self.width), np.int32)]
+        return InstanceMap(torch.from_numpy(np.stack(layers)))
+
+
+def rasterise(segmentation: list[list[float]] | dict[str, Any], height: int, width: int) -> tuple[np.ndarray, int, int]:
+    """A COCO segmentation (polygons in pixels, or an RLE) of an image of `height` x `width`, drawn as pycocotools'
+    annToMask draws it, cut to where it lies: (mask, top, left). One instance's image at a time, never a stack.
+    (Drawing a polygon in a window of its own would be cheaper, but pycocotools rounds 5 x a coordinate, and a
+    shifted coordinate can round the other way: a pixel differs.)"""
+    if isinstance(segmentation, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation["counts"], list):  # uncompressed RLE
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    left, top, box_width, box_height = (int(v) for v in mask_utils.toBbox(rle))
+    if not box_width or not box_height:
+        return np.zeros((0, 0), np.uint8), 0, 0
+    return mask_utils.decode(rle)[top : top + box_height, left : left + box_width], top, left
+
+
+def _rle(mask: np.ndarray) -> dict[str, Any]:
+    """One H x W binary mask as a COCO compressed RLE, its counts a str (json writes it)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def encode_ground_truth(target: dict[str, Any]) -> list[dict[str, Any]]:
+    """COCO RLEs of a target's instances ("instance_map" or "masks"), one instance at a time; an instance of the
+    map is looked for inside its own box only."""
+    if "masks" in target:
+        return [_rle(mask.cpu().numpy()) for mask in target["masks"]]
+    instance_map = target["instance_map"].cpu()
+    height, width = instance_map.shape[-2:]
+    boxes = boxes_of_index_maps(instance_map, len(target["labels"])).long().tolist()
+    canvas = np.zeros((height, width, 1), np.uint8, order="F")  # Fortran order: what pycocotools encodes
+    rles = []
+    for k, (x1, y1, x2, y2) in enumerate(boxes, start=1):
+        canvas[y1:y2, x1:x2, 0] = (instance_map[:, y1:y2, x1:x2] == k).any(dim=0).numpy()
+        rles.append(mask_utils.encode(canvas)[0])
+        rles[-1]["counts"] = rles[-1]["counts"].decode("ascii")
+        canvas[y1:y2, x1:x2, 0] = 0
+    return rles
+
+
+def encode_detections(output: dict[str, torch.Tensor], height: int, width: int) -> list[dict[str, Any]]:
+    """COCO RLEs of a model's masks at the image's size: "masks" (N x 1 x H x W probabilities, pasted by the
+    model), or "mask_probs" (N x 1 x M x M, unpasted_masks) pasted a few at a time, as torchvision pastes them;
+    cut at 0.5 either way."""
+    if "masks" in output:
+        return [_rle((mask[0] > 0.5).cpu().numpy()) for mask in output["masks"]]
+    rles = []
+    for start in range(0, len(output["mask_probs"]), PASTED_AT_ONCE):
+        chunk = slice(start, start + PASTED_AT_ONCE)
+        pasted = paste_masks_in_image(output["mask_probs"][chunk], output["boxes"][chunk], (height, width))
+        rles += [_rle((mask[0] > 0.5).cpu().numpy()) for mask in pasted]
+    return rles
+
+
+@contextlib.contextmanager
+def unpasted_masks(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Inside, a Mask R-CNN's detections come without "masks" (so torchvision pastes none at the image's size:
+    N x 1 x H x W float, 4.8 GB for 100 detections on 12 megapixels), and the list given receives each image's
+    N x 1 x 28 x 28 mask probabilities, in the order of its detections. Other models are left as they are."""
+    taken: list[torch.Tensor] = []
+    heads = getattr(getattr(model, "module", model), "roi_heads", None)
+    if heads is None or not heads.has_mask():
+        yield taken
+        return
+
+    def take(module: torch.nn.Module, inputs: Any, output: Any) -> Any:
+        detections, losses = output
+        if not module.training:
+            taken.extend(detection.pop("masks") for detection in detections)
+        return detections, losses
+
+    handle = heads.register_forward_hook(take)
+    try:
+        yield taken
+    finally:
+        handle.remove()
+
+
+def instance_masks(target: dict[str, Any]) -> torch.Tensor:
+    """A target's instances as N x H x W uint8 masks, whichever form it holds them in: for small images and
+    tests (a photo's would be the stack this module avoids)."""
+    if "masks" in target:
+        return target["masks"]
+    return split(torch.as_tensor(target["instance_map"]), len(target["labels"]))
