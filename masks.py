@@ -25,7 +25,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-PASTED_AT_ONCE = 4  # detections pasted at the photo's size together: 4 x 12 megapixels of float32 is 192 MB
+PASTED_AT_ONCE = 2  # detections pasted at the photo's size together: 2 x 12 megapixels of float32 is 96 MB
 
 
 class InstanceMap(tv_tensors.Mask):
@@ -34,12 +34,17 @@ class InstanceMap(tv_tensors.Mask):
     one. As a tv_tensors.Mask, torchvision's transforms flip, crop, pad and resize it as they do masks."""
 
 
+STRIP = 256  # rows of a photo worked on at once: a 4000-pixel-wide photo's temporaries stay near 8 MB each
+
+
 def index_label_image(label_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """An instance-label image (H x W; 0 background, any other value an instance) as an index map: H x W int32,
     the instances numbered 1..N in the order of their values; and the pixels of each, N int64."""
     flat = label_image.reshape(-1)
     if flat.dtype.kind in "ub" or (flat.dtype.kind == "i" and flat.size and 0 <= flat.min() and flat.max() < 2**20):
-        counts = np.bincount(flat, minlength=1)  # 8-bit, 16-bit and palette masks: a table, no sort
+        counts = np.zeros(int(flat.max(initial=0)) + 1, np.int64)  # 8-bit, 16-bit and palette masks: a table
+        for start in range(0, flat.size, STRIP * 4096):
+            counts += np.bincount(flat[start : start + STRIP * 4096], minlength=len(counts))
         values = np.flatnonzero(counts[1:]) + 1
         lookup = np.zeros(len(counts), np.int32)
         lookup[values] = np.arange(1, len(values) + 1, dtype=np.int32)
@@ -51,16 +56,24 @@ def index_label_image(label_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return index + 1, counts  # no background pixel: every value is an instance
 
 
+def _strips(instance_map: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first row, H' x W rows of one layer) of an L x H x W map, STRIP rows at a time."""
+    height, width = instance_map.shape[-2:]
+    for layer in instance_map.reshape(-1, height, width):
+        for top in range(0, height, STRIP):
+            yield top, layer[top : top + STRIP]
+
+
 def boxes_of_index_maps(layers: np.ndarray | torch.Tensor, n: int) -> torch.Tensor:
     """N x 4 float32 XYXY boxes of instances 1..n of an L x H x W index map, in COCO's convention (x2 = last
-    column + 1, as dataset.boxes_of_masks gives them); 0s for an instance without pixels. One pass per layer."""
+    column + 1, as dataset.boxes_of_masks gives them); 0s for an instance without pixels. One pass over it."""
     layers = torch.as_tensor(layers)
     height, width = layers.shape[-2:]
     rows = torch.zeros(n + 1, height, dtype=torch.uint8)  # rows[k, y]: instance k has a pixel in row y
     cols = torch.zeros(n + 1, width, dtype=torch.uint8)
-    for layer in layers.reshape(-1, height, width).long():
-        rows[layer, torch.arange(height)[:, None]] = 1
-        cols[layer, torch.arange(width)[None, :]] = 1
+    for top, strip in _strips(layers):
+        rows[strip, torch.arange(top, top + len(strip), dtype=torch.int32)[:, None]] = 1
+        cols[strip, torch.arange(width, dtype=torch.int32)[None, :]] = 1
     rows, cols = rows[1:], cols[1:]
     y1, y2 = rows.argmax(dim=1), height - rows.flip(1).argmax(dim=1)  # argmax finds the first maximum
     x1, x2 = cols.argmax(dim=1), width - cols.flip(1).argmax(dim=1)
@@ -71,7 +84,10 @@ def boxes_of_index_maps(layers: np.ndarray | torch.Tensor, n: int) -> torch.Tens
 
 def pixels_of(instance_map: torch.Tensor, n: int) -> torch.Tensor:
     """The pixels of instances 1..n of an index map: N int64."""
-    return torch.bincount(instance_map.reshape(-1).long(), minlength=n + 1)[1 : n + 1]
+    counts = torch.zeros(n + 1, dtype=torch.int64)
+    for _, strip in _strips(instance_map):
+        counts += torch.bincount(strip.reshape(-1), minlength=n + 1)
+    return counts[1:]
 
 
 def split(instance_map: torch.Tensor, n: int) -> tv_tensors.Mask:
@@ -85,9 +101,11 @@ def split(instance_map: torch.Tensor, n: int) -> tv_tensors.Mask:
 
 def keep(instance_map: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     """The index map of the instances where `kept` (N bool) is True, numbered 1..kept.sum() in their order."""
+    if kept.all():
+        return instance_map
     lookup = torch.zeros(len(kept) + 1, dtype=instance_map.dtype)
     lookup[1:][kept] = torch.arange(1, int(kept.sum()) + 1, dtype=instance_map.dtype)
-    return tv_tensors.wrap(lookup[instance_map.long()], like=instance_map)
+    return tv_tensors.wrap(lookup[instance_map], like=instance_map)
 
 
 class MapBuilder:
@@ -116,12 +134,30 @@ class MapBuilder:
         return InstanceMap(torch.from_numpy(np.stack(layers)))
 
 
+def rle_counts(rle: dict[str, Any]) -> np.ndarray:
+    """The run lengths of a COCO RLE (zeros first, down the columns); a compressed one's string read as
+    pycocotools' rleFrString reads it (5 bits a character, each run after the second relative to the one two back)."""
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        return np.asarray(counts, np.int64)
+    text, runs, p = counts.decode() if isinstance(counts, bytes) else counts, [], 0
+    while p < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            c = ord(text[p]) - 48
+            value |= (c & 0x1F) << shift
+            more, p, shift = bool(c & 0x20), p + 1, shift + 5
+            if not more and c & 0x10:
+                value |= -1 << shift
+        runs.append(value + runs[-2] if len(runs) > 2 else value)
+    return np.asarray(runs, np.int64)
+
+
 def rasterise(segmentation: list[list[float]] | dict[str, Any], height: int, width: int) -> tuple[np.ndarray, int, int]:
-    """A COCO segmentation (polygons in pixels, or an RLE) of an image of `height` x `width`, drawn as pycocotools'
-    annToMask draws it, cut to where it lies: (mask, top, left). One instance's image at a time, never a stack.
-    (Drawing a polygon in a window of its own would be cheaper, but pycocotools rounds 5 x a coordinate, and a
-    shifted coordinate can round the other way: a pixel differs.)"""
-    if isinstance(segmentation, list):
+    """A COCO segmentation (polygons in pixels, or an RLE) of an image of `height` x `width`, as pycocotools'
+    annToMask draws it, cut to its box: (mask, top, left). Only the box's columns are decoded: a small outline on a
+    large photo costs its own pixels, not the photo's."""
+    if isinstance(segmentation, list):  # pycocotools draws the polygon as an RLE of the whole image: no pixels yet
         rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
     elif isinstance(segmentation["counts"], list):  # uncompressed RLE
         rle = mask_utils.frPyObjects(segmentation, height, width)
@@ -130,7 +166,14 @@ def rasterise(segmentation: list[list[float]] | dict[str, Any], height: int, wid
     left, top, box_width, box_height = (int(v) for v in mask_utils.toBbox(rle))
     if not box_width or not box_height:
         return np.zeros((0, 0), np.uint8), 0, 0
-    return mask_utils.decode(rle)[top : top + box_height, left : left + box_width], top, left
+    ends = np.cumsum(rle_counts(rle))
+    first, last = left * height, (left + box_width) * height  # the box's columns, as positions down the columns
+    columns = np.zeros(box_width * height, np.uint8)
+    for k in range(1, len(ends), 2):  # odd runs are the instance's pixels
+        start, end = max(ends[k - 1], first), min(ends[k], last)
+        if start < end:
+            columns[start - first : end - first] = 1
+    return np.ascontiguousarray(columns.reshape(box_width, height).T[top : top + box_height]), top, left
 
 
 def _rle(mask: np.ndarray) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 import torch
+from conftest import rle_of
 from PIL import Image
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
@@ -165,16 +166,20 @@ def test_ground_truth_is_encoded_as_the_stack_was(routes):
         assert [a["segmentation"] for a in coco_ground_truth(idx, HEIGHT, WIDTH, target)[1]] == from_stack
 
 
-def test_rasterising_in_a_window_draws_pycocotools_own_pixels():
+def test_drawing_only_the_box_gives_pycocotools_own_pixels():
+    # Polygons with 0-2 decimals, across the image's edge; RLEs compressed and not, with several parts.
     rng = np.random.default_rng(1)
-    for _ in range(300):
-        polygons = _polygons(rng, int(rng.integers(1, 3)))
-        window, top, left = rasterise(polygons, HEIGHT, WIDTH)
-        drawn = np.zeros((HEIGHT, WIDTH), np.uint8)
-        drawn[top : top + window.shape[0], left : left + window.shape[1]] = window
-        assert np.array_equal(
-            drawn, mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, HEIGHT, WIDTH)))
-        )
+    for k in range(300):
+        polygons = [np.round(p, k % 3).tolist() for p in _polygons(rng, int(rng.integers(1, 3)))]
+        speckled = (rng.random((HEIGHT, WIDTH)) < 0.02 * (k % 5)).astype(np.uint8)
+        for segmentation, expected in [
+            (polygons, mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, HEIGHT, WIDTH)))),
+            (rle_of(speckled, compressed=k % 2 == 0), speckled),
+        ]:
+            window, top, left = rasterise(segmentation, HEIGHT, WIDTH)
+            drawn = np.zeros((HEIGHT, WIDTH), np.uint8)
+            drawn[top : top + window.shape[0], left : left + window.shape[1]] = window
+            assert np.array_equal(drawn, expected)
 
 
 def test_masks_pasted_a_few_at_a_time_score_as_pasted_all_at_once():
