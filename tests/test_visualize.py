@@ -36,3 +36,18 @@ def test_grid_scales_rows_to_one_height():
     canvas = grid([pictures, pictures[:1]], height=40, gap=2)
     assert canvas.shape == (3, 82, 80 + 2 + 40)
     assert (canvas[:, 40:42] == 255).all()  # the gap between rows is white
+
+
+def test_a_big_photo_is_drawn_at_a_screen_s_size_from_its_map_or_unpasted_masks():
+    image = torch.zeros(3, 1800, 2400, dtype=torch.uint8)
+    instance_map = torch.zeros(1, 1800, 2400, dtype=torch.int32)
+    instance_map[0, 300:900, 600:1200] = 1
+    found = {"boxes": torch.tensor([[600.0, 300.0, 1200.0, 900.0]]), "labels": torch.tensor([1])}
+    target = {**found, "instance_map": instance_map}
+    output = {**found, "scores": torch.tensor([0.9]), "mask_probs": torch.ones(1, 1, 28, 28)}
+    for shown in (target, output):
+        drawn = draw(image, shown, ["background", "leaf"])
+        assert drawn.shape == (3, 1200, 1600)  # SCREEN_SIDE long, not the photo's 2400
+        changed = (drawn != 0).any(dim=0)
+        assert changed[210:590, 410:790].float().mean() > 0.99  # the object, tinted, at 2/3 of its size
+        assert not changed[610:].any() and not changed[:, 810:].any()  # and nothing beyond it and its box
