@@ -237,7 +237,8 @@ def preflight(
                 f"{splits[part][0].image_dir}: none of the {len(ids)} training images holds an instance; look at "
                 "what is read with python dataset.py check and python dataset.py show (same dataset flags)"
             )
-        print(f"warning: the {part} split ({len(ids)} images) holds no instance: there is no AP to score on it")
+        images = f"{len(ids)} image{'s' if len(ids) != 1 else ''}"
+        print(f"warning: the {part} split ({images}) holds no instance: there is no AP to score on it")
     total = sum(len(ids) for _, ids in splits.values())
     print(f"Read {total} samples in {time.time() - start:.1f} s: {len(problems)} bad")
     return kept, problems

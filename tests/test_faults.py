@@ -420,7 +420,7 @@ def test_a_test_split_without_instances_warns_and_never_prints_minus_one(pennfud
     result = run_cli("--data-path", pennfudan, *args)
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "split.json").read_text())["test"] == ["FudanPed00002.png"]
-    assert "warning: the test split (1 images) holds no instance" in result.stdout
+    assert "warning: the test split (1 image) holds no instance" in result.stdout
     assert "IoU metric: segm: no ground truth in the test split" in result.stdout
     assert "No ground truth in the test split: no epoch was scored, best.pth is the last" in result.stdout
     assert "-1.000" not in result.stdout and "Best epoch" not in result.stdout
