@@ -468,9 +468,10 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
     return stats
 
 
-if __name__ == "__main__":
-    arguments, typed = parse_args()
-    utils.stop_on_sigterm()  # a scheduler's preemption, docker stop, kill: stop as on Ctrl-C
+def cli(argv: list[str] | None = None) -> None:
+    """`python train.py ARGS`: main, with a user's error, a full disk, Ctrl-C and SIGTERM each told in one line and
+    ended with SystemExit 2, 2, 130 and 143."""
+    arguments, typed = parse_args(argv)
     try:
         main(arguments, typed)
     except utils.WriteFailed as error:  # a full disk: what it needed, what was kept, how to go on
@@ -486,3 +487,8 @@ if __name__ == "__main__":
             what = "stopped by SIGTERM" if terminated else "interrupted"
             print(f"\n{what}; {run_folder.how_to_continue(folder)}", flush=True)
         raise SystemExit(143 if terminated else 130) from None
+
+
+if __name__ == "__main__":
+    utils.stop_on_sigterm()  # a scheduler's preemption, docker stop, kill: stop as on Ctrl-C
+    cli()

@@ -56,7 +56,7 @@ def test_bench_measures_every_part_beside_the_tutorial_s_way(pennfudan, tmp_path
 
 # One mask recipe and the box recipe through --recipe, and one comparison (an EXPERIMENTS line); the others are the
 # same train.py path with other values (--recipe-args sets the epochs and sizes here).
-RECIPES = ["cpu-12min", "cpu-box-20min", "tutorial-hparams"]
+RECIPES = ["cpu-12min", "cpu-box-20min", "r18-light-sgd"]
 
 
 def test_recipe_part_records_ap_against_minutes_beside_the_tutorial_s_code(pennfudan, tmp_path):
