@@ -281,7 +281,7 @@ def _epochs_in(out):
 
 def test_kill_9_at_any_moment_loses_nothing(pennfudan, tmp_path):
     out, rng = tmp_path / "out", random.Random(0)
-    slow = {"FAULT_SLOW_WRITE": "3"}
+    slow = {"FAULT_SLOW_WRITE": "1.5"}  # a kill lands 0.5 s into the write
     # Where each kill lands, run after run: mid-iteration, mid-evaluation, mid-checkpoint write, and at random.
     kills = [
         ("Epoch: [0] [2/", rng.uniform(0, 0.3)),  # mid-iteration, no checkpoint yet
