@@ -100,8 +100,8 @@ def test_two_epochs_end_to_end(pennfudan, tmp_path):
 # (each model's own resume: tests/test_box_models.py; the tutorial's backbone trains in the test below)
 RECIPES = {
     "tutorial": ["--lr-step-size", 2],
-    # (a cosine schedule ends at --epochs, so a run stopped at 2 of 4 cannot be run as "--epochs 2": see test_recipe)
-    "adamw-multistep-lsj-copypaste": ["--opt", "adamw", "--lr-scheduler", "multisteplr", "--lr-steps", 1, 3,
+    # (a cosine schedule ends at --epochs, so a run stopped at 2 of 3 cannot be run as "--epochs 2": see test_recipe)
+    "adamw-multistep-lsj-copypaste": ["--opt", "adamw", "--lr-scheduler", "multisteplr", "--lr-steps", 1, 2,
                                       "--norm-weight-decay", 0, "--augmentation", "lsj", "--use-copypaste"],
 }  # fmt: skip
 
@@ -111,27 +111,27 @@ def test_resume_gives_the_same_weights_as_a_straight_run(recipe, pennfudan, tmp_
     # Separate processes, as a user runs them: MKL_CBWR must take effect before MKL's first call.
     common = ["--data-path", pennfudan, *FAST, *RECIPES[recipe], "--use-deterministic-algorithms", "-j", 1]
     for args in (
-        [*common, "--epochs", 4, "--output-dir", tmp_path / "straight"],
+        [*common, "--epochs", 3, "--output-dir", tmp_path / "straight"],
         [*common, "--epochs", 2, "--output-dir", tmp_path / "resumed"],
-        ["--resume", tmp_path / "resumed/checkpoint.pth", "--epochs", 4],  # nothing else: the run's flags are stored
+        ["--resume", tmp_path / "resumed/checkpoint.pth", "--epochs", 3],  # nothing else: the run's flags are stored
     ):
         result = run_cli(*args)
         assert result.returncode == 0, result.stderr
-    assert "--epochs 4 replaces the run's 2" in result.stdout and result.stdout.count("replaces the run's") == 1
+    assert "--epochs 3 replaces the run's 2" in result.stdout and result.stdout.count("replaces the run's") == 1
     assert "Training maskrcnn_mobilenet_v3_large_fpn on 7 images, testing on 3" in result.stdout
     straight = torch.load(tmp_path / "straight/checkpoint.pth", weights_only=True)
     resumed = torch.load(tmp_path / "resumed/checkpoint.pth", weights_only=True)
-    assert straight["epoch"] == resumed["epoch"] == 3
+    assert straight["epoch"] == resumed["epoch"] == 2  # the lr's step (2, or the milestone 2) after the resume
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
     for name in ("straight", "resumed"):
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-        assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2, 3]
+        assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
     untimed = [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in straight["metrics"]]
     assert untimed == [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in resumed["metrics"]]
     assert straight["optimizer"]["state"].keys() == resumed["optimizer"]["state"].keys()
     assert straight["split"] == resumed["split"] and straight["model_config"] == resumed["model_config"]
-    assert resumed["changes"] == [{"epoch": 2, "flag": "--epochs", "from": 2, "to": 4}]
+    assert resumed["changes"] == [{"epoch": 2, "flag": "--epochs", "from": 2, "to": 3}]
 
 
 def test_the_tutorials_box_model_trains_and_scores_boxes_only(pennfudan, tmp_path):
