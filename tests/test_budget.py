@@ -48,7 +48,7 @@ def test_a_time_budget_ends_the_run_on_time_with_its_schedule_complete(pennfudan
     assert lrs[:1] + lrs[2:] == pytest.approx(cosine[:1] + cosine[2:], rel=1e-6)  # stretched to what fit
     checkpoint = torch.load(out / "checkpoint.pth", weights_only=True)
     assert checkpoint["lr_scheduler"]["T_max"] == checkpoint["lr_scheduler"]["last_epoch"] == epochs
-    assert checkpoint["args"]["time_budget"] == 0.3 and checkpoint["budget"]["plans"] == 2
+    assert checkpoint["args"]["time_budget"] == 0.5 and checkpoint["budget"]["plans"] == 2
 
 
 def test_epochs_slower_than_planned_end_at_the_budget_with_the_last_complete_one(
