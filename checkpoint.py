@@ -37,7 +37,16 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from distributed import distributed_env, get_rank, get_world_size
-from model import MODELS, build, head_settings, mask_head_shape, num_classes_of, num_keypoints_of, set_mask_head
+from model import (
+    MODELS,
+    build,
+    has_reduced_tail,
+    head_settings,
+    mask_head_shape,
+    num_classes_of,
+    num_keypoints_of,
+    set_mask_head,
+)
 from utils import UserError, load_checkpoint, save_checkpoint, tensor_bytes
 from weights import freeze_batchnorm, freeze_like_pretrained
 
@@ -241,6 +250,7 @@ def model_config(model: nn.Module, name: str) -> dict[str, Any]:
         "num_keypoints": num_keypoints_of(model),
         "heads": head_settings(model),
         "mask_head": mask_head_shape(model),
+        "reduced_tail": has_reduced_tail(model),  # SSDlite's MobileNetV3: full with ImageNet backbone weights
     }
 
 
@@ -258,7 +268,8 @@ def model_from_config(config: dict[str, Any], **kwargs: Any) -> nn.Module:
     heads = config.get("heads", {})  # absent from checkpoints older than the head settings: the defaults
     if config.get("num_keypoints"):
         heads = {**heads, "num_keypoints": config["num_keypoints"]}
-    model = build(name, weights=None, weights_backbone=None, num_classes=config["num_classes"], **heads, **sizes)
+    model = build(name, weights=None, weights_backbone=None, num_classes=config["num_classes"],
+                  reduced_tail=config.get("reduced_tail"), **heads, **sizes)  # fmt: skip
     if config.get("mask_head"):
         set_mask_head(model, *config["mask_head"])
     if config["frozen_bn_eps"] is not None:  # trained from pretrained weights: FrozenBatchNorm in the backbone

@@ -13,9 +13,12 @@ region; masks and keypoints), RetinaNet and FCOS (one stage, dense; boxes), SSD 
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 import urllib.error
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,7 @@ from torchvision.models.detection.backbone_utils import mobilenet_backbone, resn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.ssdlite import SSDLiteFeatureExtractorMobileNet
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -43,10 +47,12 @@ from utils import UserError
 from weights import (
     ZERO_EPS_COCO_MODELS,
     freeze_like_pretrained,
-    load_backbone,
     load_matching,
+    read_backbone_file,
     read_state_dict,
     resolve_weights,
+    untrained_backbone_state,
+    weights_served,
 )
 
 
@@ -227,6 +233,10 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], type[WeightsEnum] | None, type
     ),
 }
 SSD_SIZES = {"ssd300_vgg16": 300, "ssdlite320_mobilenet_v3_large": 320}  # their square input, unless --min-size
+# (shorter side, longer side) that a builder sets itself: a run takes them where no --min-size or --max-size is typed
+BUILDER_SIZES = {"fasterrcnn_mobilenet_v3_large_320_fpn": (320, 640), **{name: (s, s) for name, s in SSD_SIZES.items()}}
+# backbone stages that torchvision's builders train by default when they load weights (others: 3)
+TRAINABLE_LAYERS = {"ssd300_vgg16": 4, "ssdlite320_mobilenet_v3_large": 6}
 
 
 def is_keypoint_model(name: str) -> bool:
@@ -250,21 +260,78 @@ def is_rcnn(name: str) -> bool:
     return "rcnn" in name
 
 
-def build(name: str, min_size: Any = None, max_size: int | None = None, **kwargs: Any) -> nn.Module:
+def default_backbone_weights(name: str) -> WeightsEnum | None:
+    """What `--weights-backbone DEFAULT` is for model `name`: its builder's own default where it names one (SSD300:
+    VGG16_Weights.IMAGENET1K_FEATURES, made for its 0-255 inputs; the R-CNNs: IMAGENET1K_V1), else the enum's."""
+    builder, _, backbone_enum = MODELS[name]
+    parameter = inspect.signature(builder).parameters.get("weights_backbone")  # our wrappers pass it on in kwargs
+    default = parameter.default if parameter is not None else None
+    return default if isinstance(default, WeightsEnum) else backbone_enum.DEFAULT
+
+
+def ssd300_feature_sizes(side: int) -> list[int]:
+    """The sides of SSD300's six feature maps for a `side` x `side` input (38, 19, 10, 5, 3, 1 at 300): VGG to
+    conv4_3 (its third pooling rounds up), fc7 at half that, two strided extras, two unpadded 3 x 3 ones."""
+    conv4_3 = math.ceil(side // 2 // 2 / 2)
+    fc7 = conv4_3 // 2
+    sizes = [conv4_3, fc7, math.ceil(fc7 / 2), math.ceil(math.ceil(fc7 / 2) / 2)]
+    return [*sizes, sizes[-1] - 2, sizes[-1] - 4]
+
+
+SSD300_MIN_SIDE = next(side for side in range(64, 300) if ssd300_feature_sizes(side)[-1] >= 1)  # 268
+
+
+def check_input_side(name: str, side: int) -> None:
+    """A UserError if model `name` cannot take a square input of `side` pixels (SSD300 below 268)."""
+    if name == "ssd300_vgg16" and side < SSD300_MIN_SIDE:
+        raise UserError(
+            f"--min-size {side}: ssd300_vgg16's last layers need an input of at least {SSD300_MIN_SIDE} pixels; "
+            f"use its own 300, or a size from {SSD300_MIN_SIDE} up"
+        )
+
+
+def _set_square_input(model: nn.Module, name: str, side: int) -> None:
+    """An SSD model's one square input of `side` pixels. SSD300's default boxes are spaced for 300 (steps 8 to
+    300 pixels): at another side they are spaced over the feature maps that side gives, as DefaultBoxGenerator
+    does without steps (its box sizes are fractions of the side already)."""
+    check_input_side(name, side)
+    if name == "ssd300_vgg16" and side != SSD_SIZES[name]:
+        model.anchor_generator.steps = [side / size for size in ssd300_feature_sizes(side)]
+    model.transform.min_size, model.transform.max_size, model.transform.fixed_size = (side,), side, (side, side)
+
+
+def build(
+    name: str, min_size: Any = None, max_size: int | None = None, reduced_tail: bool | None = None, **kwargs: Any
+) -> nn.Module:
     """MODELS[name]'s builder called with `kwargs`, at `min_size` (one or several shorter sides) and `max_size`.
 
     SSD models take one square input: `min_size` (its first side) sets it, else their own
     300 or 320; their builders take no sizes, so the transform is set after building.
+    reduced_tail: False rebuilds SSDlite with the full MobileNetV3 tail that its builder chooses
+    for ImageNet backbone weights (True or None: the builder's choice), with nothing downloaded.
     """
     builder = MODELS[name][0]
     if name not in SSD_SIZES:
         sizes = {"min_size": min_size, "max_size": max_size}
         return builder(**kwargs, **{key: value for key, value in sizes.items() if value is not None})
-    model = builder(**kwargs)
+    if reduced_tail is False and kwargs.get("weights_backbone") is None:
+        member = default_backbone_weights(name)
+        with weights_served(member, untrained_backbone_state(member)):
+            model = builder(**{**kwargs, "weights_backbone": member})
+    else:
+        model = builder(**kwargs)
     sides = [min_size] if isinstance(min_size, int) else list(min_size or [])
-    side = sides[0] if sides else SSD_SIZES[name]
-    model.transform.min_size, model.transform.max_size, model.transform.fixed_size = (side,), side, (side, side)
+    _set_square_input(model, name, sides[0] if sides else SSD_SIZES[name])
     return model
+
+
+def has_reduced_tail(model: nn.Module) -> bool | None:
+    """For SSDlite: whether its MobileNetV3 has the reduced tail (480 channels last; 960 with the full one, which
+    its builder takes for ImageNet backbone weights). None for other models."""
+    if not isinstance(getattr(model, "backbone", None), SSDLiteFeatureExtractorMobileNet):
+        return None
+    last = [m for m in model.backbone.features.modules() if isinstance(m, nn.Conv2d)][-1]
+    return last.out_channels != 960
 
 
 def num_classes_of(model: nn.Module) -> int:
@@ -285,11 +352,16 @@ def num_keypoints_of(model: nn.Module) -> int | None:
     return None if predictor is None else predictor.kps_score_lowres.out_channels
 
 
-def _new_classifier(old: nn.Conv2d, anchors: int, num_classes: int, std: float, prior: float | None) -> nn.Conv2d:
+def _new_classifier(
+    old: nn.Conv2d, anchors: int, num_classes: int, std: float | None, prior: float | None
+) -> nn.Conv2d:
     """A convolution like `old` with `anchors` x `num_classes` outputs, initialised as torchvision initialises the
-    head (normal weights of `std`; the bias at the focal-loss prior, or 0)."""
+    head: normal weights of `std` (None: Xavier-uniform, as SSD300's head); the bias at the focal-loss prior, or 0."""
     new = nn.Conv2d(old.in_channels, anchors * num_classes, old.kernel_size, old.stride, old.padding)
-    nn.init.normal_(new.weight, std=std)
+    if std is None:
+        nn.init.xavier_uniform_(new.weight)
+    else:
+        nn.init.normal_(new.weight, std=std)
     nn.init.constant_(new.bias, 0.0 if prior is None else -math.log((1 - prior) / prior))
     return new
 
@@ -306,7 +378,8 @@ def _replace_dense_classifiers(model: nn.Module, num_classes: int) -> None:
         return
     for level, layer in enumerate(head.module_list):  # SSD: a convolution per level (SSDlite: its last 1 x 1)
         conv = layer if isinstance(layer, nn.Conv2d) else layer[-1]
-        new = _new_classifier(conv, conv.out_channels // head.num_columns, num_classes, 0.03, None)
+        std = None if isinstance(layer, nn.Conv2d) else 0.03  # SSD300: Xavier; SSDlite: normal, std 0.03
+        new = _new_classifier(conv, conv.out_channels // head.num_columns, num_classes, std, None)
         if isinstance(layer, nn.Conv2d):
             head.module_list[level] = new
         else:
@@ -412,51 +485,23 @@ def get_model(
         setting = next(s for s in HEAD_SETTINGS if kwargs.get(s) is not None)
         raise UserError(f"--{setting.replace('_', '-')}: an R-CNN setting; --model {name} has no such head")
     weights_spec = resolve_weights(weights, weights_enum, "--weights")
-    backbone_spec = resolve_weights(weights_backbone, backbone_enum, "--weights-backbone")
+    backbone_spec = resolve_weights(
+        weights_backbone, backbone_enum, "--weights-backbone", default_backbone_weights(name)
+    )
     if weights_spec is not None and backbone_spec is not None:
         raise UserError("--weights-backbone needs --weights none: whole-model weights already include a backbone")
-    pretrained = weights_spec is not None or backbone_spec is not None
     points = {} if num_keypoints is None else {"num_keypoints": num_keypoints}  # COCO weights: 17, swapped below
-    layers = trainable_backbone_layers
-    if layers is None:  # every stage when nothing is pretrained: ResNet and VGG have 5, MobileNets 6
-        layers = 3 if pretrained else (5 if "resnet" in name or "vgg" in name else 6)
+    layers = trainable_backbone_layers  # None: the builder's own default (TRAINABLE_LAYERS)
 
     try:
         if isinstance(weights_spec, WeightsEnum):
             model = build(name, weights=weights_spec, trainable_backbone_layers=layers, **kwargs)
-        elif isinstance(backbone_spec, WeightsEnum):
-            model = build(
-                name,
-                weights=None,
-                weights_backbone=backbone_spec,
-                num_classes=num_classes,
-                trainable_backbone_layers=layers,
-                **points,
-                **kwargs,
-            )
         elif isinstance(weights_spec, Path):
-            state, config = read_state_dict(weights_spec, "--weights")
-            if config is None:  # a plain state dict: torchvision's COCO weights, saved by hand
-                eps = 0.0 if name in ZERO_EPS_COCO_MODELS else None
-            else:
-                eps = config.get("frozen_bn_eps")
-            if not any(key.startswith(("roi_heads.box_predictor.", "head.")) for key in state):
-                raise UserError(f"--weights {weights_spec}: not weights of a detection model; pick its --model")
-            # the file's classes: a checkpoint's config says; torchvision's COCO files have 91
-            source_classes = (config or {}).get("num_classes", 91)
-            if "roi_heads.box_predictor.cls_score.weight" in state:
-                source_classes = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
-            source_points = state.get("roi_heads.keypoint_predictor.kps_score_lowres.weight")
-            if points and source_points is not None:  # a ConvTranspose2d's weight: in x out x 4 x 4
-                points = {"num_keypoints": source_points.shape[1]}
-            model = build(name, weights=None, weights_backbone=None, num_classes=source_classes, **points, **kwargs)
-            freeze_like_pretrained(model, name, layers, eps)
-            load_matching(model, state, weights_spec, name)
+            model = _from_weights_file(name, weights_spec, layers, points, kwargs)
+        elif backbone_spec is not None:
+            model = _with_backbone_weights(name, backbone_spec, num_classes, layers, {**points, **kwargs})
         else:
             model = build(name, weights=None, weights_backbone=None, num_classes=num_classes, **points, **kwargs)
-            if isinstance(backbone_spec, Path):
-                freeze_like_pretrained(model, name, layers)
-                load_backbone(model, backbone_spec)
     except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
         raise UserError(
             f"could not download the weights for {name} ({getattr(error, 'reason', error)}); offline, "
@@ -467,6 +512,62 @@ def get_model(
     _replace_predictors(model, num_classes, num_keypoints)
     if mask_head is not None and mask_head_shape(model) is not None:
         set_mask_head(model, *mask_head)
+    return model
+
+
+def _with_backbone_weights(
+    name: str, spec: WeightsEnum | Path, num_classes: int, layers: int | None, kwargs: dict[str, Any]
+) -> nn.Module:
+    """Model `name` from scratch but for its backbone: ImageNet weights by name, or a local copy of torchvision's
+    file for that backbone, which its builder then loads exactly as it loads DEFAULT (weights_served)."""
+    member, served = spec, nullcontext()
+    if isinstance(spec, Path):
+        member = default_backbone_weights(name)
+        served = weights_served(member, read_backbone_file(spec))
+    try:
+        with served:
+            return build(name, weights=None, weights_backbone=member, num_classes=num_classes,
+                         trainable_backbone_layers=layers, **kwargs)  # fmt: skip
+    except RuntimeError as error:  # load_state_dict: keys or shapes of another network
+        if not isinstance(spec, Path):
+            raise
+        found = re.search(r'"([^"]+)"', str(error))  # the first key that is missing or unexpected
+        mismatch = f"{found[1]} does not match" if found else "shapes differ"
+        raise UserError(
+            f"--weights-backbone {spec}: does not fit {name}'s backbone ({mismatch}); "
+            f"pass a state dict of torchvision's {type(member).__name__.removesuffix('_Weights').lower()} network"
+        ) from error
+
+
+def _from_weights_file(
+    name: str, path: Path, layers: int | None, points: dict[str, int], kwargs: dict[str, Any]
+) -> nn.Module:
+    """Model `name` with the weights of a local file: torchvision's COCO state dict (built as its builder builds
+    it for DEFAULT: the stages it freezes, its BatchNorm), else any state dict or a checkpoint of train.py, whose
+    classes the file says (the predictors are swapped for the run's after)."""
+    state, config = read_state_dict(path, "--weights")
+    weights_enum = MODELS[name][1]
+    if config is None and weights_enum is not None:
+        try:
+            with weights_served(weights_enum.DEFAULT, state):
+                return build(name, weights=weights_enum.DEFAULT, trainable_backbone_layers=layers, **kwargs)
+        except (RuntimeError, AssertionError):  # not COCO's classes or not this model: the general way below
+            pass
+    eps = config.get("frozen_bn_eps") if config is not None else (0.0 if name in ZERO_EPS_COCO_MODELS else None)
+    if not any(key.startswith(("roi_heads.box_predictor.", "head.")) for key in state):
+        raise UserError(f"--weights {path}: not weights of a detection model; pick its --model")
+    # the file's classes: a checkpoint's config says; torchvision's COCO files have 91
+    source_classes = (config or {}).get("num_classes", 91)
+    if "roi_heads.box_predictor.cls_score.weight" in state:
+        source_classes = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
+    source_points = state.get("roi_heads.keypoint_predictor.kps_score_lowres.weight")
+    if points and source_points is not None:  # a ConvTranspose2d's weight: in x out x 4 x 4
+        points = {"num_keypoints": source_points.shape[1]}
+    reduced_tail = (config or {}).get("reduced_tail")
+    model = build(name, weights=None, weights_backbone=None, num_classes=source_classes, reduced_tail=reduced_tail,
+                  **points, **kwargs)  # fmt: skip
+    freeze_like_pretrained(model, name, TRAINABLE_LAYERS.get(name, 3) if layers is None else layers, eps)
+    load_matching(model, state, path, name)
     return model
 
 

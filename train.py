@@ -44,7 +44,16 @@ from dataset_cli import add_dataset_args
 from engine import evaluate, train_one_epoch
 from keypoints import keypoint_sigmas
 from loaders import make_loaders
-from model import HEAD_SETTINGS, MODELS, SSD_SIZES, get_model, is_keypoint_model, resizes_in_data
+from model import (
+    BUILDER_SIZES,
+    HEAD_SETTINGS,
+    MODELS,
+    SSD_SIZES,
+    check_input_side,
+    get_model,
+    is_keypoint_model,
+    resizes_in_data,
+)
 from recipe import (
     LR,
     MOMENTUM,
@@ -159,6 +168,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise utils.UserError(
             f"--augmentation multiscale: --model {args.model} takes one square size; use ssd or ssdlite"
         )
+    check_input_side(args.model, args.min_size)
     if args.model.startswith("ssdlite") and args.batch_size < 2:
         raise utils.UserError(
             f"--batch-size 1: --model {args.model}'s BatchNorm cannot train on one image; use 2 or more"
@@ -308,9 +318,13 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
         args = argparse.Namespace(**{**settings, **commands})
         if "epochs" in given and "time_budget" not in given:  # a typed --epochs ends the run's time budget
             args.time_budget = None
-    if args.model in SSD_SIZES and not args.resume:  # a square input: --min-size when typed, else the model's own
-        args.min_size = args.min_size if "min_size" in (given or set()) else SSD_SIZES[args.model]
-        args.max_size = args.min_size
+    if args.model in BUILDER_SIZES and not args.resume:  # sizes its builder sets: those not typed nor a recipe's
+        chosen = given | set(args.recipe_settings or {})
+        own_min, own_max = BUILDER_SIZES[args.model]
+        args.min_size = args.min_size if "min_size" in chosen else own_min
+        args.max_size = args.max_size if "max_size" in chosen else own_max
+        if args.model in SSD_SIZES:  # one square input
+            args.max_size = args.min_size
     check_args(args)
     # The output folder, before any work: held by this run (rank 0) for its lifetime, and never an earlier run's.
     lock = run_folder.hold(args.output_dir) if distributed.launched_rank() == 0 else None

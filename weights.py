@@ -5,10 +5,13 @@ BatchNorm, first stages frozen). model.get_model uses these; checkpoint.py rebui
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -27,8 +30,11 @@ ZERO_EPS_COCO_MODELS = (
 )  # fmt: skip
 
 
-def resolve_weights(spec: str | None, enum: type[WeightsEnum] | None, flag: str) -> WeightsEnum | Path | None:
-    """`none`/None, a local file (a path that exists or ends in .pth/.pt), or a name in `enum` such as DEFAULT."""
+def resolve_weights(
+    spec: str | None, enum: type[WeightsEnum] | None, flag: str, default: WeightsEnum | None = None
+) -> WeightsEnum | Path | None:
+    """`none`/None, a local file (a path that exists or ends in .pth/.pt), or a name in `enum`; DEFAULT is `default`
+    where given (a builder's own default, such as SSD300's IMAGENET1K_FEATURES), else the enum's DEFAULT."""
     if spec is None or spec.lower() == "none":
         return None
     if Path(spec).exists() or spec.endswith((".pth", ".pt")):
@@ -39,6 +45,8 @@ def resolve_weights(spec: str | None, enum: type[WeightsEnum] | None, flag: str)
             "(and --weights-backbone DEFAULT for its ImageNet backbone), a from-scratch --recipe such as cpu-43min, "
             "or --weights PATH"
         )
+    if spec == "DEFAULT" and default is not None:
+        return default
     try:
         return enum.verify(spec)
     except (KeyError, ValueError, TypeError):
@@ -95,17 +103,45 @@ def freeze_batchnorm(model: nn.Module, eps: float | None = None) -> None:
                 module.eps = eps
 
 
-def load_backbone(model: nn.Module, path: Path) -> None:
-    """Load an ImageNet classification state dict (as torchvision publishes it) into the backbone."""
-    state, _ = read_state_dict(path, "--weights-backbone")
-    body = backbone_body(model)
-    wanted = body.state_dict().keys()
-    state = {k.removeprefix("features."): v for k, v in state.items()}  # MobileNet keeps blocks in .features
-    state = {k: v for k, v in state.items() if k in wanted}
-    missing = [k for k in wanted if k not in state and not k.endswith("num_batches_tracked")]
-    if missing:
-        raise UserError(f"--weights-backbone {path}: does not fit this backbone ({missing[0]} and others missing)")
-    body.load_state_dict(state, strict=False)
+@contextmanager
+def weights_served(member: WeightsEnum, state: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """While this holds, `member` gives `state` instead of downloading its file.
+
+    torchvision's builders read their backbone's ImageNet weights through
+    `weights_backbone.get_state_dict()`; with a local copy of that file served this way, a
+    builder does exactly what it does for DEFAULT (the tail it chooses, the layers it freezes,
+    the BatchNorm it uses, where each weight goes), with nothing downloaded.
+    """
+    enum = type(member)
+    original = enum.get_state_dict
+
+    def get_state_dict(self: WeightsEnum, *args: Any, **kwargs: Any) -> Mapping[str, torch.Tensor]:
+        return state if self is member else original(self, *args, **kwargs)
+
+    enum.get_state_dict = get_state_dict
+    try:
+        yield
+    finally:
+        enum.get_state_dict = original
+
+
+def untrained_backbone_state(member: WeightsEnum) -> dict[str, torch.Tensor]:
+    """The state dict of the untrained classification network that `member` holds weights for (resnet50,
+    mobilenet_v3_large, vgg16, ...): what weights_served serves to rebuild a model's architecture with no file."""
+    for name in torchvision.models.list_models(module=torchvision.models):
+        if torchvision.models.get_model_weights(name) is type(member):
+            return torchvision.models.get_model(name).state_dict()
+    raise ValueError(f"no torchvision classification model takes {member}")
+
+
+def read_backbone_file(path: Path) -> dict[str, torch.Tensor]:
+    """An ImageNet classification state dict from a local file (torchvision's own, or one saved alike)."""
+    state, config = read_state_dict(path, "--weights-backbone")
+    if config is not None:
+        raise UserError(
+            f"--weights-backbone {path}: a checkpoint of train.py holds a whole model; pass it as --weights {path}"
+        )
+    return state
 
 
 def load_matching(model: nn.Module, state: dict[str, torch.Tensor], path: Path, name: str) -> None:
