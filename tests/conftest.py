@@ -124,6 +124,21 @@ def serve():
     server.server_close()
 
 
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """Serve torchvision's weights downloads from a state dict made here (the real host is unreachable)."""
+    import torchvision.models._api
+
+    served = {}
+
+    def load_state_dict_from_url(url, *args, **kwargs):
+        served["url"] = url
+        return {k: v.clone() for k, v in served["state"].items()}
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", load_state_dict_from_url)
+    return served
+
+
 CVPPP = ROOT.parent / "shared" / "data" / "CVPPP_A1"
 
 

@@ -26,19 +26,6 @@ from utils import UserError
 SMALL = {"min_size": 64, "max_size": 96}
 
 
-@pytest.fixture
-def fake_hub(monkeypatch):
-    """Serve torchvision's weights downloads from a state dict made here (the real host is unreachable)."""
-    served = {}
-
-    def load_state_dict_from_url(url, *args, **kwargs):
-        served["url"] = url
-        return {k: v.clone() for k, v in served["state"].items()}
-
-    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", load_state_dict_from_url)
-    return served
-
-
 def _coco_state(name):
     """A state dict shaped like torchvision's COCO weights for `name` (random values, 91 classes)."""
     source = "fasterrcnn_mobilenet_v3_large_fpn" if name == "maskrcnn_mobilenet_v3_large_fpn" else name
@@ -119,8 +106,17 @@ def test_coco_weights_keep_all_but_the_classifier_which_fits_the_user_s_classes(
         for key in swapped:  # the per-class layers, and nothing else
             assert "cls_logits" in key or "classification_head.module_list" in key or "box_predictor" in key, key
         assert swapped and all(key.endswith(("weight", "bias")) for key in swapped)
-    if not name.startswith("ssd"):  # torchvision freezes the first stages and BatchNorm; a local file the same
-        assert _summary(from_file) == _summary(from_hub)
+    assert _summary(from_file) == _summary(from_hub)  # the stages torchvision's builder freezes, its BatchNorm
+    if name == "ssd300_vgg16":  # its builder trains 4 of VGG's 5 stages; the classifiers Xavier-uniform, as its own
+        frozen = {key for key, p in from_hub.named_parameters() if not p.requires_grad}
+        assert frozen == {f"backbone.features.{i}.{kind}" for i in (0, 2) for kind in ("weight", "bias")}
+        for layer in from_hub.head.classification_head.module_list:
+            bound = (6 / (layer.in_channels * 9 + layer.out_channels * 9)) ** 0.5
+            assert layer.weight.abs().max() <= bound and abs(layer.weight.std() - bound / 3**0.5) < 0.1 * bound
+    if name == "ssdlite320_mobilenet_v3_large":  # all 6 stages train; the classifiers normal of std 0.03
+        assert all(p.requires_grad for p in from_hub.parameters())
+        for layer in from_hub.head.classification_head.module_list:
+            assert abs(layer[-1].weight.std() - 0.03) < 0.003
     if name == "retinanet_resnet50_fpn":  # its original COCO weights want FrozenBatchNorm eps 0, as R-CNN's do
         assert model_config(from_file, name)["frozen_bn_eps"] == 0.0
     if name in SSD_SIZES:
@@ -312,3 +308,19 @@ def test_the_tutorials_own_backbone_is_built_the_tutorials_way(name, fake_hub):
     assert any(isinstance(m, FrozenBatchNorm2d) for m in pretrained.backbone.modules())
     assert not any(p.requires_grad for p in pretrained.backbone[1].parameters())  # the first stages stay
     assert all(p.requires_grad for p in pretrained.backbone[18].parameters())  # the last 3 train
+
+
+@pytest.mark.parametrize("side", [268, 300, 512])
+def test_ssd300_spaces_its_default_boxes_over_the_input_it_is_given(side):
+    model = get_model("ssd300_vgg16", 3, weights="none", min_size=side)
+    model.eval()
+    images, _ = model.transform([torch.rand(3, 200, 240)])
+    assert images.tensors.shape[-2:] == (side, side)
+    with torch.no_grad():
+        features = list(model.backbone(images.tensors).values())
+        boxes = model.anchor_generator(images, features)[0]
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    # none outside (torchvision's own steps at 300 overhang by 4 pixels; 300's steps at 512 put boxes at 1050)
+    assert [f.shape[-1] for f in features][-1] == 1 and centres.min() > 0 and centres.max() <= side + 4
+    last = centres[-model.anchor_generator.num_anchors_per_location()[-1] :]  # the 1 x 1 map's: in the middle
+    assert torch.allclose(last, torch.full_like(last, side / 2))

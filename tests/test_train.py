@@ -377,6 +377,10 @@ USER_ERRORS = {
         "--weights-backbone needs --weights none",
     ),
     "sizes": (lambda root: ["--data-path", root, "--min-size", 900, "--max-size", 800], "--min-size 900 is above"),
+    "ssd300 too small": (
+        lambda root: ["--data-path", root, "--model", "ssd300_vgg16", "--min-size", 256],
+        "--min-size 256: ssd300_vgg16's last layers need an input of at least 268 pixels; use its own 300",
+    ),
     "test size": (lambda root: ["--data-path", root, "--test-size", 10], "--test-size 10: must be at least 1"),
     "test-only alone": (lambda root: ["--data-path", root, "--test-only"], "--test-only needs --resume PATH"),
     "missing checkpoint": (lambda root: ["--data-path", root, "--resume", root / "gone.pth"], "gone.pth: no such file"),
@@ -480,6 +484,28 @@ def test_a_fixed_validation_set_replaces_the_split(pennfudan, pennfudan_master, 
     assert split == {"train": names, "test": names, "skipped": []}  # every image trains; --test-size is unused
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(record["segm"]) == 12
+
+
+@pytest.mark.parametrize(
+    ("typed", "sizes"), [([], (320, 640)), (["--min-size", 160], (160, 640)), (["--max-size", 480], (320, 480))]
+)
+def test_a_model_whose_builder_sets_its_sizes_trains_at_them_unless_typed(typed, sizes, pennfudan, tmp_path):
+    out = tmp_path / "out"
+    model = [
+        "--model",
+        "fasterrcnn_mobilenet_v3_large_320_fpn",
+        "--weights",
+        "none",
+        "--epochs",
+        0,
+        "-j",
+        0,
+        "--test-size",
+        3,
+    ]
+    run_main("--data-path", pennfudan, *model, *typed, "--output-dir", out)
+    written = json.loads((out / "args.json").read_text())
+    assert (written["min_size"], written["max_size"]) == sizes
 
 
 def test_workers_default_to_at_most_the_cores_this_process_may_use(monkeypatch):
