@@ -10,7 +10,11 @@ read and the test images are split off with --test-size.
 
 Each <object> has a <name> (its class: the names found across all the annotations, sorted,
 become labels 1..K) and a <bndbox> of VOC's 1-based, inclusive pixels: the contract's box is
-(xmin - 1, ymin - 1, xmax, ymax). Objects marked <difficult>1 are left out of training and
+(xmin - 1, ymin - 1, xmax, ymax). Numbers are read as they are, floats included. Exports that
+write 0-based boxes (CVAT's: xmin = x, xmax = x + w; Roboflow's) give a box at the left or top
+edge xmin or ymin 0, and one at the right or bottom edge up to a pixel past the size: those are
+clipped to the image and read as touching the edge (one warning counts them); a box further
+outside is an error. Objects marked <difficult>1 are left out of training and
 ignored by evaluation, as VOC's own evaluation ignores them: they travel as COCO's crowd
 regions do (iscrowd 1). VOC has boxes only: these datasets train box models.
 """
@@ -75,7 +79,7 @@ def parse_annotation(xml_path: Path, image_dir: Path) -> dict[str, Any]:
         image = next((path for path in beside if path.is_file()), image)
     if image is None or not image.is_file():
         raise UserError(f"{xml_path}: its image {name or xml_path.stem + '.*'} is not in {image_dir}; add it")
-    objects = []
+    objects, starts_at_0, ends_past = [], 0, 0
     for k, element in enumerate(root.findall("object")):
         label = (element.findtext("name") or "").strip()
         where = f"{xml_path}: object {k}" + (f" ({label})" if label else "")
@@ -87,14 +91,34 @@ def parse_annotation(xml_path: Path, image_dir: Path) -> dict[str, Any]:
             raise UserError(f"{where} has no <bndbox> of numbers xmin, ymin, xmax, ymax")
         if xmax < xmin or ymax < ymin:
             raise UserError(f"{where} has xmax {xmax:g} < xmin {xmin:g} or ymax {ymax:g} < ymin {ymin:g}; fix the box")
-        if xmin < 1 or ymin < 1 or xmax > width or ymax > height:
+        if xmin < 0 or ymin < 0 or xmax > width + 1 or ymax > height + 1:
             raise UserError(
                 f"{where} has box ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) outside its {width:g}x{height:g} image; VOC "
                 "boxes are 1-based pixels from 1 to the width and height"
             )
+        # CVAT (Datumaro) and Roboflow write 0-based x, x + w: a box at the left or top edge has xmin or ymin 0, one at
+        # the right or bottom edge may end a pixel past the size. Read as touching the edge, as Detectron2 reads them.
+        starts_at_0 += xmin < 1 or ymin < 1
+        ends_past += xmax > width or ymax > height
+        box = (max(xmin - 1, 0.0), max(ymin - 1, 0.0), min(xmax, width), min(ymax, height))
         difficult = (element.findtext("difficult") or "0").strip() == "1"
-        objects.append((label, (xmin - 1, ymin - 1, xmax, ymax), difficult))
-    return {"image": image, "size": (int(height), int(width)), "objects": objects}
+        objects.append((label, box, difficult))
+    edges = {"starts_at_0": starts_at_0, "ends_past": ends_past}
+    return {"image": image, "size": (int(height), int(width)), "objects": objects, "edges": edges}
+
+
+def edge_warnings(records: list[dict[str, Any]], annotation_dir: Path) -> list[str]:
+    """One line for the dataset about the boxes read as touching an edge (parse_annotation), if any."""
+    starts, ends = (sum(record["edges"][kind] for record in records) for kind in ("starts_at_0", "ends_past"))
+    said = []
+    if starts:
+        said.append(f"{starts} boxes start at 0" if starts > 1 else "1 box starts at 0")
+    if ends:
+        said.append(f"{ends} {'boxes ' if not starts else ''}end up to a pixel past their image")
+    if not said:
+        return []
+    return [f"{annotation_dir}: {' and '.join(said)}: read as touching the edge (VOC counts pixels from 1; CVAT and "
+            "Roboflow write 0-based boxes)"]  # fmt: skip
 
 
 class VocDataset(InstanceDataset):
@@ -142,6 +166,7 @@ class VocDataset(InstanceDataset):
             self.xml_paths.append(path)
             self.records.append(found)
         self.image_paths = [record["image"] for record in self.records]
+        self.warnings = edge_warnings(self.records, self.annotation_dir)
         self.image_ids = list(range(len(self.records)))
         self.transforms = transforms
         self.include_difficult = include_difficult

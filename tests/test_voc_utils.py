@@ -13,6 +13,7 @@ from test_train import run_cli
 
 from coco_eval import coco_detections, coco_ground_truth, score_detections
 from dataset import boxes_of_masks
+from dataset_cli import main
 from utils import UserError
 from voc_utils import VocDataset
 
@@ -54,6 +55,38 @@ def test_difficult_objects_are_left_out_of_training_and_ignored_by_evaluation(tm
     assert score_detections([(record, ground_truth, found)], None)["bbox"][0] == pytest.approx(1.0)
     missed = coco_detections(0, {"boxes": boxes[[0, 2]], "labels": labels[[0, 2]], "scores": scores[[0, 2]]})
     assert score_detections([(record, ground_truth, missed)], None)["bbox"][0] == pytest.approx(1.0)
+    # Of a class that has other objects too (all three dogs here): the difficult one ignored, its detection is no
+    # false positive; left out of the ground truth, the same detection is one, and costs AP.
+    dogs = torch.full_like(labels, 2)
+    every = coco_detections(0, {"boxes": boxes, "labels": dogs, "scores": scores})
+    record, ground_truth = coco_ground_truth(0, 96, 120, {**target, "labels": dogs})
+    assert score_detections([(record, ground_truth, every)], None)["bbox"][0] == pytest.approx(1.0)
+    plain = {key: target[key][[0, 2]] for key in ("boxes", "area", "iscrowd")}
+    record, ground_truth = coco_ground_truth(0, 96, 120, {**target, **plain, "labels": dogs[[0, 2]]})
+    assert score_detections([(record, ground_truth, every)], None)["bbox"][0] < 0.9
+
+
+def test_cvat_and_roboflow_s_zero_based_boxes_are_read_as_touching_the_edge(tmp_path, capsys):
+    # As CVAT's Datumaro writes VOC: xmin = x, xmax = x + w, floats, no <difficult> or <truncated>
+    (tmp_path / "JPEGImages").mkdir()
+    (tmp_path / "Annotations").mkdir()
+    objects = {"a": [(0.0, 0.0, 40.25, 30.5), (60.0, 20.0, 128.0, 96.0)], "b": [(10.5, 0.0, 50.0, 97.0)]}
+    for name, boxes in objects.items():
+        Image.new("RGB", (128, 96)).save(tmp_path / "JPEGImages" / f"{name}.jpg")
+        parts = [f"<object><name>leaf</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax>"
+                 f"<ymax>{y2}</ymax></bndbox></object>" for x1, y1, x2, y2 in boxes]  # fmt: skip
+        size = "<size><width>128</width><height>96</height><depth>3</depth></size>"
+        (tmp_path / "Annotations" / f"{name}.xml").write_text(
+            f"<annotation><filename>{name}.jpg</filename>{size}{''.join(parts)}</annotation>"
+        )
+    dataset = VocDataset(tmp_path)
+    assert dataset[0][1]["boxes"].tolist() == [[0.0, 0.0, 40.25, 30.5], [59.0, 19.0, 128.0, 96.0]]  # clipped at 0
+    assert dataset[1][1]["boxes"].tolist() == [[9.5, 0.0, 50.0, 96.0]]  # and at the size; floats as they are
+    assert dataset[1][1]["iscrowd"].tolist() == [0]  # no <difficult>: not difficult
+    assert main(["check", "--data-path", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 boxes start at 0 and 1 end up to a pixel past their image: read as touching the edge" in out
+    assert out.count("read as touching the edge") == 1 and "usable: 0 errors, 1 warnings" in out
 
 
 def test_image_sets_name_the_parts_and_val_is_the_test_split(tmp_path):
@@ -78,10 +111,10 @@ MALFORMED = {
                     "img0.xml: object 0 (dog) has xmax 5 < xmin 11"),
     "ymax < ymin": (lambda x: _set(x, "<ymax>60</ymax>", "<ymax>3</ymax>"),
                     "img0.xml: object 0 (dog) has xmax 40 < xmin 11 or ymax 3 < ymin 11"),
-    "xmin 0": (lambda x: _set(x, "<xmin>11</xmin>", "<xmin>0</xmin>"),
-               "img0.xml: object 0 (dog) has box (0, 11, 40, 60) outside its 128x96 image"),
-    "xmax past the width": (lambda x: _set(x, "<xmax>40</xmax>", "<xmax>129</xmax>"),
-                            "img0.xml: object 0 (dog) has box (11, 11, 129, 60) outside its 128x96 image"),
+    "xmin below 0": (lambda x: _set(x, "<xmin>11</xmin>", "<xmin>-1</xmin>"),
+                     "img0.xml: object 0 (dog) has box (-1, 11, 40, 60) outside its 128x96 image"),
+    "xmax 2 past the width": (lambda x: _set(x, "<xmax>40</xmax>", "<xmax>130</xmax>"),
+                              "img0.xml: object 0 (dog) has box (11, 11, 130, 60) outside its 128x96 image"),
     "no name": (lambda x: _set(x, "<name>dog</name>", "<name></name>"), "img0.xml: object 0 has no <name>"),
     "no box": (lambda x: _set(x, "<xmin>11</xmin>", ""), "img0.xml: object 0 (dog) has no <bndbox> of numbers"),
     "image not on disk": (lambda x: (x.parent.parent / "JPEGImages" / "img0.jpg").unlink(),
