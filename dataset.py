@@ -133,6 +133,33 @@ def image_size(path: Path) -> tuple[int, int]:
 MAX_COLOUR_INSTANCES = 1000  # more colours than this in an RGB mask: a photo, or lossy or anti-aliased edges
 
 
+def lossy_format(path: Path) -> str | None:
+    """ "JPEG" or "lossy WebP" when the file, whatever its name, is in a format that blurs edges; else None."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4096)
+    except OSError:
+        return None  # reading it later says what is wrong
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and b"VP8 " in head and b"VP8L" not in head:
+        return "lossy WebP"
+    return None
+
+
+def refuse_lossy_masks(paths: list[Path]) -> None:
+    """A UserError naming the first mask file in a lossy format: its blurred edges hold values of their own, each of
+    which would be read as an instance (a JPEG of three objects reads as dozens)."""
+    lossy = [(path, kind) for path in paths if (kind := lossy_format(path)) is not None]
+    if lossy:
+        (path, kind), others = lossy[0], len(lossy) - 1
+        more = f" (and {others} other mask{'s' if others > 1 else ''})" if others else ""
+        raise UserError(
+            f"{path}: a mask saved as {kind}{more}, whose blurred edges read as extra instances; export the masks as "
+            "PNG (lossless), one exact value per instance"
+        )
+
+
 def read_instance_mask(path: Path) -> np.ndarray:
     """An instance mask as an H x W integer array: 0 is background, each other value one instance.
 
@@ -319,6 +346,7 @@ class MaskFolderDataset(InstanceDataset):
         self.keys = sorted(images.keys() & masks.keys())
         self.image_paths = [images[k] for k in self.keys]
         self.mask_paths = [masks[k] for k in self.keys]
+        refuse_lossy_masks(self.mask_paths)  # before any instance is counted
         self.transforms = transforms
         self.classes = ["background", "object"]
         self.category_ids = [1]  # the dataset's own id of each class 1..K, for COCO results files

@@ -244,6 +244,21 @@ def preflight(
     return kept, problems
 
 
+def fragments_beside_larger(boxes: torch.Tensor, pixels: list[float]) -> set[int]:
+    """The instances under MIN_INSTANCE_AREA pixels whose box touches the box of one of MIN_INSTANCE_AREA or more:
+    what the blurred edge of a larger instance reads as (a band of in-between values around it)."""
+    boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    small = [k for k, area in enumerate(pixels) if 0 < area < MIN_INSTANCE_AREA]
+    large = [k for k, area in enumerate(pixels) if area >= MIN_INSTANCE_AREA]
+    if not small or not large:
+        return set()
+    grown = boxes[small] + torch.tensor([-2.0, -2.0, 2.0, 2.0])  # touching: within two pixels
+    others = boxes[large]
+    overlap_x = (grown[:, None, 0] < others[None, :, 2]) & (others[None, :, 0] < grown[:, None, 2])
+    overlap_y = (grown[:, None, 1] < others[None, :, 3]) & (others[None, :, 1] < grown[:, None, 3])
+    return {small[i] for i in (overlap_x & overlap_y).any(dim=1).nonzero().flatten().tolist()}
+
+
 def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:
     """Read every sample once: (report lines, errors, warnings). Each error and warning names its file.
 
@@ -257,6 +272,7 @@ def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:
     sizes: Counter[str] = Counter()
     deep: dict[str, list[float]] = {}  # images of more than 8 bits per value, by kind: count, lowest, highest, top
     per_image, crowd = [], 0
+    tiny: list[tuple[bool, str]] = []  # instances too small to learn: (a fragment beside a larger one?, the warning)
     for idx, path in enumerate(dataset.image_paths):
         try:
             image, target = dataset[idx]
@@ -280,14 +296,24 @@ def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:
             pixels, what = pixels_of(target["instance_map"], len(target["labels"])).tolist(), "mask"
         elif "masks" in target:
             pixels, what = target["masks"].flatten(1).sum(1).tolist(), "mask"
+        beside = fragments_beside_larger(target["boxes"], pixels)
         for k, (label, area) in enumerate(zip(target["labels"].tolist(), pixels, strict=True)):
             per_class[dataset.classes[label]] += 1
             if area == 0:
                 warnings.append(f"{path}: instance {k} ({dataset.classes[label]}) has an empty {what}")
             elif area < MIN_INSTANCE_AREA:
-                warnings.append(
-                    f"{path}: instance {k} ({dataset.classes[label]}) has only {area} pixels, too few to learn"
-                )
+                tiny.append((k in beside, f"{path}: instance {k} ({dataset.classes[label]}) has only {area} pixels, "
+                                          "too few to learn"))  # fmt: skip
+    instances = sum(per_class.values())
+    fragments = sum(is_fragment for is_fragment, _ in tiny)
+    if instances and fragments > instances / 2:  # the bleed signature: one line for the dataset, not one per fragment
+        warnings.append(
+            f"{dataset.annotation_path(0).parent}: {fragments} of the {instances} instances are fragments of under "
+            f"{MIN_INSTANCE_AREA} pixels beside larger ones, as the blurred edges of masks once saved as JPEG or drawn "
+            "anti-aliased read; export the masks as PNG with one exact value per instance"
+        )
+        tiny = [(False, line) for is_fragment, line in tiny if not is_fragment]
+    warnings += [line for _, line in tiny]
     warnings += dataset.annotation_warnings()
     if per_image and not sum(per_class.values()):
         errors.append(f"{dataset.image_dir}: no image holds an instance, so a model learns nothing; look at what is "

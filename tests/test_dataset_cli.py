@@ -56,6 +56,48 @@ def test_check_names_every_problem_and_exits_2(pennfudan, capsys):
     assert "not usable: 4 errors, 2 warnings" in out
 
 
+def _grey_masks_through_jpeg(folder, mask_format):
+    """Four images of three objects each, their masks grey 60/120/180 on black saved as JPEG (quality 90, as a
+    mistaken export), as a PNG-named JPEG, or as PNGs of what a JPEG decodes to (the bleed, saved losslessly)."""
+    folder.mkdir()
+    for i in range(4):
+        mask = np.zeros((96, 128), np.uint8)
+        for value, (y, x) in zip((60, 120, 180), ((10, 10), (40, 60), (20, 95)), strict=True):
+            mask[y : y + 30 + 4 * i, x : x + 25] = value
+        Image.fromarray(np.where(mask[..., None] > 0, 200, 30).astype(np.uint8).repeat(3, 2)).save(folder / f"p{i}.png")
+        name = folder / f"p{i}_mask.{'jpg' if mask_format == 'jpg' else 'png'}"
+        Image.fromarray(mask).save(name, format="JPEG" if mask_format != "bled png" else "PNG", quality=90)
+        if mask_format == "bled png":
+            Image.fromarray(mask).save(folder / "tmp.jpg", quality=90)
+            Image.open(folder / "tmp.jpg").save(name)
+            (folder / "tmp.jpg").unlink()
+    return folder
+
+
+@pytest.mark.parametrize("mask_format", ["jpg", "png-named jpeg"])
+def test_masks_in_a_lossy_format_are_refused_in_one_line_before_anything_is_counted(mask_format, tmp_path, capsys):
+    folder = _grey_masks_through_jpeg(tmp_path / "data", mask_format)
+    assert dataset_main(["check", "--data-path", str(folder), "--dataset", "folder"]) == 2
+    out, err = capsys.readouterr()
+    assert "instances:" not in out and len(err.strip().splitlines()) == 1, err
+    assert "p0_mask." in err and "a mask saved as JPEG (and 3 other masks)" in err and "export the masks as PNG" in err
+    import train
+
+    with pytest.raises(SystemExit) as stop:
+        train.cli(["--data-path", str(folder), "--dataset", "folder", "--weights", "none", "--output-dir",
+                   str(tmp_path / "out"), "--epochs", "1"])  # fmt: skip
+    assert stop.value.code == 2 and "a mask saved as JPEG" in capsys.readouterr().err
+
+
+def test_check_names_the_bleed_of_lossy_masks_once_for_the_dataset(tmp_path, capsys):
+    folder = _grey_masks_through_jpeg(tmp_path / "data", "bled png")
+    assert dataset_main(["check", "--data-path", str(folder), "--dataset", "folder"]) == 0
+    out = capsys.readouterr().out
+    bleed = [line for line in out.splitlines() if "fragments of under 16 pixels beside larger ones" in line]
+    assert len(bleed) == 1 and "export the masks as PNG" in bleed[0], out
+    assert "too few to learn" not in out  # not one line per fragment
+
+
 def test_check_says_how_many_images_are_16_bit_and_their_range(pennfudan, capsys):
     # A 12-bit camera's images fill 1/16 of the 16-bit range: they read dark, and check says so.
     for index in (1, 3):
