@@ -2,12 +2,14 @@
 
 The budget runs from the process's start to its exit: start-up, the pre-flight read,
 training, evaluation and checkpoint saves all count, as bench.py measures a recipe. The run
-times its first epoch (training, evaluation and the save), sets the number of epochs that
-fit in what is left, and stretches its lr schedule over them (a cosine ends at the last of
-them; step decays move in proportion). It plans once more after the second epoch, whose
-time is free of the first's one-off costs (the first batch's picture, the slow evaluation
-of an untrained model that finds 100 objects everywhere): on a 2-core CPU the first epoch of
-cpu-12min took 121 s and the next ones 104 to 115. An epoch that would end past the budget is cut where
+times its first epoch (training and evaluation), sets the number of epochs that fit in what
+is left, and stretches its lr schedule over them (a cosine ends at the last of them; step
+decays move in proportion), before it saves that epoch: every checkpoint holds the plan, so
+a resume from any of them continues it. It plans once more in the second epoch (timed with
+the first epoch's saves), whose time is free of the first's one-off costs (the first batch's
+picture, the slow evaluation of an untrained model that finds 100 objects everywhere): on a
+2-core CPU the first epoch of cpu-12min took 121 s and the next ones 104 to 115. An epoch
+that would end past the budget is cut where
 the budget ends, before any of it is saved: the run ends with its last complete epoch, whose
 checkpoint was written whole. A resume keeps the budget's end: it is given what the earlier
 processes left of it, and the epochs they chose.

@@ -10,8 +10,10 @@ Every epoch writes checkpoint.pth, and best.pth when the test AP improves. Both 
                    --skip-bad-samples left out
     changes        what resumes changed: [{"epoch", "flag", "from", "to"}]
     epoch, stats   the epoch it ends and that epoch's evaluation (of the test split)
-    budget         with --time-budget: {"spent": seconds of the budget used, "planned": whether the
-                   epochs that fit were set}, so that a resume keeps the budget's end
+    budget         with --time-budget: {"spent": seconds of the budget used, "plans": how often the
+                   epochs that fit were planned (the plan, args' epochs and schedule, is made
+                   before the epoch's save)}, so that a resume from any epoch keeps the budget's
+                   end and its schedule
 
 and checkpoint.pth also the optimizer, lr_scheduler, scaler (with --amp), best_score,
 metrics (every epoch's record) and rng (every rank's random state). model_from_checkpoint

@@ -416,7 +416,8 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
     tensorboard = None
     if args.tensorboard and distributed.is_main_process():
         tensorboard = TensorBoardLogger(output_dir / "tensorboard", start_epoch)
-    budget, plans = None, 0  # --time-budget: the epochs are planned after the first epoch, and again after the second
+    # --time-budget: the epochs are planned in the first epoch, and again in the second, each time before its save
+    budget, plans, writes_seconds = None, 0, 0.0
     if args.time_budget:
         carried = (checkpoint or {}).get("budget") or {}
         budget = TimeBudget(args.time_budget, carried.get("spent", 0.0))
@@ -458,6 +459,11 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
         chooser = chooser or stats
         score = selection_score(chooser)  # without ground truth nothing ranks the epochs: best.pth is the last
         is_best, best_score = score > best_score or not has_ground_truth(chooser), max(score, best_score)
+        if budget is not None and plans < PLANS:  # the epochs that fit, planned before the save that holds the plan
+            epoch_seconds = time.time() - start + writes_seconds  # training and evaluation, and the last epoch's writes
+            lr_scheduler = plan_epochs(args, budget, epoch + 1, epoch_seconds, optimizer, output_dir)
+            plans += 1
+        writes_start = time.time()
         rng_states = distributed.all_gather_object(get_rng_state())  # every rank takes part; rank 0 writes
         if distributed.is_main_process():
             weights = {"model": model_without_ddp.state_dict(), "model_config": config, "args": vars(args)}
@@ -471,10 +477,8 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
             plot_curves(history, output_dir / "curves.png")
             if tensorboard is not None:
                 tensorboard.log(history[-1])
+        writes_seconds = time.time() - writes_start
         epoch += 1
-        if budget is not None and plans < PLANS:  # the epochs that fit, with the schedule stretched over them
-            lr_scheduler = plan_epochs(args, budget, epoch, time.time() - start, optimizer, output_dir)
-            plans += 1
     if tensorboard is not None:
         tensorboard.close()
     print_summary(history, output_dir)

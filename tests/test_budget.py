@@ -2,7 +2,9 @@
 
 import json
 import math
+import shutil
 import time
+import types
 
 import pytest
 import torch
@@ -10,62 +12,92 @@ from test_train import FAST, run_main
 
 import budget
 import engine
+import train
 
 
-def _slowed(monkeypatch, seconds):
-    """Every training step takes `seconds(step)` longer: a slow machine, made on purpose."""
-    step, real = [0], engine.backward_and_step
+class FakeClock:
+    """time.time() for train.py, engine.py and budget.py, where nothing takes time but a training step, which takes
+    `seconds(step)`: a run's timing is the same on any machine. Each run starts its process's clock (its budget)."""
 
-    def slow(*args, **kwargs):
-        step[0] += 1
-        time.sleep(seconds(step[0]))
-        return real(*args, **kwargs)
+    def __init__(self, monkeypatch, seconds):
+        self.now, self.steps = 1_000_000.0, 0
+        fake = types.SimpleNamespace(time=lambda: self.now)
+        for module in (train, engine, budget):
+            monkeypatch.setattr(module, "time", fake)
+        monkeypatch.setattr(budget, "process_start_time", lambda: self.now)
+        real = engine.backward_and_step
 
-    monkeypatch.setattr(engine, "backward_and_step", slow)
-    started = time.time()  # the budget runs from this process's start: here, the test's
-    monkeypatch.setattr(budget, "process_start_time", lambda: started)
-    return started
+        def step(*args, **kwargs):
+            self.steps += 1
+            self.now += seconds(self.steps)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(engine, "backward_and_step", step)
 
 
 def _records(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def _cosine(epochs):
+    return [0.001 * (1 + math.cos(math.pi * k / epochs)) / 2 for k in range(epochs)]
+
+
 def test_a_time_budget_ends_the_run_on_time_with_its_schedule_complete(pennfudan, tmp_path, monkeypatch, capsys):
-    # 0.2 s more a step (4 steps an epoch): an epoch of FAST takes 3 to 7 s on the 2-core CPU, by the day, so
-    # 3 to 9 epochs fit in the half minute, never the default 10.
-    started = _slowed(monkeypatch, lambda step: 0.2)
-    out = tmp_path / "out"
-    run_main("--data-path", pennfudan, "--time-budget", 0.5, "--lr-scheduler", "cosineannealinglr",
+    clock = FakeClock(monkeypatch, lambda step: 1.0)  # 4 steps an epoch: 4 s
+    started, out = clock.now, tmp_path / "out"
+    run_main("--data-path", pennfudan, "--time-budget", 0.3, "--lr-scheduler", "cosineannealinglr",
              *FAST, "--output-dir", out)  # fmt: skip
-    assert time.time() - started <= 0.5 * 60
+    assert clock.now - started <= 0.3 * 60
     epochs = json.loads((out / "args.json").read_text())["epochs"]
-    assert "epochs in all" in capsys.readouterr().out and 3 <= epochs < 10  # not the default 10: what fit
+    assert "epochs in all" in capsys.readouterr().out and epochs == 4  # 17.6 s less the first 4: 3 more of 4 s
     records = _records(out)
     assert [r["epoch"] for r in records] == list(range(epochs))  # every planned epoch ran
-    cosine = [0.001 * (1 + math.cos(math.pi * k / epochs)) / 2 for k in range(epochs)]
-    lrs = [r["lr"] for r in records]  # (epoch 1's lr is the first plan's, which the second may have changed)
-    assert lrs[:1] + lrs[2:] == pytest.approx(cosine[:1] + cosine[2:], rel=1e-6)  # stretched to what fit
+    assert [r["lr"] for r in records] == pytest.approx(_cosine(epochs), rel=1e-6)  # stretched to what fit
     checkpoint = torch.load(out / "checkpoint.pth", weights_only=True)
     assert checkpoint["lr_scheduler"]["T_max"] == checkpoint["lr_scheduler"]["last_epoch"] == epochs
-    assert checkpoint["args"]["time_budget"] == 0.5 and checkpoint["budget"]["plans"] == 2
+    assert checkpoint["args"]["time_budget"] == 0.3 and checkpoint["budget"]["plans"] == 2
+
+
+def test_a_resume_from_any_epoch_s_checkpoint_keeps_the_plan_and_ends_by_the_budget(pennfudan, tmp_path, monkeypatch):
+    FakeClock(monkeypatch, lambda step: 1.0)
+    saved, kept = train.save_epoch, tmp_path / "kept"
+    kept.mkdir()
+
+    def save_and_keep(output_dir, weights, *args):  # every epoch's checkpoint.pth, as a resume would find it
+        saved(output_dir, weights, *args)
+        shutil.copy(output_dir / "checkpoint.pth", kept / f"{weights['epoch']}.pth")
+
+    monkeypatch.setattr(train, "save_epoch", save_and_keep)
+    common = ["--data-path", pennfudan, "--lr-scheduler", "cosineannealinglr", *FAST]
+    run_main(*common, "--time-budget", 0.22, "--output-dir", tmp_path / "straight")
+    straight = _records(tmp_path / "straight")
+    assert len(straight) == 3  # 13.2 s: 4 s an epoch, planned in the first and again in the second
+    for epoch in range(len(straight)):
+        folder = tmp_path / f"from{epoch}"
+        folder.mkdir()
+        shutil.copy(kept / f"{epoch}.pth", folder / "checkpoint.pth")
+        assert torch.load(folder / "checkpoint.pth", weights_only=True)["args"]["epochs"] == 3  # the plan, saved
+        run_main("--resume", folder / "checkpoint.pth")
+        resumed = torch.load(folder / "checkpoint.pth", weights_only=True)
+        assert resumed["epoch"] == 2 and resumed["budget"]["spent"] <= 0.22 * 60
+        assert [r["lr"] for r in _records(folder)] == pytest.approx([r["lr"] for r in straight], rel=1e-9)
 
 
 def test_epochs_slower_than_planned_end_at_the_budget_with_the_last_complete_one(
     pennfudan, tmp_path, monkeypatch, capsys
 ):
-    started = _slowed(monkeypatch, lambda step: 0.1 if step <= 8 else 2.5)  # 4 steps an epoch: slow from the third
-    out = tmp_path / "out"
+    clock = FakeClock(monkeypatch, lambda step: 1.0 if step <= 8 else 10.0)  # 4 steps an epoch: slow from the third
+    started, out = clock.now, tmp_path / "out"
     run_main("--data-path", pennfudan, "--time-budget", 0.4, *FAST, "--output-dir", out)
-    assert time.time() - started <= 0.4 * 60 + 4  # the budget, and at most the step that crossed it and the exit
+    assert clock.now - started <= 0.4 * 60 + 10  # the budget, and at most the step that crossed it
     printed = capsys.readouterr().out
-    assert "the time budget ended in epoch" in printed and "is dropped" in printed
+    assert "the time budget ended in epoch 2, at iteration 2" in printed and "is dropped" in printed
     records, planned = _records(out), json.loads((out / "args.json").read_text())["epochs"]
     checkpoint = torch.load(out / "checkpoint.pth", weights_only=True)
-    assert checkpoint["epoch"] == records[-1]["epoch"] == len(records) - 1 < planned - 1
+    assert checkpoint["epoch"] == records[-1]["epoch"] == 1 and planned == 5
 
-    # A resume keeps the budget's end: what the run had left (nothing) and the epochs it planned.
-    _slowed(monkeypatch, lambda step: 2.5)
+    # A resume keeps the budget's end: what the run had left and the epochs it planned.
     run_main("--resume", out / "checkpoint.pth")
     assert len(_records(out)) == len(records)
     assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == checkpoint["epoch"]
