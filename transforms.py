@@ -153,7 +153,10 @@ class SanitizeInstances(T.SanitizeBoundingBoxes):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, InstanceMap):
             return keep(inpt, params["valid"])
-        return super().transform(inpt, params)
+        base = super()
+        return base.transform(inpt, params) if hasattr(base, "transform") else base._transform(inpt, params)
+
+    _transform = transform  # the name torchvision calls before 0.21
 
 
 class ResizeForModel(torch.nn.Module):

@@ -1,0 +1,100 @@
+"""Synthetic data that every model can overfit, and the train.py run that makes it learn (tests/test_learning.py).
+
+Four 96 x 96 images of large, distinct objects: red squares (category 1) and blue discs (category 2) on a dark
+noisy ground, 1 to 3 to an image, 29 to 53 pixels across, as a COCO json with polygons. The training folder
+holds `COPIES` copies of each (an epoch of 16 steps at batch 2), the test folder the four originals, so that
+the test images are the very images trained on: the test proves heads, sizes and box conventions, not
+generalisation. The keypoint variant draws figures (one category) with a white head, a red left hand and a blue
+right hand, each point on a dot of its colour.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SIZE = 96
+COPIES = 8
+# per image: (category, x1, y1, x2, y2)
+SHAPES = [
+    [(1, 6, 8, 45, 52), (2, 52, 38, 90, 88)],
+    [(2, 8, 6, 52, 45), (1, 50, 48, 91, 90)],
+    [(1, 22, 18, 75, 78)],
+    [(2, 4, 52, 42, 92), (1, 45, 4, 90, 42), (2, 54, 54, 87, 87)],
+]
+COLOURS = {1: (230, 60, 40), 2: (40, 120, 240)}
+KEYPOINT_NAMES = ["head", "left_hand", "right_hand"]
+KEYPOINT_COLOURS = [(250, 250, 250), (250, 40, 40), (40, 40, 250)]
+
+
+def _ellipse(x1: int, y1: int, x2: int, y2: int, corners: int = 32) -> list[float]:
+    """The polygon of the ellipse inscribed in a box, as COCO's [x, y, x, y, ...]."""
+    angles = np.linspace(0, 2 * np.pi, corners, endpoint=False)
+    cx, cy, rx, ry = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2, (y2 - y1) / 2
+    return [round(float(v), 2) for a in angles for v in (cx + rx * np.cos(a), cy + ry * np.sin(a))]
+
+
+def write_shapes(folder: Path, copies: int, keypoints: bool = False) -> Path:
+    """`copies` copies of each image of SHAPES in `folder`, with their COCO json (returned): shapes, or figures with
+    keypoints."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for index, objects in enumerate(SHAPES):
+        pixels = rng.integers(0, 60, (SIZE, SIZE, 3), dtype=np.uint8)
+        found = []
+        for category, x1, y1, x2, y2 in objects:
+            polygon = [float(v) for v in (x1, y1, x2, y1, x2, y2, x1, y2)]
+            if keypoints:  # a figure: a green body, three dots
+                pixels[y1:y2, x1:x2] = (60, 160, 60)
+                points = [((x1 + x2) // 2, y1 + 3), (x1 + 3, (y1 + y2) // 2), (x2 - 4, (y1 + y2) // 2)]
+                for (x, y), colour in zip(points, KEYPOINT_COLOURS, strict=True):
+                    pixels[y - 2 : y + 3, x - 2 : x + 3] = colour
+                extra = {"keypoints": [v for x, y in points for v in (x, y, 2)], "num_keypoints": 3}
+                category = 1
+            elif category == 1:
+                pixels[y1:y2, x1:x2] = COLOURS[1]
+                extra = {}
+            else:
+                polygon = _ellipse(x1, y1, x2, y2)
+                mask = Image.new("L", (SIZE, SIZE))
+                ImageDraw.Draw(mask).polygon(polygon, fill=1)
+                pixels[np.asarray(mask) > 0] = COLOURS[2]
+                extra = {}
+            box = [x1, y1, x2 - x1, y2 - y1]
+            found.append({"category_id": category, "bbox": box, "area": float(box[2] * box[3]),
+                          "segmentation": [polygon], "iscrowd": 0, **extra})  # fmt: skip
+        for copy in range(copies):
+            name = f"shape{index}_{copy}.png"
+            Image.fromarray(pixels).save(folder / name)
+            images.append({"id": len(images) + 1, "file_name": name, "height": SIZE, "width": SIZE})
+            for annotation in found:
+                annotations.append({**annotation, "id": len(annotations) + 1, "image_id": images[-1]["id"]})
+    if keypoints:
+        categories = [{"id": 1, "name": "figure", "keypoints": KEYPOINT_NAMES, "skeleton": [[1, 2], [1, 3]]}]
+    else:
+        categories = [{"id": 1, "name": "square"}, {"id": 2, "name": "disc"}]
+    path = folder / "annotations.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
+# The R-CNNs sample fewer RoIs and keep fewer proposals than their defaults (512; 2000): a few large objects
+# need no more, and the box head's cost is per RoI.
+FEW_ROIS = ["--box-batch-size-per-image", "32", "--rpn-pre-nms-top-n-train", "200", "--rpn-post-nms-top-n-train", "100"]
+
+
+def learning_command(name: str, root: Path, flags: list[str]) -> list[str]:
+    """train.py's arguments for model `name` from scratch on the data in `root` (train/, test/), with `flags`."""
+    keypoints = name.startswith("keypoint")
+    train = write_shapes(root / "train", COPIES, keypoints)
+    test = write_shapes(root / "test", 1, keypoints)
+    return [
+        "--dataset", "coco", "--data-path", str(train.parent), "--ann-file", str(train),
+        "--val-data-path", str(test.parent), "--val-ann-file", str(test), "--model", name, "--weights", "none",
+        "--opt", "adamw", "--lr-scheduler", "cosineannealinglr", "-j", "0", "--aspect-ratio-group-factor", "-1",
+        "--print-freq", "100", "--output-dir", str(root / "run"), *flags,
+    ]  # fmt: skip
