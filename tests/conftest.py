@@ -32,6 +32,20 @@ LAYOUT = [
     (96, 120, [(1, 10, 90, 5, 35), (2, 10, 90, 45, 75), (3, 10, 90, 85, 115)]),
     (108, 96, [(1, 30, 100, 10, 85)]),
 ]
+
+
+def _has_keypoint_transforms() -> bool:
+    from torchvision import tv_tensors
+
+    return hasattr(tv_tensors, "KeyPoints")
+
+
+# Keypoints move with the pixels through tv_tensors.KeyPoints, torchvision 0.23 on; train.py refuses keypoint training
+# on an older one in one line (tested). The version-floor run (.ci/floors) has one.
+needs_keypoint_transforms = pytest.mark.skipif(
+    not _has_keypoint_transforms(), reason="keypoint training needs torchvision 0.23 or later (tv_tensors.KeyPoints)"
+)
+
 # Photographs come in every mode: the dataset must turn each into RGB.
 IMAGE_MODES = {4: "L", 5: "RGBA", 6: "P"}
 
@@ -137,6 +151,28 @@ def fake_hub(monkeypatch):
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", load_state_dict_from_url)
     return served
+
+
+@pytest.fixture(scope="session")
+def learned_run(tmp_path_factory: pytest.TempPathFactory):
+    """A function from a model's name to the folder of its run of tests/learning.py (from scratch, on shapes it can
+    overfit, with the model's LEARNING settings), trained once a session. The folder keeps best.pth, not
+    checkpoint.pth (an R50's with its AdamW state is 500 MB)."""
+    import learning
+
+    import train
+
+    runs: dict[str, Path] = {}
+
+    def learned(name: str) -> Path:
+        if name not in runs:
+            root = tmp_path_factory.mktemp(name)
+            train.main(*train.parse_args(learning.learning_command(name, root, learning.LEARNING[name])))
+            (root / "run" / "checkpoint.pth").unlink()
+            runs[name] = root / "run"
+        return runs[name]
+
+    return learned
 
 
 CVPPP = ROOT.parent / "shared" / "data" / "CVPPP_A1"

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import LAYOUT, ROOT, pennfudan_zip, write_coco, write_keypoint_coco
+from conftest import LAYOUT, ROOT, needs_keypoint_transforms, pennfudan_zip, write_coco, write_keypoint_coco
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -521,6 +521,7 @@ KEYPOINT_RUN = [
 ]  # fmt: skip
 
 
+@needs_keypoint_transforms
 def test_keypoint_rcnn_trains_resumes_exactly_and_scores_keypoint_ap(tmp_path):
     ann_file = write_keypoint_coco(tmp_path)
     common = ["--data-path", tmp_path, "--ann-file", ann_file, *KEYPOINT_RUN, "--use-deterministic-algorithms"]
@@ -558,6 +559,7 @@ def test_keypoint_rcnn_trains_resumes_exactly_and_scores_keypoint_ap(tmp_path):
     assert stats["keypoints"] == pytest.approx(evaluator.stats.tolist(), abs=1e-9)
 
 
+@needs_keypoint_transforms
 def test_keypoint_rcnn_without_keypoints_or_with_unmirrorable_names_is_refused(keypoint_coco, pennfudan, tmp_path):
     folder, ann_file = keypoint_coco
     result = run_cli("--data-path", pennfudan, *KEYPOINT_RUN, "--output-dir", tmp_path / "a")
