@@ -14,6 +14,7 @@ import dataset_cli
 import export
 import predict
 import train
+from model import is_keypoint_model
 
 PARSERS = {
     "train.py": train.get_args_parser,
@@ -65,4 +66,8 @@ def test_each_command_parses_and_passes_train_py_s_checks(doc, argv, monkeypatch
         if not args.resume:
             train.apply_recipe(args, typed)  # an unknown --recipe, --epochs with --time-budget
         monkeypatch.setattr(train.utils, "check_device", lambda device: None)  # a GPU command on this CPU
+        if is_keypoint_model(args.model) and not hasattr(train.tv_tensors, "KeyPoints"):  # (.ci/floors' torchvision)
+            with pytest.raises(train.utils.UserError, match="keypoint training needs torchvision 0.23 or later"):
+                train.check_args(argparse.Namespace(**vars(args)))
+            return
         train.check_args(argparse.Namespace(**vars(args)))
