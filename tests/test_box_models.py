@@ -26,7 +26,7 @@ COMMON = ["--weights", "none", "--max-size", "128", "--print-freq", "5", "--lr",
 EXACT = ("ssdlite320_mobilenet_v3_large",)
 
 
-def _run(name, *args):
+def _run(*args):  # as a user runs it: a process of its own
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
 
@@ -94,9 +94,9 @@ def test_a_box_model_resumes_bit_exactly(name, tmp_path):
     root = write_voc(tmp_path / "voc")
     common = ["--data-path", root, "--model", name, *COMMON, "--min-size", "64", "--use-deterministic-algorithms",
               "-j", 1]  # fmt: skip
-    _run(name, *common, "--epochs", 1, "--output-dir", tmp_path / "run")
-    _run(name, "--resume", tmp_path / "run" / "checkpoint.pth", "--epochs", 2)
-    _run(name, *common, "--epochs", 2, "--output-dir", tmp_path / "straight")
+    _run(*common, "--epochs", 1, "--output-dir", tmp_path / "run")
+    _run("--resume", tmp_path / "run" / "checkpoint.pth", "--epochs", 2)
+    _run(*common, "--epochs", 2, "--output-dir", tmp_path / "straight")
     straight = torch.load(tmp_path / "straight" / "checkpoint.pth", weights_only=True)
     resumed = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
     assert resumed["epoch"] == 1 and resumed["changes"] == [{"epoch": 1, "flag": "--epochs", "from": 1, "to": 2}]
