@@ -129,7 +129,6 @@ def train_one_epoch(
 # Evaluation: ground truth from the targets the loader yields, scored by pycocotools (coco_eval.py).
 
 
-@torch.inference_mode()
 def evaluate(
     model: torch.nn.Module,
     data_loader: torch.utils.data.DataLoader,
@@ -157,9 +156,29 @@ def evaluate(
     holds SAMPLES_KEPT: for pictures.
     """
     distributed.copy_buffers_from_rank_0(model)
-    model.eval()
     logger = utils.MetricLogger()
-    per_image = []  # (image record, ground truth, {iou type: results}) for each image
+    per_image = _detect(model, data_loader, device, logger, samples)
+    # Gathered outside inference mode: torch 2.4's gloo fills the gathered tensors in a thread of its own, where
+    # an inference tensor may not be written.
+    start = time.time()
+    per_image = sorted(
+        (item for part in distributed.all_gather_object(per_image) for item in part), key=lambda i: i[0]["id"]
+    )
+    stats = score_detections(per_image, class_names, keypoint_sigmas) if distributed.is_main_process() else None
+    if results is not None and distributed.is_main_process():
+        results.update(all_results(per_image))
+    if timings is not None:
+        timings["images"] = logger.meters["model_time"].count
+        timings["model_seconds"] = logger.meters["model_time"].total
+        timings["metric_seconds"] = logger.meters["metric_time"].total + time.time() - start
+    return distributed.broadcast_object(stats)
+
+
+@torch.inference_mode()
+def _detect(model, data_loader, device, logger, samples) -> list[tuple]:
+    """(image record, ground truth, {iou type: results}) for each of this rank's test images (evaluate)."""
+    model.eval()
+    per_image = []
     for batch_images, targets in logger.log_every(data_loader, 100, "Test:"):
         batch_images = [image.to(device, non_blocking=True) for image in batch_images]
         start = time.time()
@@ -179,16 +198,4 @@ def evaluate(
             record, gt = coco_ground_truth(image_id, *size, target)
             per_image.append((record, gt, coco_detections(image_id, output, size)))
         logger.update(model_time=model_time, metric_time=time.time() - start)
-
-    start = time.time()
-    per_image = sorted(
-        (item for part in distributed.all_gather_object(per_image) for item in part), key=lambda i: i[0]["id"]
-    )
-    stats = score_detections(per_image, class_names, keypoint_sigmas) if distributed.is_main_process() else None
-    if results is not None and distributed.is_main_process():
-        results.update(all_results(per_image))
-    if timings is not None:
-        timings["images"] = logger.meters["model_time"].count
-        timings["model_seconds"] = logger.meters["model_time"].total
-        timings["metric_seconds"] = logger.meters["metric_time"].total + time.time() - start
-    return distributed.broadcast_object(stats)
+    return per_image

@@ -178,3 +178,24 @@ def test_recipe_on_the_command_line_and_after_a_resume(pennfudan, tmp_path):
     assert "choose one of cpu-12min, cpu-43min, cpu-box-20min, gpu-5min" in unknown.stderr
     both = run_cli("--data-path", pennfudan, "--epochs", 2, "--time-budget", 5, "--output-dir", tmp_path / "y")
     assert both.returncode == 2 and "--epochs and --time-budget: give one" in both.stderr
+
+
+def test_adamw_is_the_fused_kernel_on_a_cpu_and_steps_as_the_plain_one():
+    def net():  # no BatchNorm: a bias it cancels has a gradient of rounding noise, which Adam scales up to lr
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+
+    fused_model, plain_model = net(), net()
+    fused = make_optimizer(fused_model, "adamw", lr=0.01, weight_decay=0.05)
+    plain = torch.optim.AdamW(parameter_groups(plain_model, 0.05, None), lr=0.01)
+    assert fused.defaults["fused"] is True and not plain.defaults["fused"]
+    for model, optimizer in ((fused_model, fused), (plain_model, plain)):
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            loss = model(torch.randn(16, 4, generator=generator)).square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    for key, value in fused_model.state_dict().items():
+        assert torch.allclose(value, plain_model.state_dict()[key], atol=1e-6), key
+    assert not torch.allclose(fused_model[0].weight, net()[0].weight)  # it stepped
