@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from conftest import write_voc
-from learning import LEARNING
+from learning import SHAPES
 from test_train import run_cli, run_main
 
 import export
@@ -17,7 +17,7 @@ from checkpoint import model_from_checkpoint
 from model import MODELS, SSD_SIZES, is_rcnn, num_classes_of
 
 BOX_MODELS = [name for name in MODELS if not is_rcnn(name)] + ["fasterrcnn_mobilenet_v3_large_320_fpn"]
-LEARNED = [name for name in BOX_MODELS if name in LEARNING]  # those tests/test_learning.py has shown to learn
+SHAPE0 = {category: box for category, *box in SHAPES[0]}  # the test image predicted: category -> x1, y1, x2, y2
 COMMON = ["--weights", "none", "--max-size", "128", "--print-freq", "5", "--lr", "0.001"]
 
 # Resumed, and bit-exact against a straight run: SSDlite, whose BatchNorm trains (the resume's own state, the RNG, the
@@ -31,8 +31,13 @@ def _run(*args):  # as a user runs it: a process of its own
     assert result.returncode == 0, result.stderr
 
 
+def _iou(a, b):
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", LEARNED)
+@pytest.mark.parametrize("name", BOX_MODELS)
 def test_a_box_model_that_learned_evaluates_predicts_and_exports_what_it_detects(name, learned_run, tmp_path, capsys):
     run = learned_run(name)  # trained until it detects the shapes (tests/test_learning.py), best.pth kept
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -51,10 +56,15 @@ def test_a_box_model_that_learned_evaluates_predicts_and_exports_what_it_detects
     assert {r["category_id"] for r in results} == {1, 2} and not (tmp_path / "eval" / "results_segm.json").exists()
 
     image = str(run.parent / "test" / "shape0_0.png")  # a red square and a blue disc
-    arguments = ["--checkpoint", str(run / "best.pth"), image, "--output-dir", str(tmp_path / "predictions")]
+    # at 0.2, not predict.py's 0.5: a RetinaNet's focal-loss scores sit lower
+    arguments = ["--checkpoint", str(run / "best.pth"), image, "--output-dir", str(tmp_path / "predictions"),
+                 "--score-threshold", "0.2"]  # fmt: skip
     assert predict.predict(predict.get_args_parser().parse_args(arguments))["predicted"] == [image]
     found = json.loads((tmp_path / "predictions" / "predictions.json").read_text())
-    assert sorted(r["category_id"] for r in found) == [1, 2]  # at predict.py's 0.5: the square and the disc
+    boxes = [(r["category_id"], (r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]))
+             for r in found]  # fmt: skip
+    for category, box in SHAPE0.items():  # the square and the disc, each found in its place as what it is
+        assert any(c == category and _iou(b, box) >= 0.5 for c, b in boxes), (category, found)
     assert (tmp_path / "predictions" / "shape0_0.png").is_file()
 
     arguments = ["--checkpoint", str(run / "best.pth"), "--format", "onnx", "--output", str(tmp_path / "model.onnx"),
@@ -63,30 +73,6 @@ def test_a_box_model_that_learned_evaluates_predicts_and_exports_what_it_detects
     assert export.main(export.get_args_parser().parse_args(arguments)) is True
     printed = capsys.readouterr().out
     assert "matches PyTorch" in printed and int(printed.split(" detections)")[0].rsplit(", ", 1)[1]) > 0
-
-
-@pytest.mark.parametrize("name", sorted(set(BOX_MODELS) - set(LEARNED)))
-def test_a_box_model_not_yet_shown_to_learn_trains_evaluates_predicts_and_exports(name, tmp_path):
-    # One epoch of an untrained model may detect nothing: this runs each command, it cannot compare detections.
-    # It goes once the model's learning test is in tests/test_learning.py (issue 30).
-    root = write_voc(tmp_path / "voc")
-    common = ["--data-path", root, "--model", name, *COMMON, "--min-size", "64", "-j", 0]
-    run_main(*common, "--epochs", 1, "--output-dir", tmp_path / "run")
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) == 1 and len(records[0]["bbox"]) == 12 and "segm" not in records[0]
-    model, config = model_from_checkpoint(tmp_path / "run" / "best.pth")  # no flag, no download
-    assert config["name"] == name and num_classes_of(model) == 3 and config["min_size"][0] == 64
-    run_main("--resume", tmp_path / "run" / "checkpoint.pth", "--test-only", "--output-dir", tmp_path / "eval")
-    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["bbox"] == records[-1]["bbox"]
-    results = json.loads((tmp_path / "eval" / "results_bbox.json").read_text())
-    assert {r["file_name"] for r in results} <= {"img1.jpg", "img4.jpg", "img7.jpg"}
-    image = str(root / "JPEGImages" / "img1.jpg")
-    arguments = ["--checkpoint", str(tmp_path / "run" / "best.pth"), image, "--output-dir", str(tmp_path / "pred"),
-                 "--score-threshold", "0"]  # fmt: skip
-    assert predict.predict(predict.get_args_parser().parse_args(arguments))["predicted"] == [image]
-    arguments = ["--checkpoint", str(tmp_path / "run" / "best.pth"), "--format", "onnx",
-                 "--output", str(tmp_path / "model.onnx")]  # fmt: skip
-    assert export.main(export.get_args_parser().parse_args(arguments)) is True
 
 
 @pytest.mark.parametrize("name", EXACT)
