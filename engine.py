@@ -158,8 +158,8 @@ def evaluate(
     distributed.copy_buffers_from_rank_0(model)
     logger = utils.MetricLogger()
     per_image = _detect(model, data_loader, device, logger, samples)
-    # Gathered outside inference mode: torch 2.4's gloo fills the gathered tensors in a thread of its own, where
-    # an inference tensor may not be written.
+    # Gathered outside inference mode: under it, torch 2.4's all_gather_object fails on every rank with "Inplace
+    # update to inference tensor outside InferenceMode" (the version floors' torchrun tests).
     start = time.time()
     per_image = sorted(
         (item for part in distributed.all_gather_object(per_image) for item in part), key=lambda i: i[0]["id"]
