@@ -10,6 +10,7 @@ import torch
 from conftest import write_voc
 from learning import SHAPES
 from test_train import run_cli, run_main
+from torchvision.ops import box_iou
 
 import export
 import predict
@@ -29,11 +30,6 @@ EXACT = ("ssdlite320_mobilenet_v3_large",)
 def _run(*args):  # as a user runs it: a process of its own
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
-
-
-def _iou(a, b):
-    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 @pytest.mark.slow
@@ -64,7 +60,7 @@ def test_a_box_model_that_learned_evaluates_predicts_and_exports_what_it_detects
     boxes = [(r["category_id"], (r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]))
              for r in found]  # fmt: skip
     for category, box in SHAPE0.items():  # the square and the disc, each found in its place as what it is
-        assert any(c == category and _iou(b, box) >= 0.5 for c, b in boxes), (category, found)
+        assert any(c == category and box_iou(torch.tensor([b]), torch.tensor([box])) >= 0.5 for c, b in boxes), found
     assert (tmp_path / "predictions" / "shape0_0.png").is_file()
 
     arguments = ["--checkpoint", str(run / "best.pth"), "--format", "onnx", "--output", str(tmp_path / "model.onnx"),
