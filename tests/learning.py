@@ -82,10 +82,12 @@ def write_shapes(folder: Path, copies: int, keypoints: bool = False) -> Path:
     return path
 
 
-# The R-CNNs sample fewer RoIs, keep fewer proposals and detections than their defaults (512; 2000 in training, 1000
-# when predicting; 100): a few large objects need no more, and the heads' cost is per RoI.
-FEW_ROIS = ["--box-batch-size-per-image", "32", "--rpn-pre-nms-top-n-train", "200", "--rpn-post-nms-top-n-train", "100",
-            "--rpn-post-nms-top-n-test", "100", "--box-detections-per-img", "10"]  # fmt: skip
+def _few_rois(sampled: int = 32) -> list[str]:
+    """The R-CNNs sample fewer RoIs, keep fewer proposals and detections than their defaults (512; 2000 in training,
+    1000 when predicting; 100): a few large objects need no more, and the heads' cost is per RoI."""
+    return ["--box-batch-size-per-image", str(sampled), "--rpn-pre-nms-top-n-train", "200",
+            "--rpn-post-nms-top-n-train", "100", "--rpn-post-nms-top-n-test", "100",
+            "--box-detections-per-img", "10"]  # fmt: skip
 
 
 def _flags(size: int | None, epochs: int, lr: float, *more: str) -> list[str]:
@@ -100,17 +102,20 @@ def _flags(size: int | None, epochs: int, lr: float, *more: str) -> list[str]:
 # the MobileNetV3 FPNs, which see only strides 16 and 32, need 320 pixels; SSDlite and the RetinaNets learn sooner
 # without flips.
 LEARNING: dict[str, list[str]] = {
-    "fasterrcnn_resnet18_fpn": _flags(96, 4, 0.001, *FEW_ROIS),
-    "fasterrcnn_resnet50_fpn": _flags(96, 5, 0.0003, *FEW_ROIS),
-    "fasterrcnn_resnet50_fpn_v2": _flags(96, 5, 0.001, *FEW_ROIS),
-    "fasterrcnn_mobilenet_v3_large_fpn": _flags(320, 6, 0.003, *FEW_ROIS),
-    "fasterrcnn_mobilenet_v3_large_320_fpn": _flags(None, 6, 0.003, *FEW_ROIS),  # its builder's 320 / 640
-    "maskrcnn_resnet18_fpn": _flags(96, 4, 0.001, *FEW_ROIS),
-    "maskrcnn_resnet50_fpn": _flags(96, 5, 0.0003, *FEW_ROIS),
-    "maskrcnn_resnet50_fpn_v2": _flags(96, 5, 0.001, *FEW_ROIS),
-    "maskrcnn_mobilenet_v3_large_fpn": _flags(320, 6, 0.003, *FEW_ROIS),
+    "fasterrcnn_resnet18_fpn": _flags(96, 4, 0.001, *_few_rois()),
+    "fasterrcnn_resnet50_fpn": _flags(96, 5, 0.0003, *_few_rois()),
+    "fasterrcnn_resnet50_fpn_v2": _flags(96, 5, 0.001, *_few_rois()),
+    "fasterrcnn_mobilenet_v3_large_fpn": _flags(320, 6, 0.003, *_few_rois()),
+    "fasterrcnn_mobilenet_v3_large_320_fpn": _flags(None, 6, 0.003, *_few_rois()),  # its builder's 320 / 640
+    "maskrcnn_resnet18_fpn": _flags(96, 4, 0.001, *_few_rois()),
+    "maskrcnn_resnet50_fpn": _flags(96, 5, 0.0003, *_few_rois()),
+    "maskrcnn_resnet50_fpn_v2": _flags(96, 5, 0.001, *_few_rois()),
+    "maskrcnn_mobilenet_v3_large_fpn": _flags(320, 6, 0.003, *_few_rois()),
+    # the tutorial's MobileNetV2 models: one map at stride 32 (8 x 8 at 256 px); 16 sampled RoIs for masks
+    "fasterrcnn_mobilenet_v2": _flags(256, 10, 0.001, *_few_rois()),
+    "maskrcnn_mobilenet_v2": _flags(256, 10, 0.002, *_few_rois(16)),
     # the keypoint head (8 convolutions of 512 channels) costs most per RoI: half the sampled RoIs
-    "keypointrcnn_resnet50_fpn": _flags(96, 3, 0.0003, *FEW_ROIS, "--box-batch-size-per-image", "16"),
+    "keypointrcnn_resnet50_fpn": _flags(96, 3, 0.0003, *_few_rois(16)),
     "retinanet_resnet50_fpn": _flags(96, 10, 0.0003, "--augmentation", "none"),  # no norm in its heads: slowest
     "retinanet_resnet50_fpn_v2": _flags(96, 8, 0.001, "--augmentation", "none"),
     "fcos_resnet50_fpn": _flags(96, 6, 0.001),
