@@ -39,6 +39,7 @@ import torch
 
 import utils
 from bench_memory import add_memory_args, measure_memory
+from bench_peer import PEERS, check_peers
 from bench_recipe import FAMILIES, RECIPES, measure_recipes, recipe_table_rows
 from checkpoint import model_from_checkpoint
 from dataset_cli import add_dataset_args, dataset_from_args
@@ -98,9 +99,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--recipes",
         nargs="+",
         default=["tutorial", *(name for name in RECIPES if name not in FAMILIES)],
-        choices=["tutorial", *RECIPES],
+        choices=["tutorial", *RECIPES, *PEERS],
         metavar="NAME",
-        help=f"recipe: which to run (default: all but the family-* runs): tutorial, {', '.join(RECIPES)}",
+        help=f"recipe: which to run (default: all but the family-* runs and the peers): tutorial, "
+        f"{', '.join(RECIPES)}; the peer, Ultralytics YOLO from scratch (requirements-bench.txt): {', '.join(PEERS)}",
     )
     add("--budget-minutes", type=float, default=43, help="recipe: wall clock for each (default: %(default)s)")
     add(
@@ -323,6 +325,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.iterations <= 0 or args.warmup < 0 or args.batch_size <= 0:
         raise utils.UserError("--iterations and --batch-size must be positive, --warmup not negative")
     utils.check_device(args.device)
+    if "recipe" in args.parts:
+        check_peers(args.recipes)
     device = torch.device(args.device)
     report: dict[str, Any] = {"machine": machine(device), "args": vars(args)}
     print(f"{args.data_path} on {report['machine']}")

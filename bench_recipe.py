@@ -34,6 +34,7 @@ from matplotlib.figure import Figure
 from torchvision.transforms import v2 as T
 
 import utils
+from bench_peer import PEERS, peer_command
 from coco_eval import selection_score
 from dataset_cli import dataset_from_args
 from masks import instance_masks
@@ -97,12 +98,16 @@ def _stop_with_parent() -> None:
 
 
 def run_recipe(args: argparse.Namespace, name: str, output_dir: Path) -> dict[str, Any]:
-    """Run train.py with recipe `name` until it ends or the budget is spent; its AP after each epoch, in minutes."""
-    command = [sys.executable, str(ROOT / "train.py"), *dataset_flags(args), *RECIPES[name]]
-    command += shlex.split(args.recipe_args)
-    command += ["--seed", str(args.seed), "--test-size", str(args.test_size), "--output-dir", str(output_dir)]
-    command += ["-j", str(args.workers), "--device", args.device]
+    """Run train.py with recipe `name` (or the peer `name`, bench_peer.py) until it ends or the budget is spent; its
+    AP after each epoch, in minutes."""
+    common = ["--seed", str(args.seed), "--test-size", str(args.test_size), "--output-dir", str(output_dir)]
+    common += ["-j", str(args.workers), "--device", args.device]
     metrics, points, start = output_dir / "metrics.jsonl", [], time.time()
+    if name in PEERS:
+        command = peer_command(name, [*dataset_flags(args), *common], start + args.budget_minutes * 60)
+    else:
+        command = [sys.executable, str(ROOT / "train.py"), *dataset_flags(args), *RECIPES[name]]
+        command += [*shlex.split(args.recipe_args), *common]
     with open(output_dir.parent / f"{name}.log", "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_stop_with_parent)
         while True:
