@@ -8,9 +8,13 @@ decays move in proportion), before it saves that epoch: every checkpoint holds t
 a resume from any of them continues it. It plans once more in the second epoch (timed with
 the first epoch's saves), whose time is free of the first's one-off costs (the first batch's
 picture, the slow evaluation of an untrained model that finds 100 objects everywhere): on a
-2-core CPU the first epoch of cpu-12min took 121 s and the next ones 104 to 115. An epoch
-that would end past the budget is cut where
-the budget ends, before any of it is saved: the run ends with its last complete epoch, whose
+2-core CPU the first epoch of cpu-12min took 121 s and the next ones 104 to 115. After every
+later epoch the number of epochs is revised from the mean time of the epochs after the first
+(on an AMD EPYC, cpu-12min's second epoch took 122 s and the next ones 88-111: planned from
+the second alone, the run ended at 9.3 of its 12 minutes): a cosine is stretched over the
+revised number, and step decays stay where the second plan put them (moving them later would
+undo a decay already taken). An epoch that would end past the budget is cut where the
+budget ends, before any of it is saved: the run ends with its last complete epoch, whose
 checkpoint was written whole. A resume keeps the budget's end: it is given what the earlier
 processes left of it, and the epochs they chose.
 """
@@ -21,7 +25,7 @@ import math
 import os
 import time
 
-PLANS = 2  # after the first epoch, and after the second
+PLANS = 2  # plans from one epoch's time, after the first epoch and the second; revisions after every later one
 MARGIN = 0.02  # of the budget, kept for the run's exit (the summary, the last writes) and for slower epochs
 
 

@@ -41,7 +41,7 @@ from checkpoint import (
 from coco_eval import IOU_TYPES, ap_line, best_epoch, has_ground_truth, selection_score, write_results
 from curves import TensorBoardLogger, plot_curves
 from dataset_cli import add_dataset_args
-from engine import evaluate, train_one_epoch
+from engine import amp_pays, evaluate, train_one_epoch
 from keypoints import keypoint_sigmas
 from loaders import make_loaders
 from model import (
@@ -112,7 +112,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--max-size", type=int, default=1333, help="longer image side at most (default: %(default)s)")
     add("--augmentation", default="hflip", choices=AUGMENTATIONS, help="training augmentation (default: %(default)s)")
     add("--use-copypaste", action="store_true", help="Simple Copy-Paste between training images (with lsj)")
-    add("--amp", action="store_true", help="mixed precision: float16 on CUDA, bfloat16 on CPU")
+    add("--amp", action="store_true", help="mixed precision: float16 on CUDA, bfloat16 on a CPU that has it")
     add("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC convolutions (default: on)")
     add("--aspect-ratio-group-factor", type=int, default=3, help="batch by aspect ratio; -1: off (default: 3)")
     add("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs under torchrun (CUDA only)")
@@ -241,13 +241,19 @@ def plan_epochs(
     epoch_seconds: float,
     optimizer: torch.optim.Optimizer,
     output_dir: Path,
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """--time-budget, after one of the first epochs (training, evaluation, saves: `epoch_seconds`): set --epochs to
-    what fits, and return the schedule stretched over them, at the point it reaches after the `done` epochs."""
+    first: bool,
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """--time-budget, after an epoch (training, evaluation, saves: `epoch_seconds`, or their mean): set --epochs to
+    what fits, and return the schedule stretched over them, at the point it reaches after the `done` epochs. The
+    `first` plans (budget.PLANS) also move step decays in proportion; a later one changes only the epochs (and a
+    cosine's length, so no decay already taken is undone), and returns None where the plan stands."""
     nominal = args.epochs
     epochs = distributed.broadcast_object(budget.epochs(done, epoch_seconds))  # rank 0's clock decides for all
+    if not first and epochs == nominal:
+        return None
     args.epochs = epochs
-    args.lr_step_size, args.lr_steps = stretched_steps(nominal, epochs, args.lr_step_size, args.lr_steps)
+    if first:
+        args.lr_step_size, args.lr_steps = stretched_steps(nominal, epochs, args.lr_step_size, args.lr_steps)
     for group in optimizer.param_groups:  # the schedule as if planned for `epochs` from the start
         group["lr"] = group["initial_lr"]
     lr_scheduler = make_scheduler(optimizer, args.lr_scheduler, epochs, args.lr_step_size, args.lr_steps,
@@ -387,7 +393,11 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
     optimizer = make_optimizer(model, args.opt, args.lr, args.momentum, args.weight_decay, args.norm_weight_decay)
     schedule = (args.epochs, args.lr_step_size, args.lr_steps, args.lr_gamma)
     lr_scheduler = make_scheduler(optimizer, args.lr_scheduler, *schedule)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda") if args.amp else None
+    amp = args.amp and amp_pays(device)
+    if args.amp and not amp:
+        print("note: --amp: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), so mixed precision would "
+              "be slower than float32 here; training in float32")  # fmt: skip
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda") if amp else None
 
     start_epoch, best_score, history, all_changes = 0, -math.inf, [], []
     if checkpoint is not None:
@@ -416,12 +426,14 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
     tensorboard = None
     if args.tensorboard and distributed.is_main_process():
         tensorboard = TensorBoardLogger(output_dir / "tensorboard", start_epoch)
-    # --time-budget: the epochs are planned in the first epoch, and again in the second, each time before its save
-    budget, plans, writes_seconds = None, 0, 0.0
+    # --time-budget: the epochs are planned in the first epoch and the second, and revised after every later one,
+    # each time before its save (budget.py)
+    budget, plans, writes_seconds, epoch_times = None, 0, 0.0, []
     if args.time_budget:
         carried = (checkpoint or {}).get("budget") or {}
         budget = TimeBudget(args.time_budget, carried.get("spent", 0.0))
         plans = 0 if any(c["flag"] == "--time-budget" for c in changes) else carried.get("plans", 0)
+        epoch_times = list(carried.get("epoch_seconds", [])) if plans else []
     stats = None
     print(f"Training {args.model} on {len(split['train'])} images, testing on {len(split['test'])}")
     epoch = start_epoch
@@ -459,9 +471,12 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
         chooser = chooser or stats
         score = selection_score(chooser)  # without ground truth nothing ranks the epochs: best.pth is the last
         is_best, best_score = score > best_score or not has_ground_truth(chooser), max(score, best_score)
-        if budget is not None and plans < PLANS:  # the epochs that fit, planned before the save that holds the plan
-            epoch_seconds = time.time() - start + writes_seconds  # training and evaluation, and the last epoch's writes
-            lr_scheduler = plan_epochs(args, budget, epoch + 1, epoch_seconds, optimizer, output_dir)
+        if budget is not None:  # the epochs that fit, planned before the save that holds the plan
+            epoch_times.append(time.time() - start + writes_seconds)  # training, evaluation, the last epoch's writes
+            later = epoch_times[1:] or epoch_times  # after the first plans: the mean of the epochs after the first
+            estimate = epoch_times[-1] if plans < PLANS else sum(later) / len(later)
+            planned = plan_epochs(args, budget, epoch + 1, estimate, optimizer, output_dir, plans < PLANS)
+            lr_scheduler = planned or lr_scheduler
             plans += 1
         writes_start = time.time()
         rng_states = distributed.all_gather_object(get_rng_state())  # every rank takes part; rank 0 writes
@@ -469,7 +484,7 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
             weights = {"model": model_without_ddp.state_dict(), "model_config": config, "args": vars(args)}
             weights.update(split=split, changes=all_changes, epoch=epoch, stats=stats)
             if budget is not None:
-                weights["budget"] = {"spent": budget.spent(), "plans": plans}
+                weights["budget"] = {"spent": budget.spent(), "plans": plans, "epoch_seconds": epoch_times}
             save_epoch(output_dir, weights, is_best, optimizer, lr_scheduler, scaler, best_score, history, rng_states)
             if is_best:
                 save_predictions_picture(samples, classes, output_dir / "best_predictions.png", 0.5, data.skeleton)

@@ -56,7 +56,8 @@ def test_a_time_budget_ends_the_run_on_time_with_its_schedule_complete(pennfudan
     assert [r["lr"] for r in records] == pytest.approx(_cosine(epochs), rel=1e-6)  # stretched to what fit
     checkpoint = torch.load(out / "checkpoint.pth", weights_only=True)
     assert checkpoint["lr_scheduler"]["T_max"] == checkpoint["lr_scheduler"]["last_epoch"] == epochs
-    assert checkpoint["args"]["time_budget"] == 0.3 and checkpoint["budget"]["plans"] == 2
+    assert checkpoint["args"]["time_budget"] == 0.3 and checkpoint["budget"]["plans"] == epochs  # one each epoch
+    assert checkpoint["budget"]["epoch_seconds"] == [4.0] * epochs
 
 
 def test_a_resume_from_any_epoch_s_checkpoint_keeps_the_plan_and_ends_by_the_budget(pennfudan, tmp_path, monkeypatch):
@@ -101,6 +102,22 @@ def test_epochs_slower_than_planned_end_at_the_budget_with_the_last_complete_one
     run_main("--resume", out / "checkpoint.pth")
     assert len(_records(out)) == len(records)
     assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == checkpoint["epoch"]
+
+
+def test_a_slow_second_epoch_does_not_leave_the_budget_unused(pennfudan, tmp_path, monkeypatch, capsys):
+    clock = FakeClock(monkeypatch, lambda step: 2.0 if 5 <= step <= 8 else 1.0)  # epochs of 4 s, the second 8 s
+    started, out = clock.now, tmp_path / "out"
+    run_main("--data-path", pennfudan, "--time-budget", 0.5, "--lr-scheduler", "cosineannealinglr",
+             *FAST, "--output-dir", out)  # fmt: skip
+    # Planned from the second epoch alone, 4 epochs would end at 16 s of 30; revised from the mean of the epochs
+    # after the first (8, 4, 4, ...), the plan grows to 5 and then 6, which end at 28 s.
+    assert 0.5 * 60 - 4 <= clock.now - started <= 0.5 * 60
+    assert "so 4 epochs in all" in capsys.readouterr().out
+    records, planned = _records(out), json.loads((out / "args.json").read_text())["epochs"]
+    assert planned == len(records) == 6
+    assert records[-1]["lr"] == pytest.approx(_cosine(6)[-1], rel=1e-6)  # the cosine ends with the run
+    checkpoint = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert checkpoint["lr_scheduler"]["T_max"] == 6 and len(checkpoint["budget"]["epoch_seconds"]) == 6
 
 
 def test_stretched_steps_move_in_proportion():
