@@ -42,6 +42,12 @@ def autocast(device: torch.device, enabled: bool) -> torch.autocast:
     )
 
 
+def amp_pays(device: torch.device) -> bool:
+    """Whether --amp trains faster than float32 on `device`: on a GPU, and on a CPU with bfloat16 instructions
+    (utils.cpu_bfloat16); any other CPU would emulate bfloat16."""
+    return device.type != "cpu" or utils.cpu_bfloat16()
+
+
 def forward_losses(
     model: torch.nn.Module, images: tuple, targets: tuple, device: torch.device, amp: bool
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -10,8 +10,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 import dataset as dataset_module
+import utils
 from dataset import PennFudanDataset
-from engine import TrainingDiverged, evaluate, train_one_epoch
+from engine import TrainingDiverged, amp_pays, evaluate, train_one_epoch
 from model import get_model
 from transforms import get_transform
 from utils import collate_fn
@@ -199,3 +200,16 @@ def test_non_finite_loss_names_the_iteration_and_suggests_lower_lr(pennfudan):
         train_one_epoch(model, optimizer, _train_loader(pennfudan, [0, 1, 3, 4]), torch.device("cpu"), epoch=3)
     assert model.weight.item() != 1.0  # the good first step was taken
     assert math.isfinite(model.weight.item())  # the bad one was not
+
+
+def test_amp_pays_on_a_gpu_and_on_a_cpu_with_bfloat16_instructions(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n\nprocessor\t: 1\n")  # an AMD EPYC
+    assert utils.cpu_bfloat16(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_vnni\n")  # an Intel Xeon without
+    assert not utils.cpu_bfloat16(cpuinfo)
+    assert not utils.cpu_bfloat16(tmp_path / "no-such-file")  # not Linux: nothing says so
+    monkeypatch.setattr(utils, "cpu_bfloat16", lambda: False)
+    assert not amp_pays(torch.device("cpu")) and amp_pays(torch.device("cuda"))
+    monkeypatch.setattr(utils, "cpu_bfloat16", lambda: True)
+    assert amp_pays(torch.device("cpu"))
