@@ -36,10 +36,8 @@ from PIL import Image
 import train
 import utils
 from coco_eval import coco_detections, coco_ground_truth, score_detections
-from dataset_cli import dataset_from_args
 from loaders import make_loaders
 from masks import instance_masks
-from split import indices_of
 
 ROOT = Path(__file__).resolve().parent
 # name: (Ultralytics' model yaml, its imgsz): our recipes' 320, and Ultralytics' default 640
@@ -142,10 +140,9 @@ def run(name: str, deadline: float, train_flags: list[str]) -> None:
     our_model = "maskrcnn_resnet18_fpn" if segments else "fasterrcnn_resnet18_fpn"  # reads masks, or boxes only
     args, _ = train.parse_args([*train_flags, "--model", our_model, "--weights", "none"])
     output_dir = Path(args.output_dir)
-    _, _, test_loader, classes, split = make_loaders(args, torch.device(args.device))
-    train_data = dataset_from_args(args, include_crowd=False)  # read as train.py reads its training images
-    train_ids, _ = indices_of(train_data, split["train"])
-    data_yaml = write_yolo_layout(train_data, train_ids, classes, output_dir / "yolo-data", segments)
+    train_loader, _, test_loader, classes, _ = make_loaders(args, torch.device(args.device))
+    train_set = train_loader.dataset  # train.py's training images: a Subset of its training dataset
+    data_yaml = write_yolo_layout(train_set.dataset, train_set.indices, classes, output_dir / "yolo-data", segments)
     model = YOLO(model_yaml)
     hours = max(deadline - time.time() - RESERVE_SECONDS, 1) / 3600
     device = "cpu" if args.device == "cpu" else args.device.partition(":")[2] or "0"  # Ultralytics' names
