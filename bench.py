@@ -40,7 +40,7 @@ import torch
 import utils
 from bench_memory import add_memory_args, measure_memory
 from bench_peer import PEERS, check_peers
-from bench_recipe import FAMILIES, RECIPES, measure_recipes, recipe_table_rows
+from bench_recipe import FAMILIES, LEVERS, RECIPES, measure_recipes, recipe_table_rows
 from checkpoint import model_from_checkpoint
 from dataset_cli import add_dataset_args, dataset_from_args
 from engine import backward_and_step, evaluate, forward_losses, train_one_epoch
@@ -98,10 +98,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     add(
         "--recipes",
         nargs="+",
-        default=["tutorial", *(name for name in RECIPES if name not in FAMILIES)],
+        default=["tutorial", *(name for name in RECIPES if name not in FAMILIES and name not in LEVERS)],
         choices=["tutorial", *RECIPES, *PEERS],
         metavar="NAME",
-        help=f"recipe: which to run (default: all but the family-* runs and the peers): tutorial, "
+        help=f"recipe: which to run (default: all but the family-* and lever-* runs and the peers): tutorial, "
         f"{', '.join(RECIPES)}; the peer, Ultralytics YOLO from scratch (requirements-bench.txt): {', '.join(PEERS)}",
     )
     add("--budget-minutes", type=float, default=43, help="recipe: wall clock for each (default: %(default)s)")
@@ -368,7 +368,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if "recipe" in args.parts:
         report["recipes"] = measure_recipes(args)
         print(f"held-out AP against wall-clock minutes, seed {args.seed}, {args.test_size} test images")
-        columns = {"recipe": "", "best_ap": ".3f", "best_minutes": ".1f", "minutes": ".1f", "epochs": "d"}
+        columns = {
+            "recipe": "",
+            "best_ap": ".3f",
+            "best_minutes": ".1f",
+            "minutes": ".1f",
+            "epochs": "d",
+            "ms_per_image": ".0f",
+        }
         print(table(recipe_table_rows(report["recipes"]), columns))
     if "memory" in args.parts:
         report["memory"] = measure_memory(args)

@@ -15,7 +15,8 @@ is timed as a recipe's train.py is, from the process's start to its metrics line
 3. `YOLO(yaml).train(imgsz=..., batch=8, time=...)`, its defaults otherwise: `time` is what remains of
    --budget-minutes when its training starts, less RESERVE_SECONDS for its last validation and the scoring;
 4. last.pt's predictions on the test images (conf 0.001, at most 100 an image, masks at the image's size) scored
-   by coco_eval.score_detections, as train.py's evaluation scores ours, and written as a metrics.jsonl line.
+   by coco_eval.score_detections, as train.py's evaluation scores ours, and written as a metrics.jsonl line;
+5. after the budget, its milliseconds per test image with predict()'s defaults (bench_speed.py), in speed.json.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from PIL import Image
 
 import train
 import utils
+from bench_speed import median_ms
 from coco_eval import coco_detections, coco_ground_truth, score_detections
 from loaders import make_loaders
 from masks import instance_masks
@@ -151,10 +153,11 @@ def run(name: str, deadline: float, train_flags: list[str]) -> None:
     model.train(data=str(data_yaml), seed=args.seed, verbose=False, **settings, **run_folder)
     epochs = model.trainer.epoch + 1
     last = YOLO(str(output_dir / "yolo" / "weights" / "last.pt"))
-    per_image = []
+    per_image, bgr = [], []
     for images, targets in test_loader:  # the test images as evaluate() reads them
         image, target = images[0], targets[0]
         pixels = np.ascontiguousarray((image * 255).round().byte().permute(1, 2, 0).numpy()[..., ::-1])  # BGR
+        bgr.append(pixels)
         result = last.predict(pixels, imgsz=imgsz, conf=0.001, max_det=100, retina_masks=True, verbose=False)[0]
         masks = None
         if segments:
@@ -167,6 +170,9 @@ def run(name: str, deadline: float, train_flags: list[str]) -> None:
     stats = score_detections(per_image, classes)
     with open(output_dir / "metrics.jsonl", "a") as metrics:
         metrics.write(json.dumps({"epoch": epochs - 1, **stats}) + "\n")
+    # its speed as a user's predict() has it (its defaults at its imgsz), after the budget (bench_speed.py)
+    speed = median_ms(lambda pixels: last.predict(pixels, imgsz=imgsz, verbose=False), bgr)
+    utils.write_json({"ms_per_image": speed}, output_dir / "speed.json")
 
 
 if __name__ == "__main__":

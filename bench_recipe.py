@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import shlex
 import signal
 import subprocess
@@ -35,6 +36,7 @@ from torchvision.transforms import v2 as T
 
 import utils
 from bench_peer import PEERS, peer_command
+from bench_speed import ours_ms_per_image
 from coco_eval import selection_score
 from dataset_cli import dataset_from_args
 from masks import instance_masks
@@ -77,7 +79,16 @@ FAMILIES: dict[str, list[str]] = {
     "family-ssdlite": _family("ssdlite320_mobilenet_v3_large", 0.002),
     "family-mask-r18": ["--recipe", "cpu-12min", "--time-budget", "10"],
 }  # fmt: skip
+# Issue 31's levers, each alone on its recipe, to be compared with the recipe on --seed 1 (docs/results.md, "Levers").
+LEVERS: dict[str, list[str]] = {
+    "lever-fpn128": ["--recipe", "cpu-12min", "--fpn-channels", "128"],  # the pyramid at half torchvision's width
+    "lever-bf16": ["--recipe", "cpu-12min", "--amp"],  # bfloat16 autocast, on a CPU with bfloat16 instructions
+    "lever-fpn128-bf16": ["--recipe", "cpu-12min", "--fpn-channels", "128", "--amp"],
+    "lever-box-fpn128": ["--recipe", "cpu-box-20min", "--fpn-channels", "128"],
+    "lever-box-fpn128-bf16": ["--recipe", "cpu-box-20min", "--fpn-channels", "128", "--amp"],
+}  # fmt: skip
 EXPERIMENTS.update(FAMILIES)
+EXPERIMENTS.update(LEVERS)
 RECIPES: dict[str, list[str]] = {**{name: ["--recipe", name] for name in TRAIN_RECIPES}, **EXPERIMENTS}
 
 
@@ -124,7 +135,18 @@ def run_recipe(args: argparse.Namespace, name: str, output_dir: Path) -> dict[st
     if process.returncode not in (0, -15, 143) and not points:  # 143: train.py stopped by the budget's SIGTERM
         tail = (output_dir.parent / f"{name}.log").read_text().strip().splitlines()[-1:]
         raise utils.UserError(f"recipe {name} failed: {tail[0] if tail else process.returncode}")
-    return {"recipe": name, "command": " ".join(command[1:]), "points": points, **_best(points)}
+    row = {"recipe": name, "command": " ".join(command[1:]), "points": points, **_best(points)}
+    return {**row, "ms_per_image": _ms_per_image(name, output_dir, command[2:])}
+
+
+def _ms_per_image(name: str, output_dir: Path, flags: list[str]) -> float | None:
+    """Milliseconds per held-out image of what the run trained (bench_speed.py), outside its wall clock: the
+    peer's, timed in its own process; ours, in a fresh one. None where nothing was trained."""
+    if name in PEERS:
+        speed = output_dir / "speed.json"
+        return json.loads(speed.read_text())["ms_per_image"] if speed.exists() else None
+    best = output_dir / "best.pth"
+    return utils.in_fresh_process(ours_ms_per_image, best, flags) if best.exists() else None
 
 
 def _point(epoch: int, seconds: float, stats: dict[str, Any]) -> dict[str, Any]:
@@ -168,7 +190,7 @@ def run_tutorial(args: argparse.Namespace) -> dict[str, Any]:
         points.append(_point(epoch, time.time() - start, stats))
         print(f"tutorial epoch {epoch}: AP {points[-1]['score']:.3f} at {points[-1]['minutes']:.1f} min", flush=True)
     command = f"bench.py's tutorial code, {name}, lr {args.lr}, -b {args.batch_size}, {args.min_size}/{args.max_size}"
-    return {"recipe": "tutorial", "command": command, "points": points, **_best(points)}
+    return {"recipe": "tutorial", "command": command, "points": points, **_best(points), "ms_per_image": None}
 
 
 class _Transformed(torch.utils.data.Dataset):
@@ -227,5 +249,5 @@ def plot_recipes(rows: list[dict[str, Any]], path: str | Path, title: str) -> No
 
 def recipe_table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One line per recipe for bench.py's table."""
-    return [{key: row[key] for key in ("recipe", "best_ap", "best_minutes", "minutes")} | {"epochs": len(row["points"])}
-            for row in rows]  # fmt: skip
+    keys = ("recipe", "best_ap", "best_minutes", "minutes", "ms_per_image")
+    return [{key: row.get(key) for key in keys} | {"epochs": len(row["points"])} for row in rows]

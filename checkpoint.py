@@ -42,6 +42,7 @@ from distributed import distributed_env, get_rank, get_world_size
 from model import (
     MODELS,
     build,
+    fpn_channels_of,
     has_reduced_tail,
     head_settings,
     mask_head_shape,
@@ -61,7 +62,8 @@ TRAINING_ONLY = ("epochs", "time_budget", "lr", "tensorboard")  # mean nothing t
 # Never changed by a resume, even with --allow-changes: a new split or model is a new run.
 SPLIT_SETTINGS = ("seed", "test_size", "val_size", "val_data_path", "val_ann_file")
 MODEL_SETTINGS = (
-    "model", "weights", "weights_backbone", "trainable_backbone_layers", "mask_head", "box_batch_size_per_image",
+    "model", "weights", "weights_backbone", "trainable_backbone_layers", "mask_head", "fpn_channels",
+    "box_batch_size_per_image",
     "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
     "box_detections_per_img",
 )  # fmt: skip
@@ -252,6 +254,7 @@ def model_config(model: nn.Module, name: str) -> dict[str, Any]:
         "num_keypoints": num_keypoints_of(model),
         "heads": head_settings(model),
         "mask_head": mask_head_shape(model),
+        "fpn_channels": fpn_channels_of(model, name),  # None: the builder's own width
         "reduced_tail": has_reduced_tail(model),  # SSDlite's MobileNetV3: full with ImageNet backbone weights
     }
 
@@ -270,6 +273,8 @@ def model_from_config(config: dict[str, Any], **kwargs: Any) -> nn.Module:
     heads = config.get("heads", {})  # absent from checkpoints older than the head settings: the defaults
     if config.get("num_keypoints"):
         heads = {**heads, "num_keypoints": config["num_keypoints"]}
+    if config.get("fpn_channels"):  # absent from older checkpoints: 256
+        heads = {**heads, "fpn_channels": config["fpn_channels"]}
     model = build(name, weights=None, weights_backbone=None, num_classes=config["num_classes"],
                   reduced_tail=config.get("reduced_tail"), **heads, **sizes)  # fmt: skip
     if config.get("mask_head"):

@@ -40,7 +40,8 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.ssdlite import SSDLiteFeatureExtractorMobileNet
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from utils import UserError
@@ -101,13 +102,15 @@ def fasterrcnn_resnet18_fpn(
     num_classes: int | None = None,
     trainable_backbone_layers: int | None = None,
     masks: bool = False,
+    fpn_channels: int = 256,
     **kwargs: Any,
 ) -> detection.FasterRCNN:
     """Faster R-CNN (Mask R-CNN with `masks`) on a ResNet-18 FPN: R50's strides (4 to 32) at about a third
     of its backbone's work.
 
     torchvision publishes no COCO weights for it: train from scratch, or from ImageNet
-    weights for the backbone (`weights_backbone`).
+    weights for the backbone (`weights_backbone`). fpn_channels: the pyramid's width (torchvision's 256), which
+    the RPN, the box head's first layer and the mask head read: 128 costs about half a CPU step.
     """
     pretrained = weights_backbone is not None
     if trainable_backbone_layers is None:
@@ -118,6 +121,9 @@ def fasterrcnn_resnet18_fpn(
         norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d,
         trainable_layers=trainable_backbone_layers,
     )
+    if fpn_channels != backbone.out_channels:  # ResNet-18's stages give 64, 128, 256 and 512 channels
+        backbone.fpn = FeaturePyramidNetwork([64, 128, 256, 512], fpn_channels, extra_blocks=LastLevelMaxPool())
+        backbone.out_channels = fpn_channels
     return (detection.MaskRCNN if masks else detection.FasterRCNN)(backbone, num_classes or 91, **kwargs)
 
 
@@ -235,6 +241,8 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], type[WeightsEnum] | None, type
 SSD_SIZES = {"ssd300_vgg16": 300, "ssdlite320_mobilenet_v3_large": 320}  # their square input, unless --min-size
 # (shorter side, longer side) that a builder sets itself: a run takes them where no --min-size or --max-size is typed
 BUILDER_SIZES = {"fasterrcnn_mobilenet_v3_large_320_fpn": (320, 640), **{name: (s, s) for name, s in SSD_SIZES.items()}}
+# the models whose pyramid width --fpn-channels sets: ours (torchvision's builders fix 256)
+FPN_WIDTH_MODELS = ("fasterrcnn_resnet18_fpn", "maskrcnn_resnet18_fpn")
 # backbone stages that torchvision's builders train by default when they load weights (others: 3)
 TRAINABLE_LAYERS = {"ssd300_vgg16": 4, "ssdlite320_mobilenet_v3_large": 6}
 
@@ -332,6 +340,11 @@ def has_reduced_tail(model: nn.Module) -> bool | None:
         return None
     last = [m for m in model.backbone.features.modules() if isinstance(m, nn.Conv2d)][-1]
     return last.out_channels != 960
+
+
+def fpn_channels_of(model: nn.Module, name: str) -> int | None:
+    """The pyramid width of a model of FPN_WIDTH_MODELS (None for the others, whose builders fix it)."""
+    return model.backbone.out_channels if name in FPN_WIDTH_MODELS else None
 
 
 def num_classes_of(model: nn.Module) -> int:
@@ -484,6 +497,11 @@ def get_model(
     if not is_rcnn(name) and any(kwargs.get(setting) is not None for setting in HEAD_SETTINGS):
         setting = next(s for s in HEAD_SETTINGS if kwargs.get(s) is not None)
         raise UserError(f"--{setting.replace('_', '-')}: an R-CNN setting; --model {name} has no such head")
+    if kwargs.get("fpn_channels") is not None and kwargs["fpn_channels"] < 1:
+        raise UserError(f"--fpn-channels {kwargs['fpn_channels']}: give a width of 1 or more (torchvision's: 256)")
+    if kwargs.get("fpn_channels") is not None and name not in FPN_WIDTH_MODELS:
+        raise UserError(f"--fpn-channels: torchvision's builder of {name} fixes its width at 256; drop the flag, "
+                        f"or choose --model {' or '.join(FPN_WIDTH_MODELS)}")  # fmt: skip
     weights_spec = resolve_weights(weights, weights_enum, "--weights")
     backbone_spec = resolve_weights(
         weights_backbone, backbone_enum, "--weights-backbone", default_backbone_weights(name)

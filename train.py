@@ -90,6 +90,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     for name in HEAD_SETTINGS:  # torchvision's names; see model.py
         add(flag(name), type=int, help=f"the model's {name} (default: the model's own)")
     add("--mask-head", type=int, nargs=2, metavar=("CONVS", "CHANNELS"), help="a lighter mask head (default: 4 256)")
+    add("--fpn-channels", type=int, metavar="N", help="the ResNet-18 models' FPN width (default: 256; 128 is lighter)")
     add("--device", default=utils.default_device(), help="cuda, cuda:N or cpu (default: %(default)s)")
     add("-b", "--batch-size", type=int, default=2, help="images per training batch (default: %(default)s)")
     add("--epochs", type=int, default=10, help="total epochs to train (default: %(default)s)")
@@ -210,6 +211,7 @@ def build_model(
             weights_backbone=args.weights_backbone,
             trainable_backbone_layers=args.trainable_backbone_layers,
             mask_head=args.mask_head,
+            fpn_channels=args.fpn_channels,
             **{name: getattr(args, name) for name in HEAD_SETTINGS},
             **sizes,
         )

@@ -11,6 +11,7 @@ from conftest import ROOT
 from PIL import Image
 
 import bench
+from bench_speed import median_ms
 from utils import UserError
 
 
@@ -78,6 +79,8 @@ def test_recipe_part_records_ap_against_minutes_beside_the_tutorial_s_code(pennf
             assert 0 <= point["score"] <= 1 and point["score"] == point["bbox_ap" if boxes else "segm_ap"]
             assert (point["segm_ap"] is None) == boxes
         assert row["best_ap"] == max(point["score"] for point in row["points"])
+        # milliseconds per held-out image of what a recipe trained, as predict.py runs it; the tutorial's: none
+        assert (row["ms_per_image"] is None) if row["recipe"] == "tutorial" else row["ms_per_image"] > 0
     assert "--seed 0 --test-size 3" in report["recipes"][1]["command"]
     with Image.open(plot) as image:
         assert image.format == "PNG"
@@ -160,3 +163,14 @@ def test_memory_part_measures_each_command_on_big_and_model_sized_photos(tmp_pat
             assert row[f"{name}_mb"] > 100, row.get(f"{name}_error")  # each ran, and its peak is a process's
         assert row["read_seconds_per_sample"] > 0
     assert big["check_ratio"] == pytest.approx(big["check_mb"] / small["check_mb"])
+
+
+def test_speed_is_the_median_after_a_warm_up():
+    calls = []
+
+    def predict(image):  # the first call is slow, as a first forward pass is
+        calls.append(image)
+        time.sleep(0.3 if len(calls) == 1 else 0.0)
+
+    assert median_ms(predict, ["a", "b", "c"]) < 100 and calls == ["a", "b", "c"]
+    assert median_ms(predict, ["only"]) is None  # a warm-up and nothing to time

@@ -231,17 +231,24 @@ class _RunsCode:
         return (open, (self.marker, "w"))
 
 
-def test_head_settings_and_a_light_mask_head_are_built_and_rebuilt(tmp_path):
+def test_head_settings_a_light_mask_head_and_a_narrow_fpn_are_built_and_rebuilt(tmp_path):
     settings = {
         "box_batch_size_per_image": 128, "rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300,
         "rpn_pre_nms_top_n_test": 500, "rpn_post_nms_top_n_test": 250, "box_detections_per_img": 40,
     }  # fmt: skip
     torch.manual_seed(0)
-    model = get_model("maskrcnn_resnet18_fpn", 3, weights="none", mask_head=(2, 128), **settings, **SMALL)
+    model = get_model("maskrcnn_resnet18_fpn", 3, weights="none", mask_head=(2, 128), fpn_channels=96, **settings,
+                      **SMALL)  # fmt: skip
     assert head_settings(model) == settings and mask_head_shape(model) == (2, 128)
+    widths = {m.out_channels for m in model.backbone.fpn.modules() if isinstance(m, torch.nn.Conv2d)}
+    assert widths == {96} and model.rpn.head.conv[0][0].in_channels == 96  # every level, and what reads them
+    assert model.roi_heads.mask_head[0][0].in_channels == 96 and model.roi_heads.box_head.fc6.in_features == 96 * 49
     assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 3
     default = get_model("maskrcnn_resnet18_fpn", 3, weights="none", **SMALL)
     assert mask_head_shape(default) == (4, 256) and head_settings(default)["box_batch_size_per_image"] == 512
+    assert (
+        default.backbone.out_channels == 256 and model_config(default, "maskrcnn_resnet18_fpn")["fpn_channels"] == 256
+    )
     light = sum(p.numel() for p in model.roi_heads.mask_head.parameters())
     assert light < sum(p.numel() for p in default.roi_heads.mask_head.parameters()) / 5  # 0.44 M against 2.36 M
 
@@ -249,11 +256,19 @@ def test_head_settings_and_a_light_mask_head_are_built_and_rebuilt(tmp_path):
     torch.save({"model": model.state_dict(), "model_config": config}, tmp_path / "best.pth")
     rebuilt, _ = model_from_checkpoint(tmp_path / "best.pth")
     assert head_settings(rebuilt) == settings and mask_head_shape(rebuilt) == (2, 128)
+    assert rebuilt.backbone.out_channels == 96
     model.eval(), rebuilt.eval()
     image = torch.rand(3, 90, 110)
     with torch.inference_mode():
         expected, got = model([image])[0], rebuilt([image])[0]
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_a_pyramid_width_is_refused_where_torchvision_fixes_it():
+    with pytest.raises(UserError, match="--fpn-channels: torchvision's builder of fasterrcnn_resnet50_fpn fixes"):
+        get_model("fasterrcnn_resnet50_fpn", 3, weights="none", fpn_channels=128, **SMALL)
+    with pytest.raises(UserError, match="--fpn-channels 0: give a width of 1 or more"):
+        get_model("fasterrcnn_resnet18_fpn", 3, weights="none", fpn_channels=0, **SMALL)
 
 
 def test_resnet18_has_no_coco_weights_but_takes_imagenet_ones(tmp_path):
