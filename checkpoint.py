@@ -67,7 +67,8 @@ MODEL_SETTINGS = (
     "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
     "box_detections_per_img",
 )  # fmt: skip
-OPTIMIZER_SETTINGS = ("opt", "lr_scheduler", "norm_weight_decay")  # the saved state is of this optimizer and schedule
+# the saved state is of this optimizer, schedule and weight average
+OPTIMIZER_SETTINGS = ("opt", "lr_scheduler", "norm_weight_decay", "model_ema", "model_ema_decay")
 # Flags that say what to do this time, not what the run is.
 COMMANDS = ("resume", "test_only", "allow_changes", "download", "overwrite")
 PATHS = ("data_path", "mask_path", "ann_file", "val_data_path", "val_ann_file", "output_dir", "weights",
@@ -188,16 +189,18 @@ def save_epoch(
     best_score: float,
     metrics: list[dict[str, Any]],
     rng: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """Write checkpoint.pth (and best.pth when `is_best`), each atomically.
 
     weights: what best.pth holds (model, model_config, args, split, changes, epoch, stats);
-    checkpoint.pth adds the optimizer, scheduler, scaler, best score, metrics and every rank's RNG.
+    checkpoint.pth adds the optimizer, scheduler, scaler, best score, metrics, every rank's RNG and `extra`
+    (--model-ema's raw weights).
     """
     if is_best:
         save_checkpoint(weights, output_dir / "best.pth")
     state = {**weights, "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}
-    state.update(best_score=best_score, metrics=metrics, rng=rng)
+    state.update(best_score=best_score, metrics=metrics, rng=rng, **(extra or {}))
     if scaler is not None:
         state["scaler"] = scaler.state_dict()
     save_checkpoint(state, output_dir / "checkpoint.pth")

@@ -83,6 +83,7 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     first_batch: Callable[[tuple, tuple], None] | None = None,
     deadline: float | None = None,
+    ema: Any = None,
 ) -> dict[str, float]:
     """Train for one epoch; return the mean of each loss (torchvision's names, plus "loss").
 
@@ -91,7 +92,8 @@ def train_one_epoch(
     runs under autocast: float16 on CUDA, bfloat16 on CPU. Under DDP the logged and
     returned losses are means over all ranks, so every rank stops together on a NaN.
     `first_batch(images, targets)` sees the epoch's first batch as the loader made it. Past
-    `deadline` (a time.time(); every rank agrees) the epoch stops with budget.OutOfTime.
+    `deadline` (a time.time(); every rank agrees) the epoch stops with budget.OutOfTime. An `ema`
+    (ema.ModelEMA) takes each step into its average.
     """
     model.train()
     logger = utils.MetricLogger()
@@ -123,6 +125,8 @@ def train_one_epoch(
             )
 
         backward_and_step(loss, optimizer, scaler)
+        if ema is not None:
+            ema.update(model)
         if warmup is not None:
             warmup.step()
 

@@ -41,6 +41,7 @@ from checkpoint import (
 from coco_eval import IOU_TYPES, ap_line, best_epoch, has_ground_truth, selection_score, write_results
 from curves import TensorBoardLogger, plot_curves
 from dataset_cli import add_dataset_args
+from ema import ModelEMA
 from engine import amp_pays, evaluate, train_one_epoch
 from keypoints import keypoint_sigmas
 from loaders import make_loaders
@@ -114,6 +115,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--augmentation", default="hflip", choices=AUGMENTATIONS, help="training augmentation (default: %(default)s)")
     add("--use-copypaste", action="store_true", help="Simple Copy-Paste between training images (with lsj)")
     add("--amp", action="store_true", help="mixed precision: float16 on CUDA, bfloat16 on a CPU that has it")
+    add("--model-ema", action="store_true", help="evaluate and save a moving average of the weights (ema.py)")
+    add("--model-ema-decay", type=float, default=0.99, help="--model-ema: its decay per step (default: %(default)s)")
     add("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC convolutions (default: on)")
     add("--aspect-ratio-group-factor", type=int, default=3, help="batch by aspect ratio; -1: off (default: 3)")
     add("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs under torchrun (CUDA only)")
@@ -151,6 +154,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise utils.UserError(f"{flag(name)} {getattr(args, name)}: must be positive")
     if args.val_size < 0:
         raise utils.UserError(f"--val-size {args.val_size}: must not be negative")
+    if not 0 < args.model_ema_decay < 1:
+        raise utils.UserError(f"--model-ema-decay {args.model_ema_decay}: must lie between 0 and 1, such as 0.99")
     if args.time_budget is not None and args.time_budget <= 0:
         raise utils.UserError(f"--time-budget {args.time_budget}: must be positive (minutes)")
     if args.epochs < 0 or args.workers < 0:
@@ -401,8 +406,12 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
               "be slower than float32 here; training in float32")  # fmt: skip
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda") if amp else None
 
+    ema = ModelEMA(model_without_ddp, args.model_ema_decay) if args.model_ema else None
+    evaluated = model_without_ddp if ema is None else ema.module  # evaluated each epoch, and saved as "model"
     start_epoch, best_score, history, all_changes = 0, -math.inf, [], []
     if checkpoint is not None:
+        if ema is not None:
+            ema.restore(checkpoint, model_without_ddp)
         start_epoch, best_score, history = restore_training(checkpoint, args.resume, optimizer, lr_scheduler, scaler)
         retarget_scheduler(lr_scheduler, *schedule)  # a changed --epochs, --lr-step-size, ... takes effect
         if args.lr != checkpoint["args"]["lr"]:  # a lower --lr after a diverged run must take effect
@@ -449,7 +458,7 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
         deadline = budget.deadline() if plans else None  # the first epoch, which is timed, is never cut
         try:
             losses = train_one_epoch(model, optimizer, train_loader, device, epoch, args.print_freq, scaler, picture,
-                                     deadline)  # fmt: skip
+                                     deadline, ema)  # fmt: skip
         except OutOfTime as stop:
             print(f"{stop}: epoch {epoch} is dropped; the run ends with epoch {epoch - 1} (--time-budget)")
             break
@@ -458,10 +467,10 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
         chooser = None  # the validation images' scores, which choose best.pth; without them the test images'
         if val_loader is not None:
             print(f"Validation split ({len(split['val'])} images: they choose best.pth)")
-            chooser = evaluate(model_without_ddp, val_loader, device, classes, keypoint_sigmas=sigmas)
+            chooser = evaluate(evaluated, val_loader, device, classes, keypoint_sigmas=sigmas)
             print(f"Test split ({len(split['test'])} images)")
         samples: list[tuple] = []  # the first test images with their detections, for best_predictions.png
-        stats = evaluate(model_without_ddp, test_loader, device, classes, samples=samples, keypoint_sigmas=sigmas)
+        stats = evaluate(evaluated, test_loader, device, classes, samples=samples, keypoint_sigmas=sigmas)
         eval_seconds = time.time() - start - train_seconds
         lr_scheduler.step()
 
@@ -483,11 +492,14 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
         writes_start = time.time()
         rng_states = distributed.all_gather_object(get_rng_state())  # every rank takes part; rank 0 writes
         if distributed.is_main_process():
-            weights = {"model": model_without_ddp.state_dict(), "model_config": config, "args": vars(args)}
+            weights = {"model": evaluated.state_dict(), "model_config": config, "args": vars(args)}
             weights.update(split=split, changes=all_changes, epoch=epoch, stats=stats)
             if budget is not None:
                 weights["budget"] = {"spent": budget.spent(), "plans": plans, "epoch_seconds": epoch_times}
-            save_epoch(output_dir, weights, is_best, optimizer, lr_scheduler, scaler, best_score, history, rng_states)
+            raw = ema.training_state(model_without_ddp) if ema is not None else {}
+            save_epoch(
+                output_dir, weights, is_best, optimizer, lr_scheduler, scaler, best_score, history, rng_states, raw
+            )
             if is_best:
                 save_predictions_picture(samples, classes, output_dir / "best_predictions.png", 0.5, data.skeleton)
             utils.write_jsonl(history, output_dir / "metrics.jsonl")

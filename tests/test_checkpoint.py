@@ -50,7 +50,8 @@ NEVER = {
     "trainable_backbone_layers": 5, "mask_head": [2, 128], "fpn_channels": 128, "box_batch_size_per_image": 128,
     "rpn_pre_nms_top_n_train": 500, "rpn_post_nms_top_n_train": 500, "rpn_pre_nms_top_n_test": 500,
     "rpn_post_nms_top_n_test": 500, "box_detections_per_img": 50,
-    "opt": "adamw", "lr_scheduler": "cosineannealinglr", "norm_weight_decay": 0.0,
+    "opt": "adamw", "lr_scheduler": "cosineannealinglr", "norm_weight_decay": 0.0, "model_ema": True,
+    "model_ema_decay": 0.9,
 }  # fmt: skip
 
 

@@ -101,8 +101,10 @@ def test_two_epochs_end_to_end(pennfudan, tmp_path):
 RECIPES = {
     "tutorial": ["--lr-step-size", 2],
     # (a cosine schedule ends at --epochs, so a run stopped at 2 of 3 cannot be run as "--epochs 2": see test_recipe)
-    "adamw-multistep-lsj-copypaste": ["--opt", "adamw", "--lr-scheduler", "multisteplr", "--lr-steps", 1, 2,
-                                      "--norm-weight-decay", 0, "--augmentation", "lsj", "--use-copypaste"],
+    # with --model-ema: "model" is the average, and the raw weights it resumes from are "model_raw"
+    "adamw-multistep-lsj-copypaste-ema": ["--opt", "adamw", "--lr-scheduler", "multisteplr", "--lr-steps", 1, 2,
+                                          "--norm-weight-decay", 0, "--augmentation", "lsj", "--use-copypaste",
+                                          "--model-ema", "--model-ema-decay", 0.9],
 }  # fmt: skip
 
 
@@ -124,6 +126,12 @@ def test_resume_gives_the_same_weights_as_a_straight_run(recipe, pennfudan, tmp_
     assert straight["epoch"] == resumed["epoch"] == 2  # the lr's step (2, or the milestone 2) after the resume
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
+    if "--model-ema" in RECIPES[recipe]:
+        assert straight["ema_updates"] == resumed["ema_updates"] == 3 * 4  # 7 images at batch 2: 4 steps an epoch
+        for key, value in straight["model_raw"].items():
+            assert torch.equal(value, resumed["model_raw"][key]), key
+        averaged = [k for k, v in straight["model"].items() if v.is_floating_point()]
+        assert any(not torch.equal(straight["model"][k], straight["model_raw"][k]) for k in averaged)
     for name in ("straight", "resumed"):
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
@@ -537,6 +545,12 @@ def test_keypoint_rcnn_trains_resumes_exactly_and_scores_keypoint_ap(tmp_path):
     resumed = torch.load(tmp_path / "resumed/checkpoint.pth", weights_only=True)
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
+    if "--model-ema" in RECIPES[recipe]:
+        assert straight["ema_updates"] == resumed["ema_updates"] == 3 * 4  # 7 images at batch 2: 4 steps an epoch
+        for key, value in straight["model_raw"].items():
+            assert torch.equal(value, resumed["model_raw"][key]), key
+        averaged = [k for k, v in straight["model"].items() if v.is_floating_point()]
+        assert any(not torch.equal(straight["model"][k], straight["model_raw"][k]) for k in averaged)
     record = straight["metrics"][-1]
     assert len(record["keypoints"]) == 10 and "loss_keypoint" in record and "segm" not in record
     config = straight["model_config"]
