@@ -77,15 +77,18 @@ FAMILIES: dict[str, list[str]] = {
     "family-fcos": _family("fcos_resnet50_fpn", 0.0003, "--min-size", "320", "--max-size", "640"),
     "family-ssd300": _family("ssd300_vgg16", 0.00006),
     "family-ssdlite": _family("ssdlite320_mobilenet_v3_large", 0.002),
-    "family-mask-r18": ["--recipe", "cpu-12min", "--time-budget", "10"],
+    "family-mask-r18": ["--recipe", "cpu-12min", "--time-budget", "10", "--fpn-channels", "256", "--no-amp"],
 }  # fmt: skip
 # Issue 31's levers, each alone on its recipe, to be compared with the recipe on --seed 1 (docs/results.md, "Levers").
+# cpu-12min carries the two that won (a 128-channel pyramid, bfloat16 autocast): the others take them out again.
 LEVERS: dict[str, list[str]] = {
-    "lever-fpn128": ["--recipe", "cpu-12min", "--fpn-channels", "128"],  # the pyramid at half torchvision's width
-    "lever-bf16": ["--recipe", "cpu-12min", "--amp"],  # bfloat16 autocast, on a CPU with bfloat16 instructions
-    "lever-fpn128-bf16": ["--recipe", "cpu-12min", "--fpn-channels", "128", "--amp"],
+    "lever-none": ["--recipe", "cpu-12min", "--fpn-channels", "256", "--no-amp"],  # cpu-12min before its levers
+    "lever-fpn128": ["--recipe", "cpu-12min", "--no-amp"],  # the pyramid at half torchvision's width
+    "lever-bf16": ["--recipe", "cpu-12min", "--fpn-channels", "256"],  # bfloat16 autocast, where the CPU has it
     "lever-box-fpn128": ["--recipe", "cpu-box-20min", "--fpn-channels", "128"],
     "lever-box-fpn128-bf16": ["--recipe", "cpu-box-20min", "--fpn-channels", "128", "--amp"],
+    "lever-ema": ["--recipe", "cpu-12min", "--model-ema"],  # a moving average of the weights, decay 0.99
+    "lever-b2": ["--recipe", "cpu-12min", "-b", "2", "--lr", "0.0003"],  # the box recipe's batch and lr, for masks
 }  # fmt: skip
 EXPERIMENTS.update(FAMILIES)
 EXPERIMENTS.update(LEVERS)

@@ -38,18 +38,10 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from builders import fpn_channels_of
 from distributed import distributed_env, get_rank, get_world_size
-from model import (
-    MODELS,
-    build,
-    fpn_channels_of,
-    has_reduced_tail,
-    head_settings,
-    mask_head_shape,
-    num_classes_of,
-    num_keypoints_of,
-    set_mask_head,
-)
+from heads import head_settings, mask_head_shape, num_classes_of, num_keypoints_of, set_mask_head
+from model import MODELS, build, has_reduced_tail
 from utils import UserError, load_checkpoint, save_checkpoint, tensor_bytes
 from weights import freeze_batchnorm, freeze_like_pretrained
 

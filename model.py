@@ -1,10 +1,11 @@
 """Detection and instance-segmentation models for `num_classes`, with their weights.
 
-`get_model` builds one of MODELS, loads weights (torchvision's COCO weights, none, or a
-local file) and swaps the class-dependent layers for `num_classes`, as the tutorial swaps
-Faster R-CNN's box predictor: the R-CNNs' box and mask predictors (and the keypoint
-predictor for `num_keypoints`), RetinaNet's and FCOS's classification logits, SSD's
-per-level classifiers. Everything else keeps its trained weights.
+`get_model` builds one of MODELS (torchvision's builders; ours in builders.py; the tutorial's
+MobileNetV2 models here, the worked example of a backbone of your own), loads weights
+(torchvision's COCO weights, none, or a local file) and swaps the class-dependent layers for
+`num_classes` (heads.py), as the tutorial swaps Faster R-CNN's box predictor: the R-CNNs' box
+and mask predictors (and the keypoint predictor for `num_keypoints`), RetinaNet's and FCOS's
+classification logits, SSD's per-level classifiers. Everything else keeps its trained weights.
 
 The families are torchvision's references': R-CNNs (two stages: proposals, then a head per
 region; masks and keypoints), RetinaNet and FCOS (one stage, dense; boxes), SSD and SSDlite
@@ -35,15 +36,17 @@ from torchvision.models import (
     mobilenet_v2,
 )
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.models.detection.keypoint_rcnn import KeypointRCNNPredictor
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.ssdlite import SSDLiteFeatureExtractorMobileNet
-from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from builders import (
+    FPN_WIDTH_MODELS,
+    fasterrcnn_resnet18_fpn,
+    maskrcnn_mobilenet_v3_large_fpn,
+    maskrcnn_resnet18_fpn,
+)
+from heads import HEAD_SETTINGS, mask_head_shape, replace_predictors, set_mask_head
 from utils import UserError
 from weights import (
     ZERO_EPS_COCO_MODELS,
@@ -55,81 +58,6 @@ from weights import (
     untrained_backbone_state,
     weights_served,
 )
-
-
-def maskrcnn_mobilenet_v3_large_fpn(
-    *,
-    weights: detection.FasterRCNN_MobileNet_V3_Large_FPN_Weights | None = None,
-    weights_backbone: MobileNet_V3_Large_Weights | None = None,
-    num_classes: int | None = None,
-    trainable_backbone_layers: int | None = None,
-    **kwargs: Any,
-) -> detection.MaskRCNN:
-    """Mask R-CNN on the MobileNetV3-Large FPN of `fasterrcnn_mobilenet_v3_large_fpn`: several times faster on CPU.
-
-    torchvision publishes no COCO Mask R-CNN weights for this backbone, so `weights`
-    are the COCO Faster R-CNN ones: backbone, RPN and box head start trained, the mask
-    head starts from scratch.
-    """
-    if weights is not None:
-        weights_backbone = None
-        num_classes = len(weights.meta["categories"])
-    pretrained = weights is not None or weights_backbone is not None
-    if trainable_backbone_layers is None:
-        trainable_backbone_layers = 3 if pretrained else 6
-    backbone = mobilenet_backbone(
-        backbone_name="mobilenet_v3_large",
-        weights=weights_backbone,
-        fpn=True,
-        norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d,
-        trainable_layers=trainable_backbone_layers,
-    )
-    anchor_sizes = ((32, 64, 128, 256, 512),) * 3  # as torchvision's MobileNet Faster R-CNN
-    anchors = AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes))
-    kwargs = {"rpn_score_thresh": 0.05, **kwargs}
-    model = detection.MaskRCNN(backbone, num_classes or 91, rpn_anchor_generator=anchors, **kwargs)
-    if weights is not None:
-        state = weights.get_state_dict(progress=True, check_hash=True)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        assert not unexpected and all(k.startswith("roi_heads.mask_") for k in missing), (missing, unexpected)
-    return model
-
-
-def fasterrcnn_resnet18_fpn(
-    *,
-    weights: None = None,
-    weights_backbone: ResNet18_Weights | None = None,
-    num_classes: int | None = None,
-    trainable_backbone_layers: int | None = None,
-    masks: bool = False,
-    fpn_channels: int = 256,
-    **kwargs: Any,
-) -> detection.FasterRCNN:
-    """Faster R-CNN (Mask R-CNN with `masks`) on a ResNet-18 FPN: R50's strides (4 to 32) at about a third
-    of its backbone's work.
-
-    torchvision publishes no COCO weights for it: train from scratch, or from ImageNet
-    weights for the backbone (`weights_backbone`). fpn_channels: the pyramid's width (torchvision's 256), which
-    the RPN, the box head's first layer and the mask head read: 128 costs about half a CPU step.
-    """
-    pretrained = weights_backbone is not None
-    if trainable_backbone_layers is None:
-        trainable_backbone_layers = 3 if pretrained else 5
-    backbone = resnet_fpn_backbone(
-        backbone_name="resnet18",
-        weights=weights_backbone,
-        norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d,
-        trainable_layers=trainable_backbone_layers,
-    )
-    if fpn_channels != backbone.out_channels:  # ResNet-18's stages give 64, 128, 256 and 512 channels
-        backbone.fpn = FeaturePyramidNetwork([64, 128, 256, 512], fpn_channels, extra_blocks=LastLevelMaxPool())
-        backbone.out_channels = fpn_channels
-    return (detection.MaskRCNN if masks else detection.FasterRCNN)(backbone, num_classes or 91, **kwargs)
-
-
-def maskrcnn_resnet18_fpn(**kwargs: Any) -> detection.MaskRCNN:
-    """fasterrcnn_resnet18_fpn with a mask head."""
-    return fasterrcnn_resnet18_fpn(masks=True, **kwargs)
 
 
 def fasterrcnn_mobilenet_v2(
@@ -241,8 +169,6 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], type[WeightsEnum] | None, type
 SSD_SIZES = {"ssd300_vgg16": 300, "ssdlite320_mobilenet_v3_large": 320}  # their square input, unless --min-size
 # (shorter side, longer side) that a builder sets itself: a run takes them where no --min-size or --max-size is typed
 BUILDER_SIZES = {"fasterrcnn_mobilenet_v3_large_320_fpn": (320, 640), **{name: (s, s) for name, s in SSD_SIZES.items()}}
-# the models whose pyramid width --fpn-channels sets: ours (torchvision's builders fix 256)
-FPN_WIDTH_MODELS = ("fasterrcnn_resnet18_fpn", "maskrcnn_resnet18_fpn")
 # backbone stages that torchvision's builders train by default when they load weights (others: 3)
 TRAINABLE_LAYERS = {"ssd300_vgg16": 4, "ssdlite320_mobilenet_v3_large": 6}
 
@@ -342,127 +268,8 @@ def has_reduced_tail(model: nn.Module) -> bool | None:
     return last.out_channels != 960
 
 
-def fpn_channels_of(model: nn.Module, name: str) -> int | None:
-    """The pyramid width of a model of FPN_WIDTH_MODELS (None for the others, whose builders fix it)."""
-    return model.backbone.out_channels if name in FPN_WIDTH_MODELS else None
-
-
-def num_classes_of(model: nn.Module) -> int:
-    """The classes (background included) `model` predicts."""
-    if hasattr(model, "roi_heads"):
-        return model.roi_heads.box_predictor.cls_score.out_features
-    head = model.head.classification_head
-    return head.num_classes if hasattr(head, "num_classes") else head.num_columns  # RetinaNet, FCOS; SSD
-
-
 BOX_MODELS = [name for name in MODELS if not learns_masks(name) and not is_keypoint_model(name)]
 BOX_MODELS_HINT = "--model " + ", ".join(BOX_MODELS)  # what a user error suggests for data with boxes only
-
-
-def num_keypoints_of(model: nn.Module) -> int | None:
-    """K, the keypoints a Keypoint R-CNN predicts per object; None for other models."""
-    predictor = getattr(getattr(model, "roi_heads", None), "keypoint_predictor", None)
-    return None if predictor is None else predictor.kps_score_lowres.out_channels
-
-
-def _new_classifier(
-    old: nn.Conv2d, anchors: int, num_classes: int, std: float | None, prior: float | None
-) -> nn.Conv2d:
-    """A convolution like `old` with `anchors` x `num_classes` outputs, initialised as torchvision initialises the
-    head: normal weights of `std` (None: Xavier-uniform, as SSD300's head); the bias at the focal-loss prior, or 0."""
-    new = nn.Conv2d(old.in_channels, anchors * num_classes, old.kernel_size, old.stride, old.padding)
-    if std is None:
-        nn.init.xavier_uniform_(new.weight)
-    else:
-        nn.init.normal_(new.weight, std=std)
-    nn.init.constant_(new.bias, 0.0 if prior is None else -math.log((1 - prior) / prior))
-    return new
-
-
-def _replace_dense_classifiers(model: nn.Module, num_classes: int) -> None:
-    """RetinaNet's and FCOS's classification logits, or SSD's per-level classifiers, for `num_classes`: the layers
-    whose outputs are per class; the convolutions before them keep their weights."""
-    head = model.head.classification_head
-    if num_classes_of(model) == num_classes:
-        return
-    if hasattr(head, "cls_logits"):  # RetinaNet, FCOS: one 3 x 3 convolution over every level, focal loss
-        head.cls_logits = _new_classifier(head.cls_logits, head.num_anchors, num_classes, 0.01, 0.01)
-        head.num_classes = num_classes
-        return
-    for level, layer in enumerate(head.module_list):  # SSD: a convolution per level (SSDlite: its last 1 x 1)
-        conv = layer if isinstance(layer, nn.Conv2d) else layer[-1]
-        std = None if isinstance(layer, nn.Conv2d) else 0.03  # SSD300: Xavier; SSDlite: normal, std 0.03
-        new = _new_classifier(conv, conv.out_channels // head.num_columns, num_classes, std, None)
-        if isinstance(layer, nn.Conv2d):
-            head.module_list[level] = new
-        else:
-            layer[-1] = new
-    head.num_columns = num_classes
-
-
-def _replace_predictors(model: nn.Module, num_classes: int, num_keypoints: int | None = None) -> None:
-    """New box (and mask, or keypoint) predictors for `num_classes` (and `num_keypoints`), as in the tutorial."""
-    if not hasattr(model, "roi_heads"):
-        _replace_dense_classifiers(model, num_classes)
-        return
-    if num_keypoints is not None and num_keypoints_of(model) != num_keypoints:
-        in_channels = model.roi_heads.keypoint_predictor.kps_score_lowres.in_channels
-        model.roi_heads.keypoint_predictor = KeypointRCNNPredictor(in_channels, num_keypoints)
-    box_predictor = model.roi_heads.box_predictor
-    if box_predictor.cls_score.out_features != num_classes:
-        model.roi_heads.box_predictor = FastRCNNPredictor(box_predictor.cls_score.in_features, num_classes)
-    mask_predictor = getattr(model.roi_heads, "mask_predictor", None)
-    if mask_predictor is not None and mask_predictor.mask_fcn_logits.out_channels != num_classes:
-        in_channels = mask_predictor.conv5_mask.in_channels
-        model.roi_heads.mask_predictor = MaskRCNNPredictor(in_channels, 256, num_classes)
-
-
-# The RoI-head settings that torchvision's builders take (None in get_model: the builder's own).
-HEAD_SETTINGS = (
-    "box_batch_size_per_image",  # RoIs sampled per image to train the box and mask heads (512)
-    "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train",  # proposals kept before / after NMS (2000, 2000)
-    "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",  # the same when predicting (1000, 1000)
-    "box_detections_per_img",  # detections per image at most (100)
-)  # fmt: skip
-
-
-def head_settings(model: nn.Module) -> dict[str, int]:
-    """The HEAD_SETTINGS values `model` was built with (an R-CNN's; none for the one-stage models)."""
-    if not hasattr(model, "roi_heads"):
-        return {}
-    rpn, roi_heads = model.rpn, model.roi_heads
-    return {
-        "box_batch_size_per_image": roi_heads.fg_bg_sampler.batch_size_per_image,
-        "rpn_pre_nms_top_n_train": rpn._pre_nms_top_n["training"],
-        "rpn_post_nms_top_n_train": rpn._post_nms_top_n["training"],
-        "rpn_pre_nms_top_n_test": rpn._pre_nms_top_n["testing"],
-        "rpn_post_nms_top_n_test": rpn._post_nms_top_n["testing"],
-        "box_detections_per_img": roi_heads.detections_per_img,
-    }
-
-
-def mask_head_shape(model: nn.Module) -> tuple[int, int] | None:
-    """(convolutions, channels) of the mask head (torchvision's: 4 of 256); None for a model without masks."""
-    if getattr(getattr(model, "roi_heads", None), "mask_head", None) is None:
-        return None
-    return len(model.roi_heads.mask_head), model.roi_heads.mask_predictor.conv5_mask.in_channels
-
-
-def set_mask_head(model: nn.Module, layers: int, channels: int) -> None:
-    """A new, untrained mask head of `layers` 3x3 convolutions of `channels`, and a predictor to match.
-
-    A lighter head than torchvision's 4 x 256 costs less per sampled RoI, which is most of
-    a CPU step at small image sizes; it starts from scratch (COCO weights are for 4 x 256).
-    """
-    if mask_head_shape(model) == (layers, channels):
-        return
-    old_head, old_predictor = model.roi_heads.mask_head, model.roi_heads.mask_predictor
-    in_channels = old_head[0][0].in_channels
-    batch_norm = len(old_head[0]) == 3  # the v2 models' heads: convolution, BatchNorm, ReLU
-    norm_layer = nn.BatchNorm2d if batch_norm else None
-    model.roi_heads.mask_head = MaskRCNNHeads(in_channels, [channels] * layers, 1, norm_layer=norm_layer)
-    num_classes = old_predictor.mask_fcn_logits.out_channels
-    model.roi_heads.mask_predictor = MaskRCNNPredictor(channels, channels, num_classes)
 
 
 def get_model(
@@ -527,7 +334,7 @@ def get_model(
             "alone needs --lr 0.001, as the default diverges), or pass --weights PATH to a local .pth "
             f"(torchvision's file from {torch.hub.get_dir()}/checkpoints on a machine that has it)"
         ) from error
-    _replace_predictors(model, num_classes, num_keypoints)
+    replace_predictors(model, num_classes, num_keypoints)
     if mask_head is not None and mask_head_shape(model) is not None:
         set_mask_head(model, *mask_head)
     return model

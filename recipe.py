@@ -43,12 +43,16 @@ _CPU_MASKS = {
     "min_size": 320, "max_size": 640, "batch_size": 4, "augmentation": "topdown", "opt": "adamw", "lr": 0.0002,
     "weight_decay": 0.05, "norm_weight_decay": 0.0, "lr_scheduler": "cosineannealinglr",
 }  # fmt: skip
+# The levers that won on --seed 1 (docs/results.md, "Levers"): a 128-channel pyramid and bfloat16 autocast took
+# cpu-12min from 4 epochs and mask AP 0.203 to 11 epochs and 0.368 on the 2-core AMD EPYC; on a CPU without bfloat16
+# instructions --amp says so and trains in float32.
+_CPU_LEVERS = {"fpn_channels": 128, "amp": True}
 # name: (what it is in one line, the settings it gives: argparse names, as args.json holds them)
 RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "cpu-12min": ("masks on a CPU from scratch in 12 minutes: ResNet-18 FPN, 320 px, AdamW, cosine",
-                  {**_CPU_MASKS, "time_budget": 12.0}),
+                  {**_CPU_MASKS, **_CPU_LEVERS, "time_budget": 12.0}),
     "cpu-43min": ("masks on a CPU from scratch in 43 minutes: cpu-12min's recipe for longer",
-                  {**_CPU_MASKS, "time_budget": 43.0}),
+                  {**_CPU_MASKS, **_CPU_LEVERS, "time_budget": 43.0}),
     # cpu-43min's recipe without the mask head, at batch 2 and lr 0.0003: box AP 0.506 after 15 epochs on --seed 1
     # against 0.458 at batch 4 and lr 0.0002 (both 19 minutes).
     "cpu-box-20min": ("boxes on a CPU from scratch in 20 minutes: Faster R-CNN ResNet-18 FPN, 320 px, AdamW",
@@ -70,7 +74,8 @@ def recipe_values(name: str, typed: set[str]) -> dict[str, Any]:
     """The settings recipe `name` gives a run whose command line typed the flags `typed` (setting names).
 
     A typed flag wins over the recipe's value. A typed --epochs cancels the recipe's time
-    budget, and a typed --time-budget replaces the recipe's epochs.
+    budget, and a typed --time-budget replaces the recipe's epochs. A typed --model keeps its
+    builder's own pyramid width: the recipe's --fpn-channels is its ResNet-18's.
     """
     if name not in RECIPES:
         raise UserError(f"--recipe {name}: no such recipe; choose one of {', '.join(RECIPES)} (train.py --help)")
@@ -79,6 +84,8 @@ def recipe_values(name: str, typed: set[str]) -> dict[str, Any]:
         values.pop("time_budget", None)
     if "time_budget" in typed:
         values.pop("epochs", None)
+    if "model" in typed:
+        values.pop("fpn_channels", None)
     return {setting: value for setting, value in values.items() if setting not in typed}
 
 

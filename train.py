@@ -43,18 +43,10 @@ from curves import TensorBoardLogger, plot_curves
 from dataset_cli import add_dataset_args
 from ema import ModelEMA
 from engine import amp_pays, evaluate, train_one_epoch
+from heads import HEAD_SETTINGS
 from keypoints import keypoint_sigmas
 from loaders import make_loaders
-from model import (
-    BUILDER_SIZES,
-    HEAD_SETTINGS,
-    MODELS,
-    SSD_SIZES,
-    check_input_side,
-    get_model,
-    is_keypoint_model,
-    resizes_in_data,
-)
+from model import BUILDER_SIZES, MODELS, SSD_SIZES, check_input_side, get_model, is_keypoint_model, resizes_in_data
 from recipe import (
     LR,
     MOMENTUM,
@@ -114,7 +106,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--max-size", type=int, default=1333, help="longer image side at most (default: %(default)s)")
     add("--augmentation", default="hflip", choices=AUGMENTATIONS, help="training augmentation (default: %(default)s)")
     add("--use-copypaste", action="store_true", help="Simple Copy-Paste between training images (with lsj)")
-    add("--amp", action="store_true", help="mixed precision: float16 on CUDA, bfloat16 on a CPU that has it")
+    add(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="mixed precision: float16 on CUDA, "
+        "bfloat16 on a CPU that has it (default: off; the cpu-12min and cpu-43min recipes: on)",
+    )
     add("--model-ema", action="store_true", help="evaluate and save a moving average of the weights (ema.py)")
     add("--model-ema-decay", type=float, default=0.99, help="--model-ema: its decay per step (default: %(default)s)")
     add("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC convolutions (default: on)")
@@ -308,9 +306,15 @@ def apply_recipe(args: argparse.Namespace, given: set[str]) -> None:
     values = recipe_values(args.recipe, given)
     vars(args).update(values)
     args.recipe_settings = values
-    shown = " ".join(f"{flag(name)} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                     for name, v in values.items() if v is not None)  # fmt: skip
+    shown = " ".join(_as_typed(name, value) for name, value in values.items() if value is not None)
     print(f"recipe {args.recipe}: {shown}")
+
+
+def _as_typed(name: str, value: Any) -> str:
+    """A setting as its flag would be typed: `--min-size 320`, `--mask-head 2 128`, `--amp` or `--no-amp`."""
+    if isinstance(value, bool):
+        return flag(name) if value else "--no-" + flag(name)[2:]
+    return f"{flag(name)} {' '.join(map(str, value)) if isinstance(value, list) else value}"
 
 
 def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, Any] | None:

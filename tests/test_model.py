@@ -7,19 +7,16 @@ from torchvision.models import mobilenet_v2, resnet18, resnet50
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from checkpoint import model_config, model_from_checkpoint, model_from_config
+from heads import head_settings, mask_head_shape, num_classes_of, num_keypoints_of
 from model import (
     BOX_MODELS,
     MODELS,
     SSD_SIZES,
     get_model,
     get_model_instance_segmentation,
-    head_settings,
     is_keypoint_model,
     is_rcnn,
     learns_masks,
-    mask_head_shape,
-    num_classes_of,
-    num_keypoints_of,
 )
 from utils import UserError
 

@@ -127,6 +127,12 @@ def test_a_recipe_gives_its_settings_and_typed_flags_win():
     assert "time_budget" not in recipe_values("cpu-43min", typed={"epochs"})
     assert "epochs" not in recipe_values("gpu-5min", typed={"time_budget"})
     assert recipe_values("gpu-5min", typed=set())["epochs"] == 40
+    # the CPU mask recipes' levers: a 128-channel pyramid for their ResNet-18, which a typed --model does not take
+    assert {k: recipe_values("cpu-12min", typed=set())[k] for k in ("fpn_channels", "amp")} == {
+        "fpn_channels": 128,
+        "amp": True,
+    }
+    assert "fpn_channels" not in recipe_values("cpu-12min", typed={"model"})
     with pytest.raises(UserError, match="--recipe cpu-1min: no such recipe; choose one of cpu-12min, cpu-43min"):
         recipe_values("cpu-1min", typed=set())
 
@@ -150,6 +156,7 @@ def test_recipe_on_the_command_line_and_after_a_resume(pennfudan, tmp_path):
     run = run_cli("--data-path", pennfudan, "--recipe", "cpu-12min", "--lr", 0.0001, *small, "--output-dir", out)
     assert run.returncode == 0, run.stderr
     assert "recipe cpu-12min: --model maskrcnn_resnet18_fpn --mask-head 2 128" in run.stdout
+    assert "--fpn-channels 128 --amp" in run.stdout and "--amp True" not in run.stdout  # a switch as typed
     args = json.loads((out / "args.json").read_text())
     assert args["recipe"] == "cpu-12min" and args["model"] == "maskrcnn_resnet18_fpn" and args["opt"] == "adamw"
     assert args["lr"] == 0.0001 and "lr" not in args["recipe_settings"]  # the typed flag won

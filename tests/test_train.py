@@ -545,12 +545,6 @@ def test_keypoint_rcnn_trains_resumes_exactly_and_scores_keypoint_ap(tmp_path):
     resumed = torch.load(tmp_path / "resumed/checkpoint.pth", weights_only=True)
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
-    if "--model-ema" in RECIPES[recipe]:
-        assert straight["ema_updates"] == resumed["ema_updates"] == 3 * 4  # 7 images at batch 2: 4 steps an epoch
-        for key, value in straight["model_raw"].items():
-            assert torch.equal(value, resumed["model_raw"][key]), key
-        averaged = [k for k, v in straight["model"].items() if v.is_floating_point()]
-        assert any(not torch.equal(straight["model"][k], straight["model_raw"][k]) for k in averaged)
     record = straight["metrics"][-1]
     assert len(record["keypoints"]) == 10 and "loss_keypoint" in record and "segm" not in record
     config = straight["model_config"]
