@@ -24,8 +24,7 @@ import train
 from checkpoint import model_from_checkpoint
 from loaders import make_loaders
 from masks import unpasted_masks
-
-SCORE_THRESHOLD = 0.5  # predict.py's default --score-threshold
+from predict import get_args_parser as predict_args
 
 
 def median_ms(predict: Callable[[Any], Any], images: Iterable[Any]) -> float | None:
@@ -39,7 +38,7 @@ def median_ms(predict: Callable[[Any], Any], images: Iterable[Any]) -> float | N
     return statistics.median(seconds[1:]) * 1000 if len(seconds) > 1 else None
 
 
-def test_images(train_flags: list[str], model: str) -> list[torch.Tensor]:
+def held_out_images(train_flags: list[str], model: str) -> list[torch.Tensor]:
     """The held-out images of train.py's split for `train_flags` (its dataset, --seed and --test-size), as
     evaluation reads them."""
     args, _ = train.parse_args([*train_flags, "--model", model, "--weights", "none"])
@@ -52,12 +51,13 @@ def ours_ms_per_image(checkpoint: str | Path, train_flags: list[str]) -> float |
     """Median milliseconds per held-out image of predict.py's model from `checkpoint` (module docstring)."""
     model, config = model_from_checkpoint(checkpoint)
     model.eval()
+    threshold = predict_args().get_default("score_threshold")  # predict.py's default --score-threshold
 
     def predict(image: torch.Tensor) -> None:
         with unpasted_masks(model) as mask_probs:
             (output,) = model([image])
         if mask_probs:
-            keep = output["scores"] >= SCORE_THRESHOLD
+            keep = output["scores"] >= threshold
             paste_masks_in_image(mask_probs[0][keep], output["boxes"][keep], tuple(image.shape[-2:]))
 
-    return median_ms(predict, test_images(train_flags, config["name"]))
+    return median_ms(predict, held_out_images(train_flags, config["name"]))
