@@ -370,6 +370,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         print(f"held-out AP against wall-clock minutes, seed {args.seed}, {args.test_size} test images")
         columns = {
             "recipe": "",
+            "last_ap": ".3f",
             "best_ap": ".3f",
             "best_minutes": ".1f",
             "minutes": ".1f",

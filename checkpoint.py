@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from anchors import anchor_sizes_of, set_anchor_sizes
 from builders import fpn_channels_of
 from distributed import distributed_env, get_rank, get_world_size
 from heads import head_settings, mask_head_shape, num_classes_of, num_keypoints_of, set_mask_head
@@ -55,7 +56,7 @@ TRAINING_ONLY = ("epochs", "time_budget", "lr", "tensorboard")  # mean nothing t
 SPLIT_SETTINGS = ("seed", "test_size", "val_size", "val_data_path", "val_ann_file")
 MODEL_SETTINGS = (
     "model", "weights", "weights_backbone", "trainable_backbone_layers", "mask_head", "fpn_channels",
-    "box_batch_size_per_image",
+    "anchor_sizes", "box_batch_size_per_image",
     "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
     "box_detections_per_img",
 )  # fmt: skip
@@ -250,6 +251,7 @@ def model_config(model: nn.Module, name: str) -> dict[str, Any]:
         "heads": head_settings(model),
         "mask_head": mask_head_shape(model),
         "fpn_channels": fpn_channels_of(model, name),  # None: the builder's own width
+        "anchor_sizes": anchor_sizes_of(model),  # None: torchvision's 32 to 512
         "reduced_tail": has_reduced_tail(model),  # SSDlite's MobileNetV3: full with ImageNet backbone weights
     }
 
@@ -274,6 +276,8 @@ def model_from_config(config: dict[str, Any], **kwargs: Any) -> nn.Module:
                   reduced_tail=config.get("reduced_tail"), **heads, **sizes)  # fmt: skip
     if config.get("mask_head"):
         set_mask_head(model, *config["mask_head"])
+    if config.get("anchor_sizes"):  # absent from older checkpoints: torchvision's
+        set_anchor_sizes(model, config["anchor_sizes"])
     if config["frozen_bn_eps"] is not None:  # trained from pretrained weights: FrozenBatchNorm in the backbone
         freeze_batchnorm(model, config["frozen_bn_eps"])
     if "frozen_parameters" in config:

@@ -2,7 +2,7 @@
 per class.
 
 engine.evaluate gathers the records; predict.py and train.py --test-only write the results
-files (in_dataset_ids maps them to the dataset's own ids).
+files (in_dataset_ids maps them to the dataset's own ids); print_summary is a run's last word on its epochs.
 """
 
 from __future__ import annotations
@@ -215,3 +215,26 @@ def write_results(
         utils.write_json(mapped, output_dir / f"results_{iou_type}.json")
         written.append(f"results_{iou_type}.json")
     return written
+
+
+def print_summary(history: list[dict[str, Any]], output_dir: Path) -> None:
+    """Where a run's results are: the epoch best.pth keeps, who chose it, its test AP and the last epoch's."""
+    if not history:
+        return
+    best, last = best_epoch(history), history[-1]
+
+    def test_ap(record: dict[str, Any]) -> str:
+        return ap_line(record) if has_ground_truth(record) else "no ground truth in the test split"
+
+    if "val" not in best and not has_ground_truth(best):
+        print(f"No ground truth in the test split: no epoch was scored, best.pth is the last; all in {output_dir}/")
+    else:
+        if "val" not in best:
+            chosen = "chosen on the test images themselves, so its test AP is not held out (--val-size N chooses)"
+        elif has_ground_truth(best["val"]):
+            chosen = f"chosen on the validation images ({ap_line(best['val'])} there)"
+        else:
+            chosen = "the last (no ground truth in the validation split)"
+        print(f"Best epoch {best['epoch']}, {chosen}: {test_ap(best)} on the test split")
+        print(f"Last epoch {last['epoch']}: {test_ap(last)} on the test split; all in {output_dir}/")
+    print(f"Predict: python predict.py --checkpoint {output_dir / 'best.pth'} IMAGES_OR_FOLDERS")

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torchvision import tv_tensors
 
-from dataset import InstanceDataset, read_image
+from dataset import InstanceDataset
+from image_io import read_image
 from keypoints import labelled_inside
 from masks import MapBuilder, rasterise
 from model import BOX_MODELS_HINT

@@ -20,9 +20,10 @@ import torch
 
 import distributed
 from coco_utils import CocoDataset
-from dataset import InstanceDataset, MaskFolderDataset, PennFudanDataset, high_bit_values
+from dataset import InstanceDataset, MaskFolderDataset, PennFudanDataset
+from image_io import high_bit_values
 from keypoints import flip_permutation
-from masks import pixels_of
+from masks import MIN_INSTANCE_AREA, fragments_beside_larger, pixels_of
 from model import BOX_MODELS, is_keypoint_model, learns_masks, resizes_in_data
 from transforms import AUGMENTATIONS, get_transform, train_sizes
 from utils import UserError, one_line, writable_folder
@@ -196,9 +197,6 @@ def find_bad_samples(dataset: Any, indices: list[int], workers: int = 0) -> tupl
     return bad, instances
 
 
-MIN_INSTANCE_AREA = 16  # pixels; smaller instances all but vanish at the backbone's stride of 4 and more
-
-
 def preflight(
     splits: dict[str, tuple[InstanceDataset, list[int]]], workers: int, skip_bad_samples: bool
 ) -> tuple[dict[str, list[int]], list[str]]:
@@ -242,21 +240,6 @@ def preflight(
     total = sum(len(ids) for _, ids in splits.values())
     print(f"Read {total} samples in {time.time() - start:.1f} s: {len(problems)} bad")
     return kept, problems
-
-
-def fragments_beside_larger(boxes: torch.Tensor, pixels: list[float]) -> set[int]:
-    """The instances under MIN_INSTANCE_AREA pixels whose box touches the box of one of MIN_INSTANCE_AREA or more:
-    what the blurred edge of a larger instance reads as (a band of in-between values around it)."""
-    boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-    small = [k for k, area in enumerate(pixels) if 0 < area < MIN_INSTANCE_AREA]
-    large = [k for k, area in enumerate(pixels) if area >= MIN_INSTANCE_AREA]
-    if not small or not large:
-        return set()
-    grown = boxes[small] + torch.tensor([-2.0, -2.0, 2.0, 2.0])  # touching: within two pixels
-    others = boxes[large]
-    overlap_x = (grown[:, None, 0] < others[None, :, 2]) & (others[None, :, 0] < grown[:, None, 2])
-    overlap_y = (grown[:, None, 1] < others[None, :, 3]) & (others[None, :, 1] < grown[:, None, 3])
-    return {small[i] for i in (overlap_x & overlap_y).any(dim=1).nonzero().flatten().tolist()}
 
 
 def check_dataset(dataset: Any) -> tuple[list[str], list[str], list[str]]:

@@ -25,7 +25,7 @@ import torch
 
 import utils
 from checkpoint import model_from_checkpoint
-from dataset import read_image
+from image_io import read_image
 
 OUTPUTS = ("boxes", "labels", "scores", "masks", "keypoints", "keypoints_scores")  # what a detection model may give
 # The largest absolute differences still accepted (pixels for boxes and keypoints, probabilities for scores and

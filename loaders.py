@@ -18,6 +18,7 @@ from dataset import download_pennfudan
 from dataset_cli import dataset_from_args, fixed_validation, preflight, training_transform
 from group_by_aspect_ratio import training_batches
 from model import BOX_MODELS_HINT, learns_masks
+from mosaic import Mosaic
 from split import check_held_out, ids_of_run, sample_names, split_indices, split_off_validation
 from transforms import copy_paste_collate, get_transform
 
@@ -103,7 +104,8 @@ def make_loaders(
         # run augments as the straight one did. Test workers have nothing random: they persist (bench.py: first batch
         # time), seeded from their own generator, so that the main RNG is drawn from the same way with and without a
         # resume.
-        train_options = {**common, "collate_fn": copy_paste_collate if args.use_copypaste else utils.collate_fn}
+        collate = Mosaic(args.mosaic) if args.mosaic else copy_paste_collate if args.use_copypaste else utils.collate_fn
+        train_options = {**common, "collate_fn": collate}
         train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=batches, **train_options)
     evaluation = {"batch_size": 1, "persistent_workers": args.workers > 0, **common}
     test_set = torch.utils.data.Subset(test_data, test_ids[rank::world_size])

@@ -11,6 +11,9 @@ different layers of the map, so no pixel of any instance is lost.
 Evaluation goes the other way a few instances at a time: the ground truth is encoded one
 instance at a time, and the model's 28 x 28 mask probabilities are pasted at the photo's size,
 cut at 0.5 and encoded a few at a time (`unpasted_masks`), never all at once.
+
+`dataset.py check` counts the instances too small to learn, and flags the fragments that a lossy mask's
+blurred edges leave beside larger instances (fragments_beside_larger).
 """
 
 from __future__ import annotations
@@ -245,3 +248,21 @@ def instance_masks(target: dict[str, Any]) -> torch.Tensor:
     if "masks" in target:
         return target["masks"]
     return split(torch.as_tensor(target["instance_map"]), len(target["labels"]))
+
+
+MIN_INSTANCE_AREA = 16  # pixels; smaller instances all but vanish at the backbone's stride of 4 and more
+
+
+def fragments_beside_larger(boxes: torch.Tensor, pixels: list[float]) -> set[int]:
+    """The instances under MIN_INSTANCE_AREA pixels whose box touches the box of one of MIN_INSTANCE_AREA or more:
+    what the blurred edge of a larger instance reads as (a band of in-between values around it)."""
+    boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    small = [k for k, area in enumerate(pixels) if 0 < area < MIN_INSTANCE_AREA]
+    large = [k for k, area in enumerate(pixels) if area >= MIN_INSTANCE_AREA]
+    if not small or not large:
+        return set()
+    grown = boxes[small] + torch.tensor([-2.0, -2.0, 2.0, 2.0])  # touching: within two pixels
+    others = boxes[large]
+    overlap_x = (grown[:, None, 0] < others[None, :, 2]) & (others[None, :, 0] < grown[:, None, 2])
+    overlap_y = (grown[:, None, 1] < others[None, :, 3]) & (others[None, :, 1] < grown[:, None, 3])
+    return {small[i] for i in (overlap_x & overlap_y).any(dim=1).nonzero().flatten().tolist()}

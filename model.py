@@ -15,7 +15,6 @@ region; masks and keypoints), RetinaNet and FCOS (one stage, dense; boxes), SSD 
 from __future__ import annotations
 
 import inspect
-import math
 import re
 import urllib.error
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from torchvision.models.detection.ssdlite import SSDLiteFeatureExtractorMobileNe
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from anchors import set_anchor_sizes
 from builders import (
     FPN_WIDTH_MODELS,
     fasterrcnn_resnet18_fpn,
@@ -47,6 +47,7 @@ from builders import (
     maskrcnn_resnet18_fpn,
 )
 from heads import HEAD_SETTINGS, mask_head_shape, replace_predictors, set_mask_head
+from ssd import SSD_SIZES, set_square_input
 from utils import UserError
 from weights import (
     ZERO_EPS_COCO_MODELS,
@@ -166,7 +167,6 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], type[WeightsEnum] | None, type
         MobileNet_V3_Large_Weights,
     ),
 }
-SSD_SIZES = {"ssd300_vgg16": 300, "ssdlite320_mobilenet_v3_large": 320}  # their square input, unless --min-size
 # (shorter side, longer side) that a builder sets itself: a run takes them where no --min-size or --max-size is typed
 BUILDER_SIZES = {"fasterrcnn_mobilenet_v3_large_320_fpn": (320, 640), **{name: (s, s) for name, s in SSD_SIZES.items()}}
 # backbone stages that torchvision's builders train by default when they load weights (others: 3)
@@ -203,37 +203,6 @@ def default_backbone_weights(name: str) -> WeightsEnum | None:
     return default if isinstance(default, WeightsEnum) else backbone_enum.DEFAULT
 
 
-def ssd300_feature_sizes(side: int) -> list[int]:
-    """The sides of SSD300's six feature maps for a `side` x `side` input (38, 19, 10, 5, 3, 1 at 300): VGG to
-    conv4_3 (its third pooling rounds up), fc7 at half that, two strided extras, two unpadded 3 x 3 ones."""
-    conv4_3 = math.ceil(side // 2 // 2 / 2)
-    fc7 = conv4_3 // 2
-    sizes = [conv4_3, fc7, math.ceil(fc7 / 2), math.ceil(math.ceil(fc7 / 2) / 2)]
-    return [*sizes, sizes[-1] - 2, sizes[-1] - 4]
-
-
-SSD300_MIN_SIDE = next(side for side in range(64, 300) if ssd300_feature_sizes(side)[-1] >= 1)  # 268
-
-
-def check_input_side(name: str, side: int) -> None:
-    """A UserError if model `name` cannot take a square input of `side` pixels (SSD300 below 268)."""
-    if name == "ssd300_vgg16" and side < SSD300_MIN_SIDE:
-        raise UserError(
-            f"--min-size {side}: ssd300_vgg16's last layers need an input of at least {SSD300_MIN_SIDE} pixels; "
-            f"use its own 300, or a size from {SSD300_MIN_SIDE} up"
-        )
-
-
-def _set_square_input(model: nn.Module, name: str, side: int) -> None:
-    """An SSD model's one square input of `side` pixels. SSD300's default boxes are spaced for 300 (steps 8 to
-    300 pixels): at another side they are spaced over the feature maps that side gives, as DefaultBoxGenerator
-    does without steps (its box sizes are fractions of the side already)."""
-    check_input_side(name, side)
-    if name == "ssd300_vgg16" and side != SSD_SIZES[name]:
-        model.anchor_generator.steps = [side / size for size in ssd300_feature_sizes(side)]
-    model.transform.min_size, model.transform.max_size, model.transform.fixed_size = (side,), side, (side, side)
-
-
 def build(
     name: str, min_size: Any = None, max_size: int | None = None, reduced_tail: bool | None = None, **kwargs: Any
 ) -> nn.Module:
@@ -255,7 +224,7 @@ def build(
     else:
         model = builder(**kwargs)
     sides = [min_size] if isinstance(min_size, int) else list(min_size or [])
-    _set_square_input(model, name, sides[0] if sides else SSD_SIZES[name])
+    set_square_input(model, name, sides[0] if sides else SSD_SIZES[name])
     return model
 
 
@@ -280,6 +249,7 @@ def get_model(
     trainable_backbone_layers: int | None = None,
     mask_head: tuple[int, int] | None = None,
     num_keypoints: int | None = None,
+    anchor_sizes: list[int] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """A model of MODELS for `num_classes` (background included), with its weights loaded.
@@ -288,7 +258,8 @@ def get_model(
     hub cache), "none", or the path of a local .pth (torchvision's COCO state dict, or a
     checkpoint of train.py). weights_backbone: the same for the backbone alone, with
     weights "none". mask_head: (convolutions, channels) for a new mask head (set_mask_head).
-    num_keypoints: K, for a Keypoint R-CNN (required there, refused elsewhere). kwargs reach the model
+    num_keypoints: K, for a Keypoint R-CNN (required there, refused elsewhere). anchor_sizes: an R-CNN's five
+    anchor sizes (anchors.set_anchor_sizes; None: torchvision's). kwargs reach the model
     (min_size, max_size, HEAD_SETTINGS, ...); None values are dropped.
     """
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
@@ -304,6 +275,8 @@ def get_model(
     if not is_rcnn(name) and any(kwargs.get(setting) is not None for setting in HEAD_SETTINGS):
         setting = next(s for s in HEAD_SETTINGS if kwargs.get(s) is not None)
         raise UserError(f"--{setting.replace('_', '-')}: an R-CNN setting; --model {name} has no such head")
+    if anchor_sizes and not is_rcnn(name):
+        raise UserError(f"--anchor-sizes: an R-CNN setting (its RPN's anchors); --model {name} has no RPN")
     if kwargs.get("fpn_channels") is not None and kwargs["fpn_channels"] < 1:
         raise UserError(f"--fpn-channels {kwargs['fpn_channels']}: give a width of 1 or more (torchvision's: 256)")
     if kwargs.get("fpn_channels") is not None and name not in FPN_WIDTH_MODELS:
@@ -337,6 +310,8 @@ def get_model(
     replace_predictors(model, num_classes, num_keypoints)
     if mask_head is not None and mask_head_shape(model) is not None:
         set_mask_head(model, *mask_head)
+    if anchor_sizes:
+        set_anchor_sizes(model, anchor_sizes)
     return model
 
 
@@ -393,6 +368,8 @@ def _from_weights_file(
                   **points, **kwargs)  # fmt: skip
     freeze_like_pretrained(model, name, TRAINABLE_LAYERS.get(name, 3) if layers is None else layers, eps)
     load_matching(model, state, path, name)
+    if (config or {}).get("anchor_sizes"):  # a checkpoint's RPN learned its own sizes (a typed --anchor-sizes wins)
+        set_anchor_sizes(model, config["anchor_sizes"])
     return model
 
 

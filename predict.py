@@ -26,7 +26,8 @@ import utils
 from checkpoint import model_from_checkpoint
 from coco_eval import coco_detections, in_dataset_ids
 from coco_utils import read_coco
-from dataset import IMAGE_EXTENSIONS, read_image
+from dataset import IMAGE_EXTENSIONS
+from image_io import read_image
 from masks import unpasted_masks
 from visualize import draw
 

@@ -3,7 +3,7 @@
     python train.py --data-path PennFudanPed --download --epochs 10
     torchrun --nproc_per_node=2 train.py --data-path PennFudanPed --epochs 10   # DDP: GPUs, or CPU processes
 
-This file only wires the other modules together; docs/flags.md explains every flag.
+This file only wires the other modules together; flags.py holds the flags, and docs/flags.md explains each.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
-from torchvision import tv_tensors
 
 import distributed
 import run_folder
 import utils
+from anchors import sizes_for_data
 from budget import PLANS, OutOfTime, TimeBudget, stretched_steps
 from checkpoint import (
     COMMANDS,
@@ -38,162 +37,21 @@ from checkpoint import (
     settings_of_run,
     stored_split,
 )
-from coco_eval import IOU_TYPES, ap_line, best_epoch, has_ground_truth, selection_score, write_results
+from coco_eval import IOU_TYPES, ap_line, has_ground_truth, print_summary, selection_score, write_results
 from curves import TensorBoardLogger, plot_curves
-from dataset_cli import add_dataset_args
 from ema import ModelEMA
 from engine import amp_pays, evaluate, train_one_epoch
+from flags import apply_recipe, check_args, get_args_parser, parse_args
 from heads import HEAD_SETTINGS
 from keypoints import keypoint_sigmas
 from loaders import make_loaders
-from model import BUILDER_SIZES, MODELS, SSD_SIZES, check_input_side, get_model, is_keypoint_model, resizes_in_data
-from recipe import (
-    LR,
-    MOMENTUM,
-    OPTIMIZERS,
-    SCHEDULERS,
-    WEIGHT_DECAY,
-    make_optimizer,
-    make_scheduler,
-    recipe_help,
-    recipe_values,
-    retarget_scheduler,
-    set_base_lr,
-)
+from model import BUILDER_SIZES, get_model, is_keypoint_model, resizes_in_data
+from mosaic import Mosaic, close_mosaic
+from recipe import make_optimizer, make_scheduler, retarget_scheduler, set_base_lr
 from split import sample_names
-from transforms import AUGMENTATIONS, train_sizes
+from ssd import SSD_SIZES
+from transforms import train_sizes
 from visualize import save_batch_picture, save_predictions_picture
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Fine-tune a torchvision detection model",
-        epilog=recipe_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        add_help=add_help,
-    )
-    add = parser.add_argument
-    add("--recipe", help="a named recipe whose flags become this run's defaults (listed below); typed flags win")
-    add_dataset_args(parser)
-    add("--download", action="store_true", help="download Penn-Fudan into --data-path if it does not exist")
-    add("--model", default="maskrcnn_resnet50_fpn", choices=list(MODELS), metavar="NAME", help=", ".join(MODELS))
-    add("--weights", default="DEFAULT", help="DEFAULT (COCO), a torchvision weights name, none, or a local .pth")
-    add("--weights-backbone", default=None, help="with --weights none: DEFAULT (ImageNet), a name, none, or a .pth")
-    add("--trainable-backbone-layers", type=int, help="backbone stages to train (default: 3 if pretrained)")
-    for name in HEAD_SETTINGS:  # torchvision's names; see model.py
-        add(flag(name), type=int, help=f"the model's {name} (default: the model's own)")
-    add("--mask-head", type=int, nargs=2, metavar=("CONVS", "CHANNELS"), help="a lighter mask head (default: 4 256)")
-    add("--fpn-channels", type=int, metavar="N", help="the ResNet-18 models' FPN width (default: 256; 128 is lighter)")
-    add("--device", default=utils.default_device(), help="cuda, cuda:N or cpu (default: %(default)s)")
-    add("-b", "--batch-size", type=int, default=2, help="images per training batch (default: %(default)s)")
-    add("--epochs", type=int, default=10, help="total epochs to train (default: %(default)s)")
-    add("--time-budget", type=float, metavar="MINUTES", help="train for this wall clock instead of --epochs")
-    workers = min(4, utils.available_cpus())
-    add("-j", "--workers", type=int, default=workers, help="data loading processes (default: %(default)s)")
-    add("--opt", default="sgd", choices=OPTIMIZERS, help="optimizer (default: %(default)s)")
-    add("--lr", type=float, default=LR, help="learning rate (default: %(default)s; from scratch try 0.001)")
-    add("--momentum", type=float, default=MOMENTUM, help="SGD momentum (default: %(default)s)")
-    add("--weight-decay", "--wd", type=float, default=WEIGHT_DECAY, help="weight decay (default: %(default)s)")
-    add("--norm-weight-decay", type=float, help="weight decay of normalization layers (default: --weight-decay)")
-    add("--lr-scheduler", default="steplr", choices=SCHEDULERS, help="lr schedule per epoch (default: %(default)s)")
-    add("--lr-step-size", type=int, default=3, help="steplr: epochs between lr decays (default: %(default)s)")
-    add("--lr-steps", type=int, nargs="+", help="multisteplr: the epochs at which the lr decays")
-    add("--lr-gamma", type=float, default=0.1, help="steplr, multisteplr: lr decay factor (default: %(default)s)")
-    add("--test-size", type=int, default=50, help="images held out for evaluation (default: %(default)s)")
-    add("--val-size", type=int, default=0, help="training images set aside to choose best.pth (default: none)")
-    add("--seed", type=int, default=0, help="seeds the split, init and data order (default: %(default)s)")
-    add("--min-size", type=int, default=800, help="shorter image side the model resizes to (default: %(default)s)")
-    add("--max-size", type=int, default=1333, help="longer image side at most (default: %(default)s)")
-    add("--augmentation", default="hflip", choices=AUGMENTATIONS, help="training augmentation (default: %(default)s)")
-    add("--use-copypaste", action="store_true", help="Simple Copy-Paste between training images (with lsj)")
-    add(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="mixed precision: float16 on CUDA, "
-        "bfloat16 on a CPU that has it (default: off; the cpu-12min and cpu-43min recipes: on)",
-    )
-    add("--model-ema", action="store_true", help="evaluate and save a moving average of the weights (ema.py)")
-    add("--model-ema-decay", type=float, default=0.99, help="--model-ema: its decay per step (default: %(default)s)")
-    add("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC convolutions (default: on)")
-    add("--aspect-ratio-group-factor", type=int, default=3, help="batch by aspect ratio; -1: off (default: 3)")
-    add("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs under torchrun (CUDA only)")
-    add("--print-freq", type=int, default=10, help="iterations between progress lines (default: %(default)s)")
-    add("--output-dir", default="output", help="where checkpoints and metrics go (default: %(default)s)")
-    add("--overwrite", action="store_true", help="start a new run in an --output-dir that holds an earlier one")
-    add("--resume", default="", help="checkpoint.pth to continue, with the run's settings (or best.pth, --test-only)")
-    add("--test-only", action="store_true", help="only evaluate the --resume checkpoint on the run's test split")
-    add(
-        "--allow-changes",
-        action="store_true",
-        help="with --resume: let flags change the run's data, sizes, augmentation",
-    )
-    add("--use-deterministic-algorithms", action="store_true", help="reproducible results, at some cost in speed")
-    add("--tensorboard", action="store_true", help="also log losses, AP and lr to --output-dir/tensorboard")
-    add("--skip-bad-samples", action="store_true", help="leave out unreadable or broken samples (default: stop)")
-    parser.set_defaults(recipe_settings=None)  # what --recipe set (args.json, checkpoints): no flag of its own
-    return parser
-
-
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[str]]:
-    """The flags, and the names of those the command line gave: a resume takes the others from its checkpoint."""
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    unset = object()  # argparse fills in a default only where the namespace has no value yet
-    typed = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(vars(args), unset)))
-    return args, {name for name, value in vars(typed).items() if value is not unset}
-
-
-def check_args(args: argparse.Namespace) -> None:
-    """Reject impossible flag values before any work starts."""
-    positive = ("batch_size", "lr", "lr_step_size", "print_freq", "min_size", "max_size", "test_size")
-    for name in positive:
-        if getattr(args, name) <= 0:
-            raise utils.UserError(f"{flag(name)} {getattr(args, name)}: must be positive")
-    if args.val_size < 0:
-        raise utils.UserError(f"--val-size {args.val_size}: must not be negative")
-    if not 0 < args.model_ema_decay < 1:
-        raise utils.UserError(f"--model-ema-decay {args.model_ema_decay}: must lie between 0 and 1, such as 0.99")
-    if args.time_budget is not None and args.time_budget <= 0:
-        raise utils.UserError(f"--time-budget {args.time_budget}: must be positive (minutes)")
-    if args.epochs < 0 or args.workers < 0:
-        raise utils.UserError("--epochs and --workers must not be negative")
-    if args.min_size > args.max_size:
-        raise utils.UserError(f"--min-size {args.min_size} is above --max-size {args.max_size}; raise --max-size")
-    if args.download and (args.dataset in ("folder", "coco") or args.ann_file):
-        raise utils.UserError("--download fetches Penn-Fudan only; drop it to train on your own data")
-    if args.test_only and not args.resume:
-        raise utils.UserError("--test-only needs --resume PATH: the checkpoint to evaluate")
-    if args.lr_scheduler == "multisteplr" and not args.lr_steps:
-        raise utils.UserError("--lr-scheduler multisteplr needs --lr-steps: the epochs at which the lr decays")
-    if args.use_copypaste and args.augmentation != "lsj":
-        raise utils.UserError("--use-copypaste pastes between images of one size: add --augmentation lsj")
-    if args.model in SSD_SIZES and args.augmentation == "multiscale":
-        raise utils.UserError(
-            f"--augmentation multiscale: --model {args.model} takes one square size; use ssd or ssdlite"
-        )
-    check_input_side(args.model, args.min_size)
-    if args.model.startswith("ssdlite") and args.batch_size < 2:
-        raise utils.UserError(
-            f"--batch-size 1: --model {args.model}'s BatchNorm cannot train on one image; use 2 or more"
-        )
-    if is_keypoint_model(args.model) and not hasattr(tv_tensors, "KeyPoints"):
-        raise utils.UserError(
-            f"--model {args.model}: keypoint training needs torchvision 0.23 or later (tv_tensors.KeyPoints), and "
-            f"this is torchvision {torchvision.__version__}: pip install --upgrade torch torchvision"
-        )
-    if args.weights_backbone and args.weights.lower() != "none":
-        raise utils.UserError(
-            f"--weights-backbone needs --weights none: --weights {args.weights} is a whole model, backbone included; "
-            "add --weights none"
-        )
-    if args.allow_changes and not args.resume:
-        raise utils.UserError("--allow-changes lets --resume change a run's settings; drop it for a new run")
-    if args.overwrite and args.resume:
-        raise utils.UserError("--overwrite starts a new run over an earlier one; drop it to --resume a run")
-    utils.check_device(args.device)
-    if args.sync_bn and not args.device.startswith("cuda") and distributed.distributed_env() is not None:
-        raise utils.UserError("--sync-bn: SyncBatchNorm runs on CUDA only; drop it when training on CPU processes")
 
 
 def build_model(
@@ -215,6 +73,7 @@ def build_model(
             trainable_backbone_layers=args.trainable_backbone_layers,
             mask_head=args.mask_head,
             fpn_channels=args.fpn_channels,
+            anchor_sizes=args.anchor_sizes,
             **{name: getattr(args, name) for name in HEAD_SETTINGS},
             **sizes,
         )
@@ -272,49 +131,6 @@ def plan_epochs(
         args_json = output_dir / "args.json"
         utils.write_json({**json.loads(args_json.read_text()), **vars(args)}, args_json)
     return lr_scheduler
-
-
-def print_summary(history: list[dict[str, Any]], output_dir: Path) -> None:
-    """Where a run's results are: the epoch best.pth keeps, who chose it, its test AP and the last epoch's."""
-    if not history:
-        return
-    best, last = best_epoch(history), history[-1]
-
-    def test_ap(record: dict[str, Any]) -> str:
-        return ap_line(record) if has_ground_truth(record) else "no ground truth in the test split"
-
-    if "val" not in best and not has_ground_truth(best):
-        print(f"No ground truth in the test split: no epoch was scored, best.pth is the last; all in {output_dir}/")
-    else:
-        if "val" not in best:
-            chosen = "chosen on the test images themselves, so its test AP is not held out (--val-size N chooses)"
-        elif has_ground_truth(best["val"]):
-            chosen = f"chosen on the validation images ({ap_line(best['val'])} there)"
-        else:
-            chosen = "the last (no ground truth in the validation split)"
-        print(f"Best epoch {best['epoch']}, {chosen}: {test_ap(best)} on the test split")
-        print(f"Last epoch {last['epoch']}: {test_ap(last)} on the test split; all in {output_dir}/")
-    print(f"Predict: python predict.py --checkpoint {output_dir / 'best.pth'} IMAGES_OR_FOLDERS")
-
-
-def apply_recipe(args: argparse.Namespace, given: set[str]) -> None:
-    """A new run's --recipe: its values become the settings the command line did not type (recipe.py)."""
-    if {"epochs", "time_budget"} <= given:
-        raise utils.UserError("--epochs and --time-budget: give one; the budget chooses the number of epochs")
-    if not args.recipe:
-        return
-    values = recipe_values(args.recipe, given)
-    vars(args).update(values)
-    args.recipe_settings = values
-    shown = " ".join(_as_typed(name, value) for name, value in values.items() if value is not None)
-    print(f"recipe {args.recipe}: {shown}")
-
-
-def _as_typed(name: str, value: Any) -> str:
-    """A setting as its flag would be typed: `--min-size 320`, `--mask-head 2 128`, `--amp` or `--no-amp`."""
-    if isinstance(value, bool):
-        return flag(name) if value else "--no-" + flag(name)[2:]
-    return f"{flag(name)} {' '.join(map(str, value)) if isinstance(value, list) else value}"
 
 
 def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, Any] | None:
@@ -377,6 +193,9 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
     data = test_loader.dataset.dataset
     names = data.keypoint_names  # of the keypoints a keypoint model learns; none for other models
     sigmas = keypoint_sigmas(names, args.keypoint_sigmas) if names else None
+    if args.anchor_sizes == ["auto"]:  # a new run's (a resume's checkpoint holds the sizes it chose)
+        training = train_loader.dataset
+        args.anchor_sizes = sizes_for_data(training.dataset, list(training.indices), args.min_size, args.max_size)
     model = build_model(args, classes, checkpoint, device, len(names) if names else None)
 
     if args.test_only:
@@ -454,6 +273,8 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
     epoch = start_epoch
     while epoch < args.epochs:
         train_loader.batch_sampler.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
+        if isinstance(train_loader.collate_fn, Mosaic):  # the last epochs, as planned now, train on whole pictures
+            close_mosaic(train_loader.collate_fn, epoch, args.epochs, args.close_mosaic)
         start = time.time()
         picture = None
         if epoch == 0 and distributed.is_main_process():  # what the model is fed, ground truth drawn: worth a look

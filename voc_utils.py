@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from torchvision import tv_tensors
 
-from dataset import IMAGE_EXTENSIONS, InstanceDataset, read_image
+from dataset import IMAGE_EXTENSIONS, InstanceDataset
+from image_io import read_image
 from utils import UserError
 
 PARTS_FOLDER = Path("ImageSets") / "Main"

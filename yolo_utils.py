@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torchvision import tv_tensors
 
-from dataset import IMAGE_EXTENSIONS, InstanceDataset, read_image
+from dataset import IMAGE_EXTENSIONS, InstanceDataset
+from image_io import read_image
 from masks import InstanceMap, MapBuilder, boxes_of_index_maps, rasterise
 from model import BOX_MODELS_HINT
 from utils import UserError

@@ -79,6 +79,7 @@ def test_recipe_part_records_ap_against_minutes_beside_the_tutorial_s_code(pennf
             assert 0 <= point["score"] <= 1 and point["score"] == point["bbox_ap" if boxes else "segm_ap"]
             assert (point["segm_ap"] is None) == boxes
         assert row["best_ap"] == max(point["score"] for point in row["points"])
+        assert row["last_ap"] == row["points"][-1]["score"]  # the figure a report states: no test image chose it
         # milliseconds per held-out image of what a recipe trained, as predict.py runs it; the tutorial's: none
         assert (row["ms_per_image"] is None) if row["recipe"] == "tutorial" else row["ms_per_image"] > 0
     assert "--seed 0 --test-size 3" in report["recipes"][1]["command"]
@@ -96,7 +97,7 @@ def test_recipe_part_records_ap_against_minutes_beside_the_tutorial_s_code(pennf
 
     args.recipes, args.budget_minutes, args.plot = ["cpu-12min"], 0.001, None  # stopped before an epoch
     (stopped,) = bench.main(args)["recipes"]
-    assert stopped["points"] == [] and stopped["best_ap"] is None
+    assert stopped["points"] == [] and stopped["best_ap"] is None and stopped["last_ap"] is None
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc; the parent-death signal is Linux's")

@@ -16,7 +16,8 @@ import export
 import predict
 from checkpoint import model_from_checkpoint
 from heads import num_classes_of
-from model import MODELS, SSD_SIZES, is_rcnn
+from model import MODELS, is_rcnn
+from ssd import SSD_SIZES
 
 BOX_MODELS = [name for name in MODELS if not is_rcnn(name)] + ["fasterrcnn_mobilenet_v3_large_320_fpn"]
 SHAPE0 = {category: box for category, *box in SHAPES[0]}  # the test image predicted: category -> x1, y1, x2, y2

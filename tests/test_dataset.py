@@ -1,4 +1,4 @@
-"""dataset.py: the readers, the folder datasets, Penn-Fudan and its download, the split."""
+"""dataset.py: the folder datasets, Penn-Fudan and its download, the split."""
 
 import numpy as np
 import pycocotools.mask as mask_utils
@@ -12,9 +12,7 @@ from dataset import (
     MaskFolderDataset,
     PennFudanDataset,
     download_pennfudan,
-    high_bit_values,
     masks_to_target,
-    read_image,
 )
 from dataset_cli import get_dataset
 from masks import InstanceMap, instance_masks
@@ -100,35 +98,6 @@ def test_every_image_mode_becomes_rgb(pennfudan):
         assert image.shape[0] == 3
     gray, _ = dataset[4]
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
-
-
-def _ramp(height, width, top, dtype):
-    return (np.linspace(0, top, height * width).reshape(height, width)).astype(dtype)
-
-
-@pytest.mark.parametrize(
-    ("kind", "suffix", "values", "eight_bits"),
-    [
-        ("16-bit", ".png", _ramp(12, 20, 65535, np.uint16), lambda v: np.rint(v / 257)),
-        ("16-bit", ".tif", _ramp(12, 20, 4095, np.uint16), lambda v: np.rint(v / 257)),  # a 12-bit camera's
-        ("32-bit", ".tif", _ramp(12, 20, 2**31 - 1, np.int32), lambda v: np.rint(v * (255 / (2**31 - 1)))),
-        ("float", ".tif", _ramp(12, 20, 1.0, np.float32), lambda v: np.rint(v * 255.0)),
-    ],
-)
-def test_high_bit_depth_images_are_scaled_to_eight_bits_not_clipped(tmp_path, kind, suffix, values, eight_bits):
-    # PIL's convert("RGB") clips a 16-bit value at 255: every 16-bit photograph would read white.
-    path = tmp_path / f"image{suffix}"
-    Image.fromarray(values).save(path)
-    image = read_image(path)
-    expected = torch.from_numpy(eight_bits(values.astype(np.float64)).astype(np.uint8))
-    assert image.dtype == torch.uint8 and image.shape == (3, 12, 20)
-    assert all(torch.equal(channel, expected) for channel in image)
-    assert high_bit_values(path) == (kind, float(values.min()), float(values.max()), {"16-bit": 65535.0,
-                                     "32-bit": 2.0**31 - 1, "float": 1.0}[kind])  # fmt: skip
-    with pytest.raises(UserError, match="no-such.png: cannot read the image"):
-        high_bit_values(tmp_path / "no-such.png")
-    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "eight.png")
-    assert high_bit_values(tmp_path / "eight.png") is None
 
 
 def test_pairs_by_stem_not_by_sorted_order(pennfudan):

@@ -8,6 +8,7 @@ import shlex
 
 import pytest
 from conftest import ROOT
+from torchvision import tv_tensors
 
 import bench
 import dataset_cli
@@ -66,7 +67,7 @@ def test_each_command_parses_and_passes_train_py_s_checks(doc, argv, monkeypatch
         if not args.resume:
             train.apply_recipe(args, typed)  # an unknown --recipe, --epochs with --time-budget
         monkeypatch.setattr(train.utils, "check_device", lambda device: None)  # a GPU command on this CPU
-        if is_keypoint_model(args.model) and not hasattr(train.tv_tensors, "KeyPoints"):  # (.ci/floors' torchvision)
+        if is_keypoint_model(args.model) and not hasattr(tv_tensors, "KeyPoints"):  # (.ci/floors' torchvision)
             with pytest.raises(train.utils.UserError, match="keypoint training needs torchvision 0.23 or later"):
                 train.check_args(argparse.Namespace(**vars(args)))
             return

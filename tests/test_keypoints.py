@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 from conftest import KEYPOINT_COLOURS, KEYPOINT_NAMES, needs_keypoint_transforms, write_keypoint_coco
+from torchvision import tv_tensors
 
 import train
 from coco_eval import coco_detections, coco_ground_truth, score_detections
@@ -242,8 +243,8 @@ def test_keypoint_annotations_without_an_outline_train_on_their_boxes(keypoint_c
 
 def test_keypoint_training_on_a_torchvision_without_keypoints_is_one_line(monkeypatch):
     args = train.get_args_parser().parse_args(["--data-path", "x", "--model", "keypointrcnn_resnet50_fpn"])
-    if hasattr(train.tv_tensors, "KeyPoints"):  # torchvision 0.23 or later: accepted, until it has none
+    if hasattr(tv_tensors, "KeyPoints"):  # torchvision 0.23 or later: accepted, until it has none
         train.check_args(args)
-        monkeypatch.delattr(train.tv_tensors, "KeyPoints")
+        monkeypatch.delattr(tv_tensors, "KeyPoints")
     with pytest.raises(UserError, match="keypoint training needs torchvision 0.23 or later"):
         train.check_args(args)

@@ -11,13 +11,13 @@ from heads import head_settings, mask_head_shape, num_classes_of, num_keypoints_
 from model import (
     BOX_MODELS,
     MODELS,
-    SSD_SIZES,
     get_model,
     get_model_instance_segmentation,
     is_keypoint_model,
     is_rcnn,
     learns_masks,
 )
+from ssd import SSD_SIZES
 from utils import UserError
 
 SMALL = {"min_size": 64, "max_size": 96}

@@ -127,11 +127,12 @@ def test_a_recipe_gives_its_settings_and_typed_flags_win():
     assert "time_budget" not in recipe_values("cpu-43min", typed={"epochs"})
     assert "epochs" not in recipe_values("gpu-5min", typed={"time_budget"})
     assert recipe_values("gpu-5min", typed=set())["epochs"] == 40
-    # the CPU mask recipes' levers: a 128-channel pyramid for their ResNet-18, which a typed --model does not take
-    assert {k: recipe_values("cpu-12min", typed=set())[k] for k in ("fpn_channels", "amp")} == {
-        "fpn_channels": 128,
-        "amp": True,
-    }
+    # the CPU recipes' levers: a 128-channel pyramid for their ResNet-18, which a typed --model does not take
+    for name in ("cpu-12min", "cpu-43min", "cpu-box-20min"):
+        assert {k: recipe_values(name, typed=set())[k] for k in ("fpn_channels", "amp")} == {
+            "fpn_channels": 128,
+            "amp": True,
+        }
     assert "fpn_channels" not in recipe_values("cpu-12min", typed={"model"})
     with pytest.raises(UserError, match="--recipe cpu-1min: no such recipe; choose one of cpu-12min, cpu-43min"):
         recipe_values("cpu-1min", typed=set())
