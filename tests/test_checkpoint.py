@@ -42,12 +42,13 @@ OTHER_VALUES = {
     "ann_file": "instances.json", "min_size": 800, "max_size": 1333, "augmentation": "none", "batch_size": 8,
     "momentum": 0.8, "weight_decay": 1e-4, "lr_step_size": 5, "lr_gamma": 0.5, "aspect_ratio_group_factor": -1,
     "sync_bn": True, "lr_steps": [8, 11], "use_copypaste": True, "keypoint_flip_map": "left:right",
-    "keypoint_sigmas": [0.05],
+    "keypoint_sigmas": [0.05], "mosaic": 0.5, "close_mosaic": 3,
 }  # fmt: skip
 NEVER = {
     "seed": 1, "test_size": 50, "val_size": 2, "val_data_path": "val", "val_ann_file": "val.json",
     "model": "fasterrcnn_resnet50_fpn", "weights": "DEFAULT", "weights_backbone": "DEFAULT",
-    "trainable_backbone_layers": 5, "mask_head": [2, 128], "fpn_channels": 128, "box_batch_size_per_image": 128,
+    "trainable_backbone_layers": 5, "mask_head": [2, 128], "fpn_channels": 128, "anchor_sizes": [16, 32, 64, 128, 256],
+    "box_batch_size_per_image": 128,
     "rpn_pre_nms_top_n_train": 500, "rpn_post_nms_top_n_train": 500, "rpn_pre_nms_top_n_test": 500,
     "rpn_post_nms_top_n_test": 500, "box_detections_per_img": 50,
     "opt": "adamw", "lr_scheduler": "cosineannealinglr", "norm_weight_decay": 0.0, "model_ema": True,
