@@ -24,20 +24,18 @@ DEFAULT_SIZES = (32, 64, 128, 256, 512)  # torchvision's, for every R-CNN it bui
 MAX_SAMPLES = 500  # training images read for `auto`: evenly spread, so a large data set costs no more than this
 
 
-def _generator(model: nn.Module, flag: str = "--anchor-sizes") -> AnchorGenerator:
+def _anchors(model: nn.Module) -> tuple[AnchorGenerator | None, list[int]]:
+    """An R-CNN's anchor generator and its distinct sizes, smallest first; (None, []) for a model without an RPN."""
     generator = getattr(getattr(model, "rpn", None), "anchor_generator", None)
     if not isinstance(generator, AnchorGenerator):
-        raise UserError(f"{flag}: an R-CNN setting (its RPN's anchors); this model has no RPN, so drop the flag")
-    return generator
+        return None, []
+    return generator, sorted({int(size) for level in generator.sizes for size in level})
 
 
 def anchor_sizes_of(model: nn.Module) -> list[int] | None:
     """The five anchor sizes of an R-CNN, smallest first; None where they are torchvision's (or no RPN)."""
-    generator = getattr(getattr(model, "rpn", None), "anchor_generator", None)
-    if not isinstance(generator, AnchorGenerator):
-        return None
-    sizes = sorted({int(size) for level in generator.sizes for size in level})
-    return None if tuple(sizes) == DEFAULT_SIZES else sizes
+    generator, sizes = _anchors(model)
+    return None if generator is None or tuple(sizes) == DEFAULT_SIZES else sizes
 
 
 def set_anchor_sizes(model: nn.Module, sizes: list[int]) -> None:
@@ -45,8 +43,9 @@ def set_anchor_sizes(model: nn.Module, sizes: list[int]) -> None:
     if len(sizes) != len(DEFAULT_SIZES) or any(size < 1 for size in sizes) or list(sizes) != sorted(set(sizes)):
         raise UserError(f"--anchor-sizes {' '.join(map(str, sizes))}: give five rising sizes in pixels, such as "
                         f"{' '.join(map(str, DEFAULT_SIZES))} (torchvision's), or auto")  # fmt: skip
-    generator = _generator(model)
-    now = sorted({int(size) for level in generator.sizes for size in level})
+    generator, now = _anchors(model)
+    if generator is None:
+        raise UserError("--anchor-sizes: an R-CNN setting (its RPN's anchors); this model has no RPN, so drop the flag")
     placed = dict(zip(now, sizes, strict=True))
     new = AnchorGenerator(tuple(tuple(placed[int(s)] for s in level) for level in generator.sizes),
                           generator.aspect_ratios)  # fmt: skip

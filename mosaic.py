@@ -19,11 +19,12 @@ from typing import Any
 import torch
 
 from dataset import boxes_of_masks
+from transforms import IMAGENET_MEAN_PIXEL
 from utils import collate_fn
 
 MIN_VISIBLE = 0.1  # of an instance's pixels (its box's area, without masks), for it to stay in a mosaic
 MIN_SIDE = 2.0  # pixels: a narrower sliver of a box goes
-PAD = (124 / 255, 116 / 255, 104 / 255)  # where no image reaches: the mean colour, as the presets pad (float images)
+PAD = tuple(value / 255 for value in IMAGENET_MEAN_PIXEL)  # where no image reaches, as the presets pad (float images)
 QUADRANTS = ((0, 0), (0, 1), (1, 0), (1, 1))  # (bottom, right): top left, top right, bottom left, bottom right
 
 
