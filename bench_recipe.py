@@ -260,6 +260,11 @@ def plot_recipes(rows: list[dict[str, Any]], path: str | Path, title: str) -> No
 
 
 def recipe_table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One line per recipe for bench.py's table."""
+    """One line per recipe for bench.py's table: epochs trained, from the last scored point (a peer scores only its
+    last epoch, so its points are not its epochs)."""
     keys = ("recipe", "last_ap", "best_ap", "best_minutes", "minutes", "ms_per_image")
-    return [{key: row.get(key) for key in keys} | {"epochs": len(row["points"])} for row in rows]
+    return [{key: row.get(key) for key in keys} | {"epochs": _epochs(row["points"])} for row in rows]
+
+
+def _epochs(points: list[dict[str, Any]]) -> int:
+    return points[-1]["epoch"] + 1 if points else 0

@@ -166,10 +166,15 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     return {"predicted": predicted, "skipped": skipped}
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> None:
+    """`python predict.py ARGS`: predict, with a user's error told in one line and ended with SystemExit 2."""
     try:
-        result = predict(get_args_parser().parse_args())
+        result = predict(get_args_parser().parse_args(argv))
     except utils.UserError as error:
         utils.exit_with_user_error(error)
     if not result["predicted"]:
         raise SystemExit(2)  # every input was bad: each has been reported above
+
+
+if __name__ == "__main__":
+    cli()

@@ -6,6 +6,7 @@ import http.server
 import io
 import os
 import shutil
+import subprocess
 import sys
 import threading
 import zipfile
@@ -45,6 +46,24 @@ def _has_keypoint_transforms() -> bool:
 needs_keypoint_transforms = pytest.mark.skipif(
     not _has_keypoint_transforms(), reason="keypoint training needs torchvision 0.23 or later (tv_tensors.KeyPoints)"
 )
+
+# The full suite (python -m pytest -q, what CI runs) runs every test; -m "not slow" leaves out those that train, start
+# a process of their own or build a large model, and passes in a few minutes (README.md's first test command).
+slow = pytest.mark.slow
+
+# The models a fast test may build and run: the large ones (ResNet-50s, VGG, the keypoint head, the tutorial's
+# MobileNetV2 with its 64 M parameter box head) take seconds each, and the full suite runs them.
+HEAVY_MODELS = {
+    "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2",
+    "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2", "fcos_resnet50_fpn", "ssd300_vgg16",
+    "keypointrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v2", "maskrcnn_mobilenet_v2",
+}  # fmt: skip
+
+
+def slow_where(values, slow_ones) -> list:
+    """`values` for pytest.mark.parametrize, those in `slow_ones` marked slow."""
+    return [pytest.param(value, marks=slow) if value in slow_ones else value for value in values]
+
 
 # Photographs come in every mode: the dataset must turn each into RGB.
 IMAGE_MODES = {4: "L", 5: "RGBA", 6: "P"}
@@ -206,6 +225,19 @@ def cvppp(tmp_path: Path) -> Path:
         for kind in ("rgb", "label"):
             (folder / f"{plant}_{kind}.png").symlink_to(CVPPP / f"{plant}_{kind}.png")
     return folder
+
+
+def run_here(cli, capsys, *args) -> subprocess.CompletedProcess:
+    """A command's `cli` (train.cli, predict.cli) in this process, with what subprocess.run would give: for commands
+    refused before any work, where a process's start-up (5 s of a 2-core CPU) would be most of the test. A stray
+    warning goes to pytest, not to stderr, here: keep some of each kind of refusal in a process of its own."""
+    try:
+        cli([*map(str, args)])
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def rle_of(mask: np.ndarray, compressed: bool = True) -> dict:

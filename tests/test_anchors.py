@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import LAYOUT
-from test_train import FAST, run_cli, run_cli_here
+from test_train import FAST, run_cli_here
 
 from anchors import DEFAULT_SIZES, anchor_sizes_of, box_sides, fitted_sizes
 from checkpoint import model_config, model_from_checkpoint, model_from_config
@@ -76,12 +76,15 @@ def test_box_sides_are_measured_at_the_size_the_model_sees(pennfudan):
     np.testing.assert_allclose(capped, np.asarray(expected[:2]) / 48 * 96 * (100 / 128), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_auto_is_chosen_once_kept_by_the_run_and_its_checkpoint(pennfudan, tmp_path, capsys):
     out = tmp_path / "run"
     refused = run_cli_here(capsys, "--data-path", pennfudan, *FAST, "--anchor-sizes", "auto", "16", "--output-dir",
                            out)  # fmt: skip
     assert refused.returncode == 2 and "--anchor-sizes: give auto alone" in refused.stderr
-    result = run_cli("--data-path", pennfudan, *FAST, "--epochs", 1, "--anchor-sizes", "auto", "--output-dir", out)
+    result = run_cli_here(
+        capsys, "--data-path", pennfudan, *FAST, "--epochs", 1, "--anchor-sizes", "auto", "--output-dir", out
+    )
     assert result.returncode == 0, result.stderr
     line = next(line for line in result.stdout.splitlines() if line.startswith("--anchor-sizes auto: "))
     chosen = [int(size) for size in line.split(": ")[1].split(" (")[0].split()]
@@ -89,6 +92,6 @@ def test_auto_is_chosen_once_kept_by_the_run_and_its_checkpoint(pennfudan, tmp_p
     assert json.loads((out / "args.json").read_text())["anchor_sizes"] == chosen
     model, _ = model_from_checkpoint(out / "best.pth")
     assert anchor_sizes_of(model) == chosen
-    again = run_cli("--resume", out / "best.pth", "--test-only", "--output-dir", tmp_path / "eval")
+    again = run_cli_here(capsys, "--resume", out / "best.pth", "--test-only", "--output-dir", tmp_path / "eval")
     assert again.returncode == 0, again.stderr
     assert "--anchor-sizes auto" not in again.stdout  # chosen once, by the run

@@ -15,6 +15,7 @@ from bench_speed import median_ms
 from utils import UserError
 
 
+@pytest.mark.slow
 def test_bench_measures_every_part_beside_the_tutorial_s_way(pennfudan, tmp_path, capsys):
     # Every part (data, train, eval, epoch) at a tiny size: what is measured, not how fast.
     output = tmp_path / "bench.json"
@@ -60,6 +61,7 @@ def test_bench_measures_every_part_beside_the_tutorial_s_way(pennfudan, tmp_path
 RECIPES = ["cpu-12min", "cpu-box-20min", "r18-light-sgd"]
 
 
+@pytest.mark.slow
 def test_recipe_part_records_ap_against_minutes_beside_the_tutorial_s_code(pennfudan, tmp_path):
     # A smoke run at a tiny size: what is recorded, not how good or fast.
     output, plot = tmp_path / "bench.json", tmp_path / "recipes.png"
@@ -100,6 +102,7 @@ def test_recipe_part_records_ap_against_minutes_beside_the_tutorial_s_code(pennf
     assert stopped["points"] == [] and stopped["best_ap"] is None and stopped["last_ap"] is None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc; the parent-death signal is Linux's")
 def test_a_killed_recipe_benchmark_leaves_no_training_behind(pennfudan, tmp_path):
     command = [sys.executable, "bench.py", "--data-path", str(pennfudan), "--parts", "recipe", "--recipes",
@@ -149,6 +152,7 @@ def _alive(pid):
         return False
 
 
+@pytest.mark.slow
 def test_memory_part_measures_each_command_on_big_and_model_sized_photos(tmp_path):
     # The memory part at a tiny size, one route: each command ran in its own process, on both sizes.
     output = tmp_path / "bench.json"

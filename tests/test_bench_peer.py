@@ -87,3 +87,12 @@ def test_without_ultralytics_asking_for_the_peer_is_one_line_before_any_work(mon
         bench.main(bench.get_args_parser().parse_args([*flags, "--output", str(tmp_path / "bench.json")]))
     assert not (tmp_path / "bench.json").exists()
     bench_peer.check_peers(["cpu-12min", "tutorial"])  # our own recipes need no peer
+
+
+def test_the_table_counts_a_peer_s_epochs_not_its_one_scored_point():
+    from bench_recipe import recipe_table_rows
+
+    ours = {"recipe": "cpu-box-20min", "points": [{"epoch": 0}, {"epoch": 1}, {"epoch": 2}]}
+    peer = {"recipe": "yolov8n", "points": [{"epoch": 97}]}  # its last.pt, scored once after 98 epochs
+    stopped = {"recipe": "cpu-12min", "points": []}
+    assert [row["epochs"] for row in recipe_table_rows([ours, peer, stopped])] == [3, 98, 0]

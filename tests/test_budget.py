@@ -43,6 +43,7 @@ def _cosine(epochs):
     return [0.001 * (1 + math.cos(math.pi * k / epochs)) / 2 for k in range(epochs)]
 
 
+@pytest.mark.slow
 def test_a_time_budget_ends_the_run_on_time_with_its_schedule_complete(pennfudan, tmp_path, monkeypatch, capsys):
     clock = FakeClock(monkeypatch, lambda step: 1.0)  # 4 steps an epoch: 4 s
     started, out = clock.now, tmp_path / "out"
@@ -60,6 +61,7 @@ def test_a_time_budget_ends_the_run_on_time_with_its_schedule_complete(pennfudan
     assert checkpoint["budget"]["epoch_seconds"] == [4.0] * epochs
 
 
+@pytest.mark.slow
 def test_a_resume_from_any_epoch_s_checkpoint_keeps_the_plan_and_ends_by_the_budget(pennfudan, tmp_path, monkeypatch):
     FakeClock(monkeypatch, lambda step: 1.0)
     saved, kept = train.save_epoch, tmp_path / "kept"
@@ -85,6 +87,7 @@ def test_a_resume_from_any_epoch_s_checkpoint_keeps_the_plan_and_ends_by_the_bud
         assert [r["lr"] for r in _records(folder)] == pytest.approx([r["lr"] for r in straight], rel=1e-9)
 
 
+@pytest.mark.slow
 def test_epochs_slower_than_planned_end_at_the_budget_with_the_last_complete_one(
     pennfudan, tmp_path, monkeypatch, capsys
 ):
@@ -104,6 +107,7 @@ def test_epochs_slower_than_planned_end_at_the_budget_with_the_last_complete_one
     assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == checkpoint["epoch"]
 
 
+@pytest.mark.slow
 def test_a_slow_second_epoch_does_not_leave_the_budget_unused(pennfudan, tmp_path, monkeypatch, capsys):
     clock = FakeClock(monkeypatch, lambda step: 2.0 if 5 <= step <= 8 else 1.0)  # epochs of 4 s, the second 8 s
     started, out = clock.now, tmp_path / "out"

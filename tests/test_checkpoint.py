@@ -135,6 +135,7 @@ def test_the_split_comes_from_the_checkpoint_else_from_split_json(tmp_path):
         stored_split({}, tmp_path / "checkpoint.pth")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "weights"),
     [

@@ -100,12 +100,13 @@ def test_mixed_outlines_train_box_models_on_all_and_mask_models_per_sample(coco_
     assert "2 annotations (ids [" in warning and "mask models stop at their images" in warning
 
 
-def test_a_box_model_trains_on_a_boxes_only_json_and_check_says_so(coco_folder, tmp_path):
+@pytest.mark.slow
+def test_a_box_model_trains_on_a_boxes_only_json_and_check_says_so(coco_folder, tmp_path, capsys):
     import subprocess
     import sys
 
     from conftest import ROOT
-    from test_train import FAST, run_cli
+    from test_train import FAST, run_cli_here
 
     folder, ann_file, _ = coco_folder
     _boxes_only(ann_file)
@@ -116,11 +117,15 @@ def test_a_box_model_trains_on_a_boxes_only_json_and_check_says_so(coco_folder, 
     assert "annotations: boxes only, no outlines; trains the box models (fasterrcnn_resnet50_fpn" in check.stdout
     out = tmp_path / "out"
     box_model = ["--model", "fasterrcnn_mobilenet_v3_large_fpn", *FAST[2:], "--test-size", 1]
-    result = run_cli("--data-path", folder, "--ann-file", ann_file, *box_model, "--epochs", 1, "--output-dir", out)
+    result = run_cli_here(
+        capsys, "--data-path", folder, "--ann-file", ann_file, *box_model, "--epochs", 1, "--output-dir", out
+    )
     assert result.returncode == 0, result.stderr
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(record["bbox"]) == 12 and "segm" not in record
-    refused = run_cli("--data-path", folder, "--ann-file", ann_file, *FAST, "--output-dir", tmp_path / "mask")
+    refused = run_cli_here(
+        capsys, "--data-path", folder, "--ann-file", ann_file, *FAST, "--output-dir", tmp_path / "mask"
+    )
     assert refused.returncode == 2 and "boxes only, no outlines, and --model maskrcnn_mobilenet_v3_large_fpn" in (
         refused.stderr
     )

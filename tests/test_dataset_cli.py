@@ -25,6 +25,7 @@ def test_get_dataset_infers_the_layout(pennfudan, tmp_path):
         get_dataset(None, tmp_path / "elsewhere" / "PennFudanPed")
 
 
+@pytest.mark.slow
 def test_check_passes_real_cvppp_and_ignores_training_flags(cvppp):
     counts = dict(line.split(", ") for line in (CVPPP / "A1.csv").read_text().split("\n") if line.strip())
     expected = sum(int(counts[p.name]) for p in cvppp.glob("*_rgb.png"))
@@ -123,6 +124,7 @@ def test_check_reports_coco_problems(coco_folder, capsys):
     assert "instances.json: annotation 2 of a.png has bbox [100.0, 50.0, 60.0, 20.0] outside its 128x96 image" in out
 
 
+@pytest.mark.slow
 def test_dataset_show_draws_samples_before_and_after_the_augmentation(pennfudan, tmp_path):
     out = tmp_path / "show"
     command = [sys.executable, "dataset.py", "show", "--data-path", pennfudan, "--augmentation", "lsj",

@@ -42,6 +42,7 @@ def _collectives(rank, world_size, port, results):
     distributed.cleanup_distributed()
 
 
+@pytest.mark.slow
 def test_collectives_on_two_cpu_processes():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

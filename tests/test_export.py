@@ -26,6 +26,7 @@ def _export(checkpoint, path, fmt, *extra):
     ))  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_the_exported_model_gives_pytorch_s_detections(fmt, checkpoint, tmp_path, capsys):
     assert _export(checkpoint, tmp_path / f"model.{fmt}", fmt) is True
@@ -36,6 +37,7 @@ def test_the_exported_model_gives_pytorch_s_detections(fmt, checkpoint, tmp_path
     assert (tmp_path / f"model.{fmt}").stat().st_size > 1_000_000
 
 
+@pytest.mark.slow
 def test_a_difference_beyond_the_tolerance_fails_the_check(checkpoint, tmp_path, monkeypatch, capsys):
     loaded = export.torchscript_runner
 
@@ -56,12 +58,14 @@ def test_onnx_without_onnxruntime_is_one_line(checkpoint, tmp_path, monkeypatch)
     assert not (tmp_path / "model.onnx").exists()
 
 
+@pytest.mark.slow
 def test_the_tutorials_backbone_exports_and_checks(tmp_path, capsys):
     best = untrained_checkpoint(tmp_path / "best.pth", "maskrcnn_mobilenet_v2", ["background", "a"], min_size=64)
     assert _export(best, tmp_path / "model.onnx", "onnx") is True
     assert "matches PyTorch" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_keypoint_rcnn_exports_its_keypoints_and_checks(tmp_path, capsys):
     names = ["background", "a"]
     best = untrained_checkpoint(tmp_path / "best.pth", "keypointrcnn_resnet50_fpn", names, num_keypoints=3, min_size=64)

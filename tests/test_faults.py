@@ -6,6 +6,7 @@ one line that names the file and the problem (exit status 2, no traceback). Ever
 during a run must leave a checkpoint that loads and a run that --resume completes.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, slow_where
 from PIL import Image
 from test_train import FAST, run_cli, run_cli_here
 
@@ -82,15 +83,16 @@ def _assert_stopped_before_training(result, expected, out):
     assert "Epoch: [0]" not in result.stdout and not (out / "checkpoint.pth").exists()
 
 
+# One case of each table (BROKEN_COCO's is below) runs as a user runs it, where a stray warning would be a second line;
+# the others in this process, without the 5 s of a process's start-up.
+AS_A_USER_RUNS_IT = ("truncated png", "not json")
+
+
 def _run(case, capsys, *args):
-    """The first case of each table runs as a user runs it (a stray warning would be a second line there); the
-    others in this process, without the 5 s of a process's start-up."""
-    return (
-        run_cli(*args) if case in (next(iter(BROKEN_FOLDERS)), next(iter(BROKEN_COCO))) else run_cli_here(capsys, *args)
-    )
+    return run_cli(*args) if case in AS_A_USER_RUNS_IT else run_cli_here(capsys, *args)
 
 
-@pytest.mark.parametrize("case", BROKEN_FOLDERS)
+@pytest.mark.parametrize("case", slow_where(BROKEN_FOLDERS, AS_A_USER_RUNS_IT))
 def test_a_broken_folder_dataset_stops_before_training(case, pennfudan, tmp_path, capsys):
     # -j 1: the pre-flight reads in a worker process, as most runs do; its error must still be one line.
     breaks, expected = BROKEN_FOLDERS[case]
@@ -144,7 +146,7 @@ BROKEN_COCO = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("case", BROKEN_COCO)
+@pytest.mark.parametrize("case", slow_where(BROKEN_COCO, AS_A_USER_RUNS_IT))
 def test_a_broken_coco_file_stops_before_training(case, coco_folder, tmp_path, capsys):
     folder, ann_file, _ = coco_folder
     breaks, expected = BROKEN_COCO[case]
@@ -181,12 +183,15 @@ def test_a_coco_box_outside_the_image_is_clipped_with_a_warning(coco_folder):
     assert not errors and any("outside its 128x96 image; it is clipped" in w for w in warnings)
 
 
-def test_skip_bad_samples_leaves_them_out_with_a_warning_each(pennfudan, tmp_path):
+@pytest.mark.slow
+def test_skip_bad_samples_leaves_them_out_with_a_warning_each(pennfudan, tmp_path, capsys):
     _truncate(_first_image(pennfudan))
     (pennfudan / IMAGES / "FudanPed00003.png").write_bytes(b"")
     (pennfudan / MASKS / "FudanPed00005_mask.png").unlink()
     out = tmp_path / "out"
-    result = run_cli("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out, "--skip-bad-samples")
+    result = run_cli_here(
+        capsys, "--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out, "--skip-bad-samples"
+    )
     assert result.returncode == 0, result.stderr
     for name in ("FudanPed00000.png: cannot read", "FudanPed00003.png: cannot read", "FudanPed00005.png: no mask"):
         assert f"warning: {pennfudan / IMAGES / name}" in result.stdout
@@ -197,10 +202,11 @@ def test_skip_bad_samples_leaves_them_out_with_a_warning_each(pennfudan, tmp_pat
     assert len(split["skipped"]) == 3 and torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 0
 
 
-def test_a_file_that_breaks_during_the_run_stops_it_with_one_line(pennfudan, tmp_path):
+@pytest.mark.slow
+def test_a_file_that_breaks_during_the_run_stops_it_with_one_line(pennfudan, tmp_path, capsys):
     # After the pre-flight passed: the run stops at the file, naming it; the last checkpoint is intact.
     out = tmp_path / "out"
-    assert run_cli("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out).returncode == 0
+    assert run_cli_here(capsys, "--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out).returncode == 0
     before = (out / "checkpoint.pth").read_bytes()
     breaker = (  # train.py, whose training loop first overwrites an image
         "import sys, runpy, engine; sys.argv = ['train.py', *sys.argv[1:]]\n"
@@ -227,13 +233,15 @@ class _RunsCode:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", ["--resume", "--weights"])
-def test_a_checkpoint_that_runs_code_is_refused(flag, pennfudan, tmp_path):
+def test_a_checkpoint_that_runs_code_is_refused(flag, pennfudan, tmp_path, capsys):
     marker = tmp_path / "it-ran"
     evil = {"model": {"x": _RunsCode(str(marker))}, "optimizer": {}, "epoch": 0}
     torch.save(evil, tmp_path / "evil.pth")
     out = tmp_path / "out"
-    result = run_cli("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out, flag, tmp_path / "evil.pth")
+    run = run_cli if flag == "--resume" else functools.partial(run_cli_here, capsys)  # one as a user runs it
+    result = run("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out, flag, tmp_path / "evil.pth")
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert "evil.pth: refused to load it with weights_only=True" in result.stderr
@@ -279,6 +287,7 @@ def _epochs_in(out):
     return torch.load(out / "checkpoint.pth", weights_only=True)["epoch"]
 
 
+@pytest.mark.slow
 def test_kill_9_at_any_moment_loses_nothing(pennfudan, tmp_path):
     out, rng = tmp_path / "out", random.Random(0)
     slow = {"FAULT_SLOW_WRITE": "1.5"}  # a kill lands 0.5 s into the write
@@ -314,6 +323,7 @@ def test_kill_9_at_any_moment_loses_nothing(pennfudan, tmp_path):
     assert not list(out.glob(".*.tmp"))  # the temporaries the kills left were cleaned up
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_the_last_epoch_resumes(pennfudan, tmp_path):
     out = tmp_path / "out"
     process = _start(pennfudan, out)
@@ -330,6 +340,7 @@ def test_ctrl_c_stops_cleanly_and_the_last_epoch_resumes(pennfudan, tmp_path):
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("marker", ["Epoch: [1] [2/", "FAULT: half-written checkpoint.pth"])
 def test_sigterm_stops_like_ctrl_c_with_exit_143(pennfudan, tmp_path, marker):
     # A scheduler's preemption or docker stop, mid-iteration (-j 2: workers too) and mid-checkpoint-write.
@@ -354,12 +365,13 @@ def _digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_a_diverging_run_stops_and_keeps_the_previous_checkpoint(pennfudan, tmp_path):
+@pytest.mark.slow
+def test_a_diverging_run_stops_and_keeps_the_previous_checkpoint(pennfudan, tmp_path, capsys):
     out = tmp_path / "out"
-    assert run_cli("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out).returncode == 0
+    assert run_cli_here(capsys, "--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out).returncode == 0
     saved = _digest(out / "checkpoint.pth")
     resume = ["--resume", out / "checkpoint.pth", "--lr", 10000]
-    result = run_cli("--data-path", pennfudan, *FAST, "--epochs", 3, "--output-dir", out, *resume)
+    result = run_cli_here(capsys, "--data-path", pennfudan, *FAST, "--epochs", 3, "--output-dir", out, *resume)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and re.search("the loss is (nan|-?inf)", result.stderr)
     assert "epoch 1 iteration" in result.stderr and re.search(r"loss_\w+ (nan|-?inf)", result.stderr)  # where, which
@@ -376,6 +388,7 @@ def _mount_tmpfs(folder, size):
         return False
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(pennfudan, tmp_path):
     # A real full file system where the machine allows it (a tmpfs with room for epoch 0's files and not for
     # epoch 1's checkpoint), else the same fault injected into the write.
@@ -407,13 +420,14 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(pennfudan
             subprocess.run(["umount", str(disk)], check=True)
 
 
-def test_a_dataset_without_any_instance_stops_before_training(pennfudan, tmp_path):
+@pytest.mark.slow
+def test_a_dataset_without_any_instance_stops_before_training(pennfudan, tmp_path, capsys):
     # Every mask all background: a suffix that pairs the wrong files, 0/255 JPEG masks thresholded to nothing.
     for path in (pennfudan / MASKS).iterdir():
         size = Image.open(path).size
         Image.new("L", size).save(path)
     out = tmp_path / "out"
-    result = run_cli("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out)
+    result = run_cli_here(capsys, "--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out)
     _assert_stopped_before_training(result, "none of the 7 training images holds an instance", out)
     assert "python dataset.py check and python dataset.py show" in result.stderr
     check = subprocess.run([sys.executable, "dataset.py", "check", "--data-path", pennfudan], cwd=ROOT,
@@ -421,11 +435,12 @@ def test_a_dataset_without_any_instance_stops_before_training(pennfudan, tmp_pat
     assert check.returncode == 2 and "error: " in check.stdout and "no image holds an instance" in check.stdout
 
 
-def test_a_test_split_without_instances_warns_and_never_prints_minus_one(pennfudan, tmp_path):
+@pytest.mark.slow
+def test_a_test_split_without_instances_warns_and_never_prints_minus_one(pennfudan, tmp_path, capsys):
     # --seed 0 --test-size 1 holds out image 2 of the layout, the one without instances.
     out = tmp_path / "out"
     args = [*FAST, "--test-size", 1, "--seed", 0, "--epochs", 2, "--output-dir", out]
-    result = run_cli("--data-path", pennfudan, *args)
+    result = run_cli_here(capsys, "--data-path", pennfudan, *args)
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "split.json").read_text())["test"] == ["FudanPed00002.png"]
     assert "warning: the test split (1 image) holds no instance" in result.stdout
@@ -433,5 +448,7 @@ def test_a_test_split_without_instances_warns_and_never_prints_minus_one(pennfud
     assert "No ground truth in the test split: no epoch was scored, best.pth is the last" in result.stdout
     assert "-1.000" not in result.stdout and "Best epoch" not in result.stdout
     assert torch.load(out / "best.pth", weights_only=True)["epoch"] == 1
-    evaluated = run_cli("--resume", out / "checkpoint.pth", "--test-only", "--output-dir", tmp_path / "eval")
+    evaluated = run_cli_here(
+        capsys, "--resume", out / "checkpoint.pth", "--test-only", "--output-dir", tmp_path / "eval"
+    )
     assert "nothing to score (no ground truth) on the run's 1 test images" in evaluated.stdout, evaluated.stderr

@@ -3,6 +3,7 @@ import urllib.error
 import pytest
 import torch
 import torchvision.models._api
+from conftest import HEAVY_MODELS, slow_where
 from torchvision.models import mobilenet_v2, resnet18, resnet50
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -42,7 +43,7 @@ ONE_STAGE_LOSSES = {"retinanet": {"classification", "bbox_regression"}, "ssd": {
                     "fcos": {"classification", "bbox_regression", "bbox_ctrness"}}  # fmt: skip
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", slow_where(MODELS, HEAVY_MODELS))
 def test_every_model_trains_and_predicts_for_num_classes(name):
     torch.manual_seed(0)
     points = {"num_keypoints": 2} if is_keypoint_model(name) else {}
@@ -87,7 +88,7 @@ def test_every_model_trains_and_predicts_for_num_classes(name):
 ONE_STAGE = [name for name in MODELS if not is_rcnn(name)]
 
 
-@pytest.mark.parametrize("name", [*ONE_STAGE, "fasterrcnn_mobilenet_v3_large_320_fpn"])
+@pytest.mark.parametrize("name", slow_where([*ONE_STAGE, "fasterrcnn_mobilenet_v3_large_320_fpn"], HEAVY_MODELS))
 def test_coco_weights_keep_all_but_the_classifier_which_fits_the_user_s_classes(name, fake_hub, tmp_path):
     fake_hub["state"] = state = _coco_state(name)
     from_hub = get_model(name, num_classes=4, weights="DEFAULT")
@@ -146,6 +147,7 @@ def test_local_weights_file_builds_what_torchvision_builds(name, fake_hub, tmp_p
     assert not any(p.requires_grad for p in first_stage.parameters())
 
 
+@pytest.mark.slow
 def test_keypoint_rcnn_loads_coco_weights_and_predicts_the_users_keypoints(fake_hub, tmp_path):
     name = "keypointrcnn_resnet50_fpn"
     fake_hub["state"] = state = _coco_state(name)  # COCO's: 2 classes, 17 keypoints
@@ -322,6 +324,7 @@ def test_the_tutorials_own_backbone_is_built_the_tutorials_way(name, fake_hub):
     assert all(p.requires_grad for p in pretrained.backbone[18].parameters())  # the last 3 train
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("side", [268, 300, 512])
 def test_ssd300_spaces_its_default_boxes_over_the_input_it_is_given(side):
     model = get_model("ssd300_vgg16", 3, weights="none", min_size=side)

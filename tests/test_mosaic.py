@@ -1,8 +1,9 @@
 """mosaic.py: four images of a batch in one picture, every instance moved with its pixels; closed for the last
 epochs."""
 
+import pytest
 import torch
-from test_train import FAST, run_cli, run_cli_here
+from test_train import FAST, run_cli_here
 
 from dataset import boxes_of_masks
 from mosaic import MIN_VISIBLE, Mosaic, close_mosaic, mosaic
@@ -92,6 +93,7 @@ def test_the_collate_function_mosaics_by_its_probability_and_stops_when_closed(c
     assert collate(batch)[1] == collate_fn(batch)[1]
 
 
+@pytest.mark.slow
 def test_a_run_with_mosaic_trains_and_closes_it_and_impossible_flags_are_refused(pennfudan, tmp_path, capsys):
     refusals = [
         (["--mosaic", "1.5"], "--mosaic 1.5: a probability from 0 to 1"),
@@ -101,7 +103,7 @@ def test_a_run_with_mosaic_trains_and_closes_it_and_impossible_flags_are_refused
     for flags, message in refusals:
         refused = run_cli_here(capsys, "--data-path", pennfudan, *FAST, *flags, "--output-dir", tmp_path / "no")
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr
-    result = run_cli("--data-path", pennfudan, *FAST, "--epochs", 2, "--mosaic", "1.0", "--close-mosaic", 1,
-                     "--output-dir", tmp_path / "run")  # fmt: skip
+    result = run_cli_here(capsys, "--data-path", pennfudan, *FAST, "--epochs", 2, "--mosaic", "1.0",
+                          "--close-mosaic", 1, "--output-dir", tmp_path / "run")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "epoch 1: mosaic off for the last 1 of 2 epochs" in result.stdout

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from conftest import ROOT
 from PIL import Image
@@ -42,6 +43,7 @@ def test_labelme_example_meets_the_target_contract(tmp_path):
     assert transformed["masks"].shape == (2, 60, 80)
 
 
+@pytest.mark.slow
 def test_the_resume_and_test_only_commands_work_as_written(pennfudan, tmp_path):
     readme = (ROOT / "README.md").read_text()
     commands = [

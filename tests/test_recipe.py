@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from test_train import run_cli
+from test_train import run_cli, run_cli_here
 from torch import nn
 
 import train
@@ -151,9 +151,11 @@ def test_every_recipe_names_real_flags_with_valid_values_and_runs_offline():
     assert all(name in parser.format_help() for name in RECIPES)
 
 
-def test_recipe_on_the_command_line_and_after_a_resume(pennfudan, tmp_path):
+@pytest.mark.slow
+def test_recipe_on_the_command_line_and_after_a_resume(pennfudan, tmp_path, capsys):
     out = tmp_path / "out"
     small = ["--min-size", 64, "--max-size", 96, "--test-size", 3, "-j", 0, "--epochs", 1]
+    # as a user runs it; the resume and the refusals after it in this process
     run = run_cli("--data-path", pennfudan, "--recipe", "cpu-12min", "--lr", 0.0001, *small, "--output-dir", out)
     assert run.returncode == 0, run.stderr
     assert "recipe cpu-12min: --model maskrcnn_resnet18_fpn --mask-head 2 128" in run.stdout
@@ -167,7 +169,7 @@ def test_recipe_on_the_command_line_and_after_a_resume(pennfudan, tmp_path):
     checkpoint = torch.load(out / "checkpoint.pth", weights_only=True)
     assert checkpoint["args"]["recipe"] == "cpu-12min" and checkpoint["args"]["recipe_settings"]["opt"] == "adamw"
 
-    resumed = run_cli("--resume", out / "checkpoint.pth", "--epochs", 2)  # needs no other flag
+    resumed = run_cli_here(capsys, "--resume", out / "checkpoint.pth", "--epochs", 2)  # needs no other flag
     assert resumed.returncode == 0, resumed.stderr
     args = json.loads((out / "args.json").read_text())
     assert (args["recipe"], args["lr"], args["epochs"], args["model"]) == (
@@ -178,13 +180,15 @@ def test_recipe_on_the_command_line_and_after_a_resume(pennfudan, tmp_path):
     )
     assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 1
 
-    other = run_cli("--resume", out / "checkpoint.pth", "--recipe", "cpu-43min", "--epochs", 3)
+    other = run_cli_here(capsys, "--resume", out / "checkpoint.pth", "--recipe", "cpu-43min", "--epochs", 3)
     assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1, other.stderr
     assert "--recipe cpu-43min: the run has cpu-12min" in other.stderr
-    unknown = run_cli("--data-path", pennfudan, "--recipe", "fast", "--output-dir", tmp_path / "x")
+    unknown = run_cli_here(capsys, "--data-path", pennfudan, "--recipe", "fast", "--output-dir", tmp_path / "x")
     assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1, unknown.stderr
     assert "choose one of cpu-12min, cpu-43min, cpu-box-20min, gpu-5min" in unknown.stderr
-    both = run_cli("--data-path", pennfudan, "--epochs", 2, "--time-budget", 5, "--output-dir", tmp_path / "y")
+    both = run_cli_here(
+        capsys, "--data-path", pennfudan, "--epochs", 2, "--time-budget", 5, "--output-dir", tmp_path / "y"
+    )
     assert both.returncode == 2 and "--epochs and --time-budget: give one" in both.stderr
 
 

@@ -3,13 +3,14 @@ and a killed run never leaves it locked (run_folder.py, as train.py uses it)."""
 
 import hashlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
 
 import pytest
 from conftest import ROOT
-from test_train import FAST, run_cli
+from test_train import FAST, run_cli, run_cli_here, run_main
 
 import run_folder
 
@@ -26,9 +27,10 @@ def _one_line_error(result, *expected):
         assert text in result.stderr, result.stderr
 
 
-def test_a_new_run_stops_before_an_earlier_run_s_folder(pennfudan, tmp_path):
+@pytest.mark.slow
+def test_a_new_run_stops_before_an_earlier_run_s_folder(pennfudan, tmp_path, capsys):
     out = tmp_path / "out"
-    assert run_cli("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out).returncode == 0
+    run_main("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out)
     saved = {name: _digest(out / name) for name in ("checkpoint.pth", "best.pth", "metrics.jsonl")}
     result = run_cli("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out)  # the up arrow, pressed
     best = json.loads((out / "metrics.jsonl").read_text())["segm"][0]
@@ -43,14 +45,16 @@ def test_a_new_run_stops_before_an_earlier_run_s_folder(pennfudan, tmp_path):
     assert {name: _digest(out / name) for name in saved} == saved
 
 
-def test_overwrite_replaces_the_earlier_run_s_files_and_only_those(pennfudan, tmp_path):
+@pytest.mark.slow
+def test_overwrite_replaces_the_earlier_run_s_files_and_only_those(pennfudan, tmp_path, capsys):
     out = tmp_path / "out"
-    first = run_cli("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out, "--tensorboard")
+    first = run_cli_here(capsys, "--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out, "--tensorboard")
     assert first.returncode == 0, first.stderr
     (out / "notes.txt").write_text("mine")
     (out / "tensorboard" / "mine.txt").write_text("mine too")
     old_events = list((out / "tensorboard").glob("events.out.tfevents.*"))
-    result = run_cli("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out, "--seed", 1, "--overwrite")
+    result = run_cli_here(capsys, "--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out, "--seed", 1,
+                          "--overwrite")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "--overwrite: removed the earlier run's checkpoint.pth, best.pth, metrics.jsonl" in result.stdout
     assert (out / "notes.txt").read_text() == "mine" and (out / "tensorboard" / "mine.txt").exists()
@@ -59,20 +63,22 @@ def test_overwrite_replaces_the_earlier_run_s_files_and_only_those(pennfudan, tm
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
 
 
-def test_a_folder_with_other_files_is_fine_and_overwrite_needs_a_new_run(pennfudan, tmp_path):
+@pytest.mark.slow
+def test_a_folder_with_other_files_is_fine_and_overwrite_needs_a_new_run(pennfudan, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    assert run_cli("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out).returncode == 0
-    result = run_cli("--resume", out / "checkpoint.pth", "--epochs", 2, "--overwrite")
+    run_main("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out)
+    result = run_cli_here(capsys, "--resume", out / "checkpoint.pth", "--epochs", 2, "--overwrite")
     _one_line_error(result, "--overwrite starts a new run over an earlier one; drop it to --resume a run")
     # A resume that writes into another run's folder is a new run's write there: refused alike.
     other = tmp_path / "other"
-    assert run_cli("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", other).returncode == 0
-    result = run_cli("--resume", out / "checkpoint.pth", "--epochs", 2, "--output-dir", other)
+    shutil.copytree(out, other)  # a run of its own there (the copy's files name no folder of their own)
+    result = run_cli_here(capsys, "--resume", out / "checkpoint.pth", "--epochs", 2, "--output-dir", other)
     _one_line_error(result, f"--output-dir {other} holds a run (1 epoch")
 
 
+@pytest.mark.slow
 def test_a_live_run_holds_its_folder_and_a_killed_one_lets_go(pennfudan, tmp_path):
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     args = ["--data-path", pennfudan, *FAST, "--epochs", 30, "--output-dir", out, "--print-freq", 1]
@@ -104,6 +110,7 @@ def _hold_in_another_process(folder):
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_the_lock_is_per_folder_and_ends_with_its_holder(tmp_path):
     held = run_folder.hold(tmp_path / "out")
     try:

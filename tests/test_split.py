@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from conftest import write_voc
-from test_train import FAST, run_cli, run_main
+from test_train import FAST, run_cli_here, run_main
 
 import train
 from split import split_indices, split_off_validation
@@ -29,9 +29,10 @@ def _split(out):
     return json.loads((out / "split.json").read_text())
 
 
-def test_validation_images_are_apart_from_train_and_test_and_survive_a_resume(pennfudan, tmp_path):
+@pytest.mark.slow
+def test_validation_images_are_apart_from_train_and_test_and_survive_a_resume(pennfudan, tmp_path, capsys):
     out = tmp_path / "out"
-    result = run_cli("--data-path", pennfudan, *FAST, "--val-size", 2, "--epochs", 1, "--output-dir", out)
+    result = run_cli_here(capsys, "--data-path", pennfudan, *FAST, "--val-size", 2, "--epochs", 1, "--output-dir", out)
     assert result.returncode == 0, result.stderr
     split = _split(out)
     assert list(split) == ["train", "val", "test", "skipped"] and len(split["val"]) == 2 and len(split["test"]) == 3
@@ -41,12 +42,12 @@ def test_validation_images_are_apart_from_train_and_test_and_survive_a_resume(pe
     assert set(record["val"]) == {"bbox", "segm"} and len(record["val"]["segm"]) == 12
     assert "Best epoch 0, chosen on the validation images" in result.stdout
 
-    resumed = run_cli("--resume", out / "checkpoint.pth", "--epochs", 2)
+    resumed = run_cli_here(capsys, "--resume", out / "checkpoint.pth", "--epochs", 2)
     assert resumed.returncode == 0, resumed.stderr
     assert (
         _split(out) == split and torch.load(out / "checkpoint.pth", weights_only=True)["split"]["val"] == split["val"]
     )
-    changed = run_cli("--resume", out / "checkpoint.pth", "--epochs", 3, "--val-size", 3)
+    changed = run_cli_here(capsys, "--resume", out / "checkpoint.pth", "--epochs", 3, "--val-size", 3)
     assert changed.returncode == 2 and "--val-size 3: the run has 2" in changed.stderr
 
 
@@ -63,6 +64,7 @@ def _stand_in_evaluation(monkeypatch, scores):
     return calls
 
 
+@pytest.mark.slow
 def test_best_pth_follows_validation_ap_not_test_ap(pennfudan, tmp_path, monkeypatch, capsys):
     # validation ranks epoch 0 first (0.5 > 0.2); the test images would rank epoch 1 first (0.3 > 0.1)
     calls = _stand_in_evaluation(monkeypatch, [0.5, 0.1, 0.2, 0.3])

@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import shutil
@@ -8,7 +9,16 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import LAYOUT, ROOT, needs_keypoint_transforms, pennfudan_zip, write_coco, write_keypoint_coco
+from conftest import (
+    LAYOUT,
+    ROOT,
+    needs_keypoint_transforms,
+    pennfudan_zip,
+    run_here,
+    slow_where,
+    write_coco,
+    write_keypoint_coco,
+)
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -29,16 +39,8 @@ def run_cli(*args, cwd=ROOT):
 
 
 def run_cli_here(capsys, *args):
-    """train.cli in this process, with run_cli's result: for commands refused before any work, where a process's
-    start-up (5 s of a 2-core CPU) would be most of the test. A stray warning goes to pytest, not to stderr, here:
-    keep some of each kind of refusal in run_cli, where it would show."""
-    try:
-        train.cli([*map(str, args)])
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, out, err)
+    """train.cli in this process, with run_cli's result (conftest.run_here)."""
+    return run_here(train.cli, capsys, *args)
 
 
 def run_torchrun(num_processes, *args):
@@ -51,6 +53,7 @@ def run_main(*args):
     return train.main(*train.parse_args([*map(str, args)]))
 
 
+@pytest.mark.slow
 def test_two_epochs_end_to_end(pennfudan, tmp_path):
     out = tmp_path / "output"
     no_grouping = ["--aspect-ratio-group-factor", -1]
@@ -108,6 +111,7 @@ RECIPES = {
 }  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_resume_gives_the_same_weights_as_a_straight_run(recipe, pennfudan, tmp_path):
     # Separate processes, as a user runs them: MKL_CBWR must take effect before MKL's first call.
@@ -142,6 +146,7 @@ def test_resume_gives_the_same_weights_as_a_straight_run(recipe, pennfudan, tmp_
     assert resumed["changes"] == [{"epoch": 2, "flag": "--epochs", "from": 2, "to": 3}]
 
 
+@pytest.mark.slow
 def test_the_tutorials_box_model_trains_and_scores_boxes_only(pennfudan, tmp_path):
     out = tmp_path / "output"
     run_main("--data-path", pennfudan, *FAST, "--model", "fasterrcnn_mobilenet_v2", "--epochs", 1, "--output-dir", out)
@@ -150,6 +155,7 @@ def test_the_tutorials_box_model_trains_and_scores_boxes_only(pennfudan, tmp_pat
     assert torch.load(out / "best.pth", weights_only=True)["model_config"]["name"] == "fasterrcnn_mobilenet_v2"
 
 
+@pytest.mark.slow
 def test_multiscale_trains_at_several_sizes_and_evaluates_at_the_largest(pennfudan, tmp_path):
     run_main("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", tmp_path, "--augmentation", "multiscale")
     checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
@@ -158,6 +164,7 @@ def test_multiscale_trains_at_several_sizes_and_evaluates_at_the_largest(pennfud
     assert rebuilt.transform.min_size == (38, 64)  # eval uses the last
 
 
+@pytest.mark.slow
 def test_test_only_evaluates_the_checkpoint(pennfudan, tmp_path, capsys):
     out = tmp_path / "output"
     trained = run_main("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out)
@@ -191,6 +198,7 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
 
 
+@pytest.mark.slow
 def test_test_only_from_best_pth_needs_no_flag_and_reproduces_its_ap(pennfudan, tmp_path, capsys, offline):
     out = tmp_path / "run"
     train_folder_route(pennfudan, out)
@@ -204,6 +212,7 @@ def test_test_only_from_best_pth_needs_no_flag_and_reproduces_its_ap(pennfudan, 
     assert f"on the run's 3 test images of epoch {best['epoch']}; wrote {out / 'eval.json'}" in printed
 
 
+@pytest.mark.slow
 def test_a_resume_never_downloads_weights(pennfudan, tmp_path, offline):
     out = tmp_path / "run"
     train_folder_route(pennfudan, out, epochs=1)
@@ -215,6 +224,7 @@ def test_a_resume_never_downloads_weights(pennfudan, tmp_path, offline):
     assert run_main("--resume", out / "checkpoint.pth", "--test-only")["segm"][0] >= 0
 
 
+@pytest.mark.slow
 def test_a_resume_keeps_the_split_whatever_the_data_folder_holds_now(pennfudan, tmp_path, capsys):
     out = tmp_path / "run"
     train_folder_route(pennfudan, out, epochs=1)
@@ -247,6 +257,7 @@ def test_a_resume_keeps_the_split_whatever_the_data_folder_holds_now(pennfudan, 
     assert "testing on 2" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_allow_changes_records_what_changed(pennfudan, tmp_path, capsys):
     out = tmp_path / "run"
     train_folder_route(pennfudan, out, epochs=1)
@@ -268,12 +279,15 @@ def test_allow_changes_records_what_changed(pennfudan, tmp_path, capsys):
     assert evaluated["changes"] == [{"flag": "--min-size", "from": 96, "to": 80}]  # -j changes no result: not listed
 
 
-def test_a_refused_flag_is_one_line_naming_it_and_both_values(pennfudan, tmp_path):
+@pytest.mark.slow
+def test_a_refused_flag_is_one_line_naming_it_and_both_values(pennfudan, tmp_path, capsys):
     out = tmp_path / "run"
     train_folder_route(pennfudan, out, epochs=1)
     before = (out / "checkpoint.pth").read_bytes()
-    for flag, value, stored in (("--test-size", 5, 3), ("--augmentation", "none", "hflip"), ("--seed", 1, 0)):
-        result = run_cli("--resume", out / "checkpoint.pth", "--epochs", 2, flag, value)
+    for k, (flag, value, stored) in enumerate((("--test-size", 5, 3), ("--augmentation", "none", "hflip"),
+                                               ("--seed", 1, 0))):  # fmt: skip
+        run = run_cli if k == 0 else functools.partial(run_cli_here, capsys)  # the first as a user runs it
+        result = run("--resume", out / "checkpoint.pth", "--epochs", 2, flag, value)
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert result.stderr.startswith(f"error: {flag} {value}: the run has {stored} ({out / 'checkpoint.pth'})")
     assert (out / "checkpoint.pth").read_bytes() == before
@@ -285,6 +299,7 @@ def test_a_validation_set_that_is_the_training_set_is_refused(pennfudan, tmp_pat
                  "--output-dir", tmp_path / "out")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_resume_and_score_like_one(pennfudan, tmp_path):
     out = tmp_path / "ddp"
     common = ["--data-path", pennfudan, *FAST, "--output-dir", out]
@@ -314,6 +329,7 @@ def test_two_cpu_processes_train_resume_and_score_like_one(pennfudan, tmp_path):
     assert scores[0]["segm"][0] >= 0  # a real score, not COCOeval's -1 for "no ground truth"
 
 
+@pytest.mark.slow
 def test_sigterm_to_torchrun_stops_every_rank_and_rank_0_says_how_to_resume(pennfudan, tmp_path):
     import signal
 
@@ -344,6 +360,7 @@ def test_sync_bn_on_cpu_processes_is_refused(pennfudan, monkeypatch):
         run_main("--data-path", pennfudan, *FAST, "--sync-bn")
 
 
+@pytest.mark.slow
 def test_resume_with_a_new_lr_uses_it(pennfudan, tmp_path):
     out = tmp_path / "output"
     run_main("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out, "--lr-step-size", 2)
@@ -411,7 +428,7 @@ USER_ERRORS = {
 IN_A_PROCESS_OF_THEIR_OWN = ("missing data path", "unreadable image", "diverging")
 
 
-@pytest.mark.parametrize("case", USER_ERRORS)
+@pytest.mark.parametrize("case", slow_where(USER_ERRORS, IN_A_PROCESS_OF_THEIR_OWN))
 def test_user_errors_print_one_line_and_exit_2(case, pennfudan, tmp_path, capsys):
     make_args, expected = USER_ERRORS[case]
     args = [*FAST, "--epochs", 1, "--output-dir", tmp_path / "out", *make_args(pennfudan)]
@@ -422,6 +439,7 @@ def test_user_errors_print_one_line_and_exit_2(case, pennfudan, tmp_path, capsys
     assert not (tmp_path / "out" / "checkpoint.pth").exists()
 
 
+@pytest.mark.slow
 def test_trains_on_real_cvppp_through_the_folder_route_with_flags_only(cvppp, tmp_path):
     out = tmp_path / "output"
     flags = ["--data-path", cvppp, "--image-suffix", "_rgb", "--mask-suffix", "_label", "--test-size", 2]
@@ -434,7 +452,8 @@ def test_trains_on_real_cvppp_through_the_folder_route_with_flags_only(cvppp, tm
     assert len(record["segm"]) == 12 and record["loss_mask"] > 0
 
 
-def test_trains_and_evaluates_real_cvppp_through_the_coco_route(cvppp, tmp_path):
+@pytest.mark.slow
+def test_trains_and_evaluates_real_cvppp_through_the_coco_route(cvppp, tmp_path, capsys):
     plants = []
     for rgb in sorted(cvppp.glob("*_rgb.png")):
         pixels = np.asarray(Image.open(rgb).convert("RGB"))
@@ -444,8 +463,19 @@ def test_trains_and_evaluates_real_cvppp_through_the_coco_route(cvppp, tmp_path)
     images.mkdir()
     ann_file = write_coco(images, plants)  # polygons, compressed and uncompressed RLE, two categories
     out = tmp_path / "output"
-    result = run_cli(
-        *FAST, "--data-path", images, "--ann-file", ann_file, "--test-size", 2, "--epochs", 1, "--output-dir", out
+    result = run_cli_here(
+        capsys,
+        *FAST,
+        "--data-path",
+        images,
+        "--ann-file",
+        ann_file,
+        "--test-size",
+        2,
+        "--epochs",
+        1,
+        "--output-dir",
+        out,
     )
     assert result.returncode == 0, result.stderr
     assert "leaf_even" in result.stdout and "leaf_odd" in result.stdout  # the per-class table
@@ -457,6 +487,7 @@ def test_trains_and_evaluates_real_cvppp_through_the_coco_route(cvppp, tmp_path)
     assert json.loads((out / "args.json").read_text())["class_names"] == ["background", "leaf_even", "leaf_odd"]
 
 
+@pytest.mark.slow
 def test_test_only_writes_results_that_the_users_json_scores_alike(tmp_path, capsys):
     from test_coco_eval import coco_with_ids_of_its_own
 
@@ -484,6 +515,7 @@ def test_test_only_writes_results_that_the_users_json_scores_alike(tmp_path, cap
         assert stats[iou_type] == pytest.approx(evaluator.stats.tolist(), abs=1e-9)
 
 
+@pytest.mark.slow
 def test_a_fixed_validation_set_replaces_the_split(pennfudan, pennfudan_master, tmp_path):
     out = tmp_path / "output"
     run_main("--data-path", pennfudan, "--val-data-path", pennfudan_master, *FAST, "--epochs", 1, "--output-dir", out)
@@ -529,8 +561,9 @@ KEYPOINT_RUN = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 @needs_keypoint_transforms
-def test_keypoint_rcnn_trains_resumes_exactly_and_scores_keypoint_ap(tmp_path):
+def test_keypoint_rcnn_trains_resumes_exactly_and_scores_keypoint_ap(tmp_path, capsys):
     ann_file = write_keypoint_coco(tmp_path)
     common = ["--data-path", tmp_path, "--ann-file", ann_file, *KEYPOINT_RUN, "--use-deterministic-algorithms"]
     for args in (
@@ -551,7 +584,7 @@ def test_keypoint_rcnn_trains_resumes_exactly_and_scores_keypoint_ap(tmp_path):
     assert config["num_keypoints"] == 3 and config["keypoint_names"] == ["head", "left_hand", "right_hand"]
     assert [tuple(pair) for pair in config["skeleton"]] == [(0, 1), (0, 2)] and config["keypoint_sigmas"] == [0.067] * 3
 
-    result = run_cli("--resume", tmp_path / "straight/best.pth", "--test-only")
+    result = run_cli_here(capsys, "--resume", tmp_path / "straight/best.pth", "--test-only")
     assert result.returncode == 0, result.stderr
     stats = json.loads((tmp_path / "straight/eval.json").read_text())
     results = json.loads((tmp_path / "straight/results_keypoints.json").read_text())
@@ -567,14 +600,19 @@ def test_keypoint_rcnn_trains_resumes_exactly_and_scores_keypoint_ap(tmp_path):
     assert stats["keypoints"] == pytest.approx(evaluator.stats.tolist(), abs=1e-9)
 
 
+@pytest.mark.slow
 @needs_keypoint_transforms
-def test_keypoint_rcnn_without_keypoints_or_with_unmirrorable_names_is_refused(keypoint_coco, pennfudan, tmp_path):
+def test_keypoint_rcnn_without_keypoints_or_with_unmirrorable_names_is_refused(
+    keypoint_coco, pennfudan, tmp_path, capsys
+):
     folder, ann_file = keypoint_coco
-    result = run_cli("--data-path", pennfudan, *KEYPOINT_RUN, "--output-dir", tmp_path / "a")
+    result = run_cli_here(capsys, "--data-path", pennfudan, *KEYPOINT_RUN, "--output-dir", tmp_path / "a")
     assert result.returncode == 2 and "learns keypoints: train it on a COCO keypoints json" in result.stderr
     data = json.loads(ann_file.read_text())
     data["categories"][0]["keypoints"] = ["head", "left_hand", "hand_2"]
     ann_file.write_text(json.dumps(data))
-    result = run_cli("--data-path", folder, "--ann-file", ann_file, *KEYPOINT_RUN, "--output-dir", tmp_path / "b")
+    result = run_cli_here(
+        capsys, "--data-path", folder, "--ann-file", ann_file, *KEYPOINT_RUN, "--output-dir", tmp_path / "b"
+    )
     assert result.returncode == 2 and "'left_hand' names a side but there is no 'right_hand'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import LAYOUT, ROOT, voc_xml, write_voc
 from PIL import Image
-from test_train import run_cli
+from test_train import run_cli, run_cli_here
 
 from coco_eval import coco_detections, coco_ground_truth, score_detections
 from dataset import boxes_of_masks
@@ -89,6 +89,7 @@ def test_cvat_and_roboflow_s_zero_based_boxes_are_read_as_touching_the_edge(tmp_
     assert out.count("read as touching the edge") == 1 and "usable: 0 errors, 1 warnings" in out
 
 
+@pytest.mark.slow
 def test_image_sets_name_the_parts_and_val_is_the_test_split(tmp_path):
     root = write_voc(tmp_path / "voc")
     train, val = VocDataset(root), VocDataset(root, "val")
@@ -147,7 +148,8 @@ def test_labelimg_s_flat_folder_of_images_and_xml(tmp_path):
     assert dataset.image_paths == [tmp_path / "a.png"] and dataset[0][1]["boxes"].tolist() == [[0, 0, 30, 20]]
 
 
-def test_a_box_model_trains_on_voc_and_writes_results_in_its_ids(tmp_path):
+@pytest.mark.slow
+def test_a_box_model_trains_on_voc_and_writes_results_in_its_ids(tmp_path, capsys):
     root, out = write_voc(tmp_path / "voc"), tmp_path / "out"
     check = subprocess.run([sys.executable, "dataset.py", "check", "--data-path", root], cwd=ROOT,
                            capture_output=True, text=True)  # fmt: skip
@@ -161,24 +163,27 @@ def test_a_box_model_trains_on_voc_and_writes_results_in_its_ids(tmp_path):
     assert json.loads((out / "split.json").read_text())["test"] == ["img1.jpg", "img4.jpg", "img7.jpg"]
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(record["bbox"]) == 12 and "segm" not in record and set(record["per_class"]["bbox"]) == {"cat", "dog"}
-    evaluated = run_cli("--resume", out / "checkpoint.pth", "--test-only", "--output-dir", tmp_path / "eval")
+    evaluated = run_cli_here(
+        capsys, "--resume", out / "checkpoint.pth", "--test-only", "--output-dir", tmp_path / "eval"
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     found = json.loads((tmp_path / "eval" / "results_bbox.json").read_text())
     assert {r["category_id"] for r in found} <= {1, 2} and {r["file_name"] for r in found} <= {"img1.jpg", "img4.jpg",
                                                                                              "img7.jpg"}  # fmt: skip
 
 
-def test_a_mask_model_on_boxes_only_stops_naming_the_box_models(tmp_path):
+@pytest.mark.slow
+def test_a_mask_model_on_boxes_only_stops_naming_the_box_models(tmp_path, capsys):
     root, out = write_voc(tmp_path / "voc"), tmp_path / "out"
     mask_model = [*BOX_FAST[2:], "--model", "maskrcnn_mobilenet_v3_large_fpn"]
-    result = run_cli("--data-path", root, *mask_model, "--epochs", 1, "--output-dir", out)
+    result = run_cli_here(capsys, "--data-path", root, *mask_model, "--epochs", 1, "--output-dir", out)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"error: {root}: boxes only, no outlines, and --model maskrcnn_mobilenet_v3_large_fpn learns masks" in (
         result.stderr
     )
     assert "train a box model: --model fasterrcnn_resnet50_fpn, fasterrcnn_resnet50_fpn_v2," in result.stderr
-    copy_paste = run_cli(
-        "--data-path", root, *BOX_FAST, "--augmentation", "lsj", "--use-copypaste", "--output-dir", out
+    copy_paste = run_cli_here(
+        capsys, "--data-path", root, *BOX_FAST, "--augmentation", "lsj", "--use-copypaste", "--output-dir", out
     )
     assert copy_paste.returncode == 2 and "--use-copypaste pastes objects by their outlines" in copy_paste.stderr
     assert not any((out / name).exists() for name in ("checkpoint.pth", "args.json"))

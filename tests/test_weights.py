@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import HEAVY_MODELS, slow, slow_where
 from test_model import _RunsCode, _summary
 from torchvision.models import mobilenet_v2, mobilenet_v3_large, resnet18, resnet50, vgg16
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -27,7 +28,7 @@ def test_the_backbone_table_names_every_model():
     assert set(BACKBONES) == set(MODELS)
 
 
-@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize("name", slow_where(BACKBONES, HEAVY_MODELS))
 def test_a_local_copy_of_the_imagenet_file_loads_as_default_and_the_model_rebuilds(name, fake_hub, tmp_path):
     torch.manual_seed(1)
     fake_hub["state"] = state = BACKBONES[name]().state_dict()  # torchvision's file, as a test can write it offline
@@ -53,7 +54,8 @@ def test_a_local_copy_of_the_imagenet_file_loads_as_default_and_the_model_rebuil
 
 
 @pytest.mark.parametrize(
-    ("name", "other"), [("ssd300_vgg16", mobilenet_v3_large), ("ssdlite320_mobilenet_v3_large", vgg16)]
+    ("name", "other"),
+    [("ssd300_vgg16", mobilenet_v3_large), pytest.param("ssdlite320_mobilenet_v3_large", vgg16, marks=slow)],
 )
 def test_a_backbone_file_of_another_network_is_one_line(name, other, tmp_path):
     torch.save(other().state_dict(), tmp_path / "other.pth")

@@ -9,7 +9,7 @@ import pycocotools.mask as mask_utils
 import pytest
 import torch
 from conftest import LAYOUT, ROOT, write_yolo
-from test_train import FAST, run_cli
+from test_train import FAST, run_cli, run_cli_here
 
 from dataset_cli import get_dataset
 from masks import instance_masks
@@ -92,6 +92,7 @@ def test_a_label_file_without_its_image_is_a_warning_and_unused(tmp_path):
     assert warning.endswith(f"img3.txt: a label file without an image in {tmp_path / 'images' / 'train'}; it is unused")
 
 
+@pytest.mark.slow
 def test_trains_on_its_own_data_yaml_with_val_as_the_test_set(tmp_path):
     yaml, out = write_yolo(tmp_path / "ds"), tmp_path / "out"
     result = run_cli(*FAST, "--data-path", yaml, "--epochs", 1, "--output-dir", out)
@@ -105,13 +106,14 @@ def test_trains_on_its_own_data_yaml_with_val_as_the_test_set(tmp_path):
     assert config["class_names"] == ["background", "stem", "leaf"] and config["category_ids"] == [0, 1]
 
 
-def test_skip_bad_samples_leaves_out_a_malformed_label_file_with_one_line(tmp_path):
+@pytest.mark.slow
+def test_skip_bad_samples_leaves_out_a_malformed_label_file_with_one_line(tmp_path, capsys):
     yaml, out = write_yolo(tmp_path / "ds"), tmp_path / "out"
     (tmp_path / "ds" / "labels" / "train" / "img5.txt").write_text("0 0.1 0.1\n")
-    stopped = run_cli(*FAST, "--data-path", yaml, "--epochs", 1, "--output-dir", out)
+    stopped = run_cli_here(capsys, *FAST, "--data-path", yaml, "--epochs", 1, "--output-dir", out)
     assert stopped.returncode == 2 and len(stopped.stderr.strip().splitlines()) == 1
     assert "img5.txt: line 1 has 2 coordinates" in stopped.stderr
-    skipped = run_cli(*FAST, "--data-path", yaml, "--epochs", 1, "--output-dir", out, "--skip-bad-samples")
+    skipped = run_cli_here(capsys, *FAST, "--data-path", yaml, "--epochs", 1, "--output-dir", out, "--skip-bad-samples")
     assert skipped.returncode == 0, skipped.stderr
     assert "img5.txt: line 1 has 2 coordinates; give a box (xc yc w h) or a polygon (3 or more x, y); skipped" in (
         skipped.stdout
@@ -119,6 +121,7 @@ def test_skip_bad_samples_leaves_out_a_malformed_label_file_with_one_line(tmp_pa
     assert "on 6 images, testing on 3" in skipped.stdout
 
 
+@pytest.mark.slow
 def test_dataset_check_reads_both_parts(tmp_path):
     yaml = write_yolo(tmp_path)
     (tmp_path / "labels" / "val" / "img4.txt").write_text("7 0.1 0.1 0.5 0.1 0.5 0.5\n")
@@ -130,9 +133,10 @@ def test_dataset_check_reads_both_parts(tmp_path):
     assert "not usable: 1 errors" in result.stdout
 
 
-def test_flags_that_do_not_fit_a_yolo_dataset_are_refused(tmp_path):
+@pytest.mark.slow
+def test_flags_that_do_not_fit_a_yolo_dataset_are_refused(tmp_path, capsys):
     yaml, out = write_yolo(tmp_path / "ds"), tmp_path / "out"
-    result = run_cli(*FAST, "--data-path", yaml, "--val-data-path", tmp_path, "--output-dir", out)
+    result = run_cli_here(capsys, *FAST, "--data-path", yaml, "--val-data-path", tmp_path, "--output-dir", out)
     assert result.returncode == 2 and "a YOLO dataset's validation images are its data.yaml's val:" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (out / "checkpoint.pth").exists()
 
@@ -173,7 +177,8 @@ def test_detection_labels_are_boxes_and_polygons_give_box_models_their_box(tmp_p
     assert instance_masks(yolo_dataset(yaml, masks=True).load(2)[1]).shape[0] == 2  # img3 kept its polygons
 
 
-def test_ultralytics_coco128_as_it_ships_passes_check_and_trains(tmp_path):
+@pytest.mark.slow
+def test_ultralytics_coco128_as_it_ships_passes_check_and_trains(tmp_path, capsys):
     # coco128: one folder for train: and val:, and label files whose image is not there.
     root = tmp_path / "coco128"
     write_yolo(root, val=())
@@ -187,7 +192,9 @@ def test_ultralytics_coco128_as_it_ships_passes_check_and_trains(tmp_path):
     assert "gone.txt: a label file without an image in" in check.stdout
     assert "usable: 0 errors, 2 warnings" in check.stdout  # and img2, without instances
     box_model = ["--model", "fasterrcnn_mobilenet_v3_large_fpn", *FAST[2:]]
-    result = run_cli("--data-path", root / "data.yaml", *box_model, "--epochs", 1, "--output-dir", tmp_path / "out")
+    result = run_cli_here(
+        capsys, "--data-path", root / "data.yaml", *box_model, "--epochs", 1, "--output-dir", tmp_path / "out"
+    )
     assert result.returncode == 0, result.stderr
     assert "Training fasterrcnn_mobilenet_v3_large_fpn on 7 images, testing on 3" in result.stdout
     assert "warning: " in result.stdout and "gone.txt: a label file without an image" in result.stdout
