@@ -229,8 +229,8 @@ def cvppp(tmp_path: Path) -> Path:
 
 def run_here(cli, capsys, *args) -> subprocess.CompletedProcess:
     """A command's `cli` (train.cli, predict.cli) in this process, with what subprocess.run would give: for commands
-    refused before any work, where a process's start-up (5 s of a 2-core CPU) would be most of the test. A stray
-    warning goes to pytest, not to stderr, here: keep some of each kind of refusal in a process of its own."""
+    where a process of its own proves nothing and its start-up (about 7 s on a 2-core CPU) would be most of the test.
+    A stray warning goes to pytest, not to stderr, here: keep some of each kind of refusal in a process of its own."""
     try:
         cli([*map(str, args)])
         code = 0

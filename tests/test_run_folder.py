@@ -28,7 +28,7 @@ def _one_line_error(result, *expected):
 
 
 @pytest.mark.slow
-def test_a_new_run_stops_before_an_earlier_run_s_folder(pennfudan, tmp_path, capsys):
+def test_a_new_run_stops_before_an_earlier_run_s_folder(pennfudan, tmp_path):
     out = tmp_path / "out"
     run_main("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out)
     saved = {name: _digest(out / name) for name in ("checkpoint.pth", "best.pth", "metrics.jsonl")}
