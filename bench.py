@@ -17,9 +17,10 @@
   one thread, and the ground truth rebuilt by loading and transforming every test image
   again) and for engine.evaluate (split into model and metric time) on the same model,
   whose AP must be identical; then engine.evaluate on the model in channels_last.
-- memory: peak resident memory of `dataset.py check`, a training epoch and an evaluation on
-  synthetic 4000 x 3000 photos with 300 instances each, beside the same at 1067 x 800, through
-  the folder, COCO and YOLO routes (bench_memory.py).
+- memory: peak resident memory of `dataset.py check`, one train.py run (its training loop, evaluation
+  and pictures apart as well), --test-only and predict.py, for each of --models, on synthetic
+  4000 x 3000 photos with 300 instances each, beside the same at 1067 x 800, through the folder,
+  COCO and YOLO routes (bench_memory.py).
 - epoch: one whole training epoch (--epoch-images images, data loading included) of
   train.py's pipeline and of the tutorial's (its dataset, transforms and loop), each in
   a fresh process, with the first of --models, on the same images: those the tutorial's
@@ -38,7 +39,7 @@ from typing import Any
 import torch
 
 import utils
-from bench_memory import add_memory_args, measure_memory
+from bench_memory import COMMANDS, STAGES, add_memory_args, measure_memory
 from bench_peer import PEERS, check_peers
 from bench_recipe import FAMILIES, LEVERS, RECIPES, measure_recipes, recipe_table_rows
 from checkpoint import model_from_checkpoint
@@ -380,9 +381,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         print(table(recipe_table_rows(report["recipes"]), columns))
     if "memory" in args.parts:
         report["memory"] = measure_memory(args)
-        print(f"peak resident memory (MB) of {args.models[0]} at --min-size {args.min_size}, -j 0; big / small")
-        columns = {"route": "", "size": "", "check_mb": ".0f", "train_mb": ".0f", "evaluate_mb": ".0f"}
-        columns.update(check_ratio=".2f", train_ratio=".2f", evaluate_ratio=".2f", read_seconds_per_sample=".3f")
+        print(f"peak resident memory (MB) at --min-size {args.min_size}, -j 0, each command a process; train's three "
+              "stages apart (sampled); ratio: big photos against the same at the model's size")  # fmt: skip
+        columns = {"route": "", "size": "", "model": "", **{f"{name}_mb": ".0f" for name in (*COMMANDS, *STAGES)}}
+        print(table([{key: row.get(key) for key in columns} for row in report["memory"]], columns))
+        columns = {"route": "", "size": "", "model": "", **{f"{name}_ratio": ".2f" for name in (*COMMANDS, *STAGES)}}
+        columns["read_seconds_per_sample"] = ".3f"
         print(table([{key: row.get(key) for key in columns} for row in report["memory"]], columns))
     utils.write_json(report, args.output)
     print(f"wrote {args.output}")

@@ -11,6 +11,7 @@ from conftest import ROOT
 from PIL import Image
 
 import bench
+import bench_memory
 from bench_speed import median_ms
 from utils import UserError
 
@@ -164,10 +165,22 @@ def test_memory_part_measures_each_command_on_big_and_model_sized_photos(tmp_pat
     small, big = bench.main(args)["memory"]
     assert (small["size"], big["size"]) == ("85x64", "240x180")  # the model's size: 64 / 180 of the photo
     for row in (small, big):
-        for name in ("check", "train", "evaluate"):
+        assert row["model"] == "maskrcnn_mobilenet_v3_large_fpn" and row["read_seconds_per_sample"] > 0
+        for name in ("check", "train", "evaluate", "predict"):
             assert row[f"{name}_mb"] > 100, row.get(f"{name}_error")  # each ran, and its peak is a process's
-        assert row["read_seconds_per_sample"] > 0
+        stages = [row[f"{stage}_mb"] for stage in ("training", "evaluation", "pictures")]
+        assert all(100 < mb <= row["train_mb"] * 1.01 for mb in stages), stages  # sampled within the run's peak
     assert big["check_ratio"] == pytest.approx(big["check_mb"] / small["check_mb"])
+    assert big["pictures_ratio"] == pytest.approx(big["pictures_mb"] / small["pictures_mb"])
+
+
+def test_a_train_run_s_stages_are_told_apart_by_what_it_printed():
+    lines = [(1.0, "Training x on 2 images"), (2.0, "Epoch: [0] Total time: 0:00:01"), (3.0, "Test: [0/1]"),
+             (4.0, " Average Precision  (AP) @[ IoU=0.50:0.95"), (5.0, " Average Recall     (AR) @[ IoU=0.50:0.95"),
+             (6.0, "Best epoch 0")]  # fmt: skip
+    samples = [(0.5, 300.0), (1.5, 900.0), (2.5, 700.0), (4.5, 800.0), (5.5, 2000.0), (6.5, 400.0)]
+    assert bench_memory.stage_peaks(lines, samples) == {"training": 900.0, "evaluation": 800.0, "pictures": 2000.0}
+    assert bench_memory.stage_peaks(lines[:2], samples) == dict.fromkeys(("training", "evaluation", "pictures"))
 
 
 def test_speed_is_the_median_after_a_warm_up():
