@@ -212,7 +212,8 @@ def measure_memory(args: argparse.Namespace) -> list[dict[str, Any]]:
         for route in args.memory_routes:
             for size_name, size in (("small", small), ("big", big)):
                 dataset_flags = flags[size_name][route]
-                check = _measure(args, "check", [sys.executable, "dataset.py", "check", *dataset_flags])
+                check_command = [sys.executable, "dataset.py", "check", *dataset_flags]
+                check = _measure(args, "check", check_command, f"{route} {size_name}")
                 seconds = seconds_per_sample(dataset_flags, args.min_size, args.max_size)
                 for model in args.models:
                     row = {"route": route, "photo": size_name, "size": "x".join(map(str, size)), "model": model,
@@ -248,7 +249,7 @@ def _commands(args: argparse.Namespace, dataset_flags: list[str], model: str, ou
     }  # fmt: skip
 
 
-def _measure(args: argparse.Namespace, name: str, command: list[str], what: str = "") -> dict[str, Any]:
+def _measure(args: argparse.Namespace, name: str, command: list[str], what: str) -> dict[str, Any]:
     """`name`_mb and `name`_seconds of `command` (`name`_error where it failed), and its stages' peaks."""
     result = run_measured(command, args.memory_limit_gb, Path(__file__).resolve().parent)
     failed = result["returncode"] != 0
@@ -258,7 +259,7 @@ def _measure(args: argparse.Namespace, name: str, command: list[str], what: str 
     if name == "train":
         row.update({f"{stage}_mb": mb for stage, mb in result["stage_peaks_mb"].items()})
     shown = f"failed: {result['error']}" if failed else f"{result['peak_mb']:.0f} MB"
-    print(f"{what or 'check'} {name}: {shown} in {result['seconds']:.0f} s", flush=True)
+    print(f"{what} {name}: {shown} in {result['seconds']:.0f} s", flush=True)
     return row
 
 

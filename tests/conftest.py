@@ -240,6 +240,16 @@ def run_here(cli, capsys, *args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, code, out, err)
 
 
+def check_here(capsys, *args) -> subprocess.CompletedProcess:
+    """`python dataset.py check ARGS` (dataset_cli.main) in this process, with run_here's result."""
+    from dataset_cli import main
+
+    def cli(argv: list[str]) -> None:
+        raise SystemExit(main(["check", *argv]))
+
+    return run_here(cli, capsys, *args)
+
+
 def rle_of(mask: np.ndarray, compressed: bool = True) -> dict:
     """A binary mask as COCO RLE: compressed (counts a string) or uncompressed (counts a list of run lengths)."""
     import pycocotools.mask as mask_utils

@@ -102,16 +102,12 @@ def test_mixed_outlines_train_box_models_on_all_and_mask_models_per_sample(coco_
 
 @pytest.mark.slow
 def test_a_box_model_trains_on_a_boxes_only_json_and_check_says_so(coco_folder, tmp_path, capsys):
-    import subprocess
-    import sys
-
-    from conftest import ROOT
+    from conftest import check_here
     from test_train import FAST, run_cli_here
 
     folder, ann_file, _ = coco_folder
     _boxes_only(ann_file)
-    check = subprocess.run([sys.executable, "dataset.py", "check", "--data-path", folder, "--ann-file", ann_file],
-                           cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    check = check_here(capsys, "--data-path", folder, "--ann-file", ann_file)
     assert check.returncode == 0, check.stdout
     assert "instances: 4 (leaf_even 2, leaf_odd 2)" in check.stdout and "usable: 0 errors" in check.stdout
     assert "annotations: boxes only, no outlines; trains the box models (fasterrcnn_resnet50_fpn" in check.stdout

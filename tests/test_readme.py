@@ -8,10 +8,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, run_here
 from PIL import Image
 from torchvision import tv_tensors
 
+import train
 from masks import instance_masks
 from transforms import get_transform
 
@@ -44,7 +45,7 @@ def test_labelme_example_meets_the_target_contract(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_resume_and_test_only_commands_work_as_written(pennfudan, tmp_path):
+def test_the_resume_and_test_only_commands_work_as_written(pennfudan, tmp_path, capsys, monkeypatch):
     readme = (ROOT / "README.md").read_text()
     commands = [
         line.split("#")[0].split() for line in readme.splitlines() if line.startswith("python train.py --resume")
@@ -55,14 +56,15 @@ def test_the_resume_and_test_only_commands_work_as_written(pennfudan, tmp_path):
     ]
     first = ["--data-path", pennfudan, "--model", "maskrcnn_mobilenet_v3_large_fpn", "--weights", "none", "--lr", 0.001,
              "--min-size", 64, "--max-size", 128, "--test-size", 3, "-j", 0, "--epochs", 1]  # fmt: skip
+    monkeypatch.chdir(tmp_path)  # output/ is in the working folder
     for command in [["python", "train.py", *map(str, first)], *commands]:
-        command = [sys.executable, str(ROOT / "train.py"), *command[2:]]
-        if "--epochs" in command:  # the README continues to epoch 20; 2 shows the same here
-            command[command.index("--epochs") + 1] = "2"
-        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)  # output/ is in the cwd
+        arguments = command[2:]
+        if "--epochs" in arguments:  # the README continues to epoch 20; 2 shows the same here
+            arguments[arguments.index("--epochs") + 1] = "2"
+        result = run_here(train.cli, capsys, *arguments)  # train.py's own entry, in this process
         assert result.returncode == 0, result.stderr
     assert "wrote output/eval.json" in result.stdout
-    # the first screen's predict command, on a photos/ folder of the test's
+    # the first screen's predict command, on a photos/ folder of the test's, as a user runs it: a process of its own
     (predict_line,) = [line for line in readme.splitlines() if line.startswith("python predict.py --checkpoint output")]
     (tmp_path / "photos").mkdir()
     Image.fromarray(np.full((90, 120, 3), 128, np.uint8)).save(tmp_path / "photos" / "grey.jpg")

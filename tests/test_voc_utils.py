@@ -2,12 +2,10 @@
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import LAYOUT, ROOT, voc_xml, write_voc
+from conftest import LAYOUT, check_here, voc_xml, write_voc
 from PIL import Image
 from test_train import run_cli, run_cli_here
 
@@ -151,8 +149,7 @@ def test_labelimg_s_flat_folder_of_images_and_xml(tmp_path):
 @pytest.mark.slow
 def test_a_box_model_trains_on_voc_and_writes_results_in_its_ids(tmp_path, capsys):
     root, out = write_voc(tmp_path / "voc"), tmp_path / "out"
-    check = subprocess.run([sys.executable, "dataset.py", "check", "--data-path", root], cwd=ROOT,
-                           capture_output=True, text=True)  # fmt: skip
+    check = check_here(capsys, "--data-path", root)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "dataset: VocDataset" in check.stdout and "dataset (validation): VocDataset" in check.stdout
     assert "annotations: boxes only, no outlines; trains the box models (fasterrcnn_resnet50_fpn" in check.stdout

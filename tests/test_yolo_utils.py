@@ -2,13 +2,11 @@
 
 import json
 import re
-import subprocess
-import sys
 
 import pycocotools.mask as mask_utils
 import pytest
 import torch
-from conftest import LAYOUT, ROOT, write_yolo
+from conftest import LAYOUT, check_here, write_yolo
 from test_train import FAST, run_cli, run_cli_here
 
 from dataset_cli import get_dataset
@@ -121,12 +119,10 @@ def test_skip_bad_samples_leaves_out_a_malformed_label_file_with_one_line(tmp_pa
     assert "on 6 images, testing on 3" in skipped.stdout
 
 
-@pytest.mark.slow
-def test_dataset_check_reads_both_parts(tmp_path):
+def test_dataset_check_reads_both_parts(tmp_path, capsys):
     yaml = write_yolo(tmp_path)
     (tmp_path / "labels" / "val" / "img4.txt").write_text("7 0.1 0.1 0.5 0.1 0.5 0.5\n")
-    result = subprocess.run([sys.executable, "dataset.py", "check", "--data-path", yaml], cwd=ROOT,
-                            capture_output=True, text=True)  # fmt: skip
+    result = check_here(capsys, "--data-path", yaml)
     assert result.returncode == 2
     assert "dataset (validation): YoloDataset" in result.stdout
     assert "img4.txt: line 1 has class 7" in result.stdout and "img2.txt: no instances in img2.png" in result.stdout
@@ -185,8 +181,7 @@ def test_ultralytics_coco128_as_it_ships_passes_check_and_trains(tmp_path, capsy
     _as_detection_labels(root, parts=("train",))
     (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/train\nnames:\n  0: stem\n  1: leaf\n")
     (root / "labels" / "train" / "gone.txt").write_text("0 0.5 0.5 0.2 0.2\n")
-    check = subprocess.run([sys.executable, "dataset.py", "check", "--data-path", root / "data.yaml"], cwd=ROOT,
-                           capture_output=True, text=True)  # fmt: skip
+    check = check_here(capsys, "--data-path", root / "data.yaml")
     assert check.returncode == 0, check.stdout
     assert "note: " in check.stdout and "val: names the training images; holding out --test-size" in check.stdout
     assert "gone.txt: a label file without an image in" in check.stdout
