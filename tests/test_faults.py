@@ -430,8 +430,7 @@ def test_a_dataset_without_any_instance_stops_before_training(pennfudan, tmp_pat
     result = run_cli_here(capsys, "--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out)
     _assert_stopped_before_training(result, "none of the 7 training images holds an instance", out)
     assert "python dataset.py check and python dataset.py show" in result.stderr
-    check = subprocess.run([sys.executable, "dataset.py", "check", "--data-path", pennfudan], cwd=ROOT,
-                           capture_output=True, text=True)  # fmt: skip
+    check = check_here(capsys, "--data-path", pennfudan)
     assert check.returncode == 2 and "error: " in check.stdout and "no image holds an instance" in check.stdout
 
 

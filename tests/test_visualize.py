@@ -1,7 +1,10 @@
 """Pictures: what is drawn lands where the masks and boxes are; dataset.py show draws before and after."""
 
 import torch
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.utils import draw_segmentation_masks
 
+import visualize
 from dataset import PennFudanDataset
 from masks import instance_masks
 from visualize import draw, grid, to_uint8
@@ -51,3 +54,26 @@ def test_a_big_photo_is_drawn_at_a_screen_s_size_from_its_map_or_unpasted_masks(
         changed = (drawn != 0).any(dim=0)
         assert changed[210:590, 410:790].float().mean() > 0.99  # the object, tinted, at 2/3 of its size
         assert not changed[610:].any() and not changed[:, 810:].any()  # and nothing beyond it and its box
+
+
+def test_unpasted_masks_pasted_a_few_at_a_time_draw_what_all_at_once_would():
+    torch.manual_seed(0)
+    count = 3 * visualize.PASTED_AT_ONCE + 1
+    corners = torch.rand(count, 2) * 60
+    boxes = torch.cat([corners, corners + torch.tensor([30.0, 25.0])], dim=1)
+    probs = torch.rand(count, 1, 28, 28)
+    image = torch.zeros(3, 100, 120, dtype=torch.uint8)
+    output = {"boxes": boxes, "labels": torch.ones(count, dtype=torch.int64), "scores": torch.full((count,), 0.9)}
+    drawn = draw(image, {**output, "mask_probs": probs}, ["background", "leaf"])
+    all_at_once = paste_masks_in_image(probs, boxes, [100, 120])  # N x 1 x H x W probabilities, as a model gives
+    assert torch.equal(drawn, draw(image, {**output, "masks": all_at_once}, ["background", "leaf"]))
+    assert (drawn != 0).any()
+
+
+def test_masks_are_drawn_as_torchvision_draws_them():
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8)
+    masks = torch.rand(5, 40, 50) > 0.6  # overlapping: drawn black
+    colors = [visualize.COLORS[k] for k in range(5)]
+    expected = draw_segmentation_masks(image, masks, alpha=0.5, colors=colors)
+    assert torch.equal(visualize.draw_masks(image, masks, colors), expected)
