@@ -9,6 +9,7 @@ instances is found fastest by looking.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,13 @@ from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes, draw_keypoints
 
 import utils
-from masks import split
 
 # Distinct, colour-blind-friendly colours (Okabe-Ito), one per class, repeating after eight.
 COLORS = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
 PICTURE_HEIGHT = 320  # each image in a grid is scaled to this height
 SCREEN_SIDE = 1600  # the longest side a picture is drawn at: a 12-megapixel photo's own would be 36 MB of pixels
-# Mask probabilities pasted at once, each cut at 0.5 before the next: 100 of them at 1600 x 1200 in float would be
-# 770 MB (and torchvision's paste holds them twice); 8 are 61 MB, and the 100 cut masks 190 MB.
+# A model's mask probabilities pasted at once at a picture's size, each then cut at 0.5 and drawn: all 100 at 1600 x
+# 1200 in float would be 770 MB (and torchvision's paste holds them twice); 8 are 61 MB.
 PASTED_AT_ONCE = 8
 
 
@@ -39,14 +39,15 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
 
 def shrink(image: torch.Tensor, found: dict[str, Any], longest: int = SCREEN_SIDE) -> tuple[torch.Tensor, dict]:
     """The uint8 image at most `longest` pixels on its longer side, and what `found` has on it to match: masks and
-    instance maps by nearest neighbour (then split: masks.split), a model's unpasted mask probabilities pasted at
-    that size, boxes and keypoints scaled. A photo is drawn at a screen's size, never at its own."""
-    image, found = to_uint8(image), dict(found)
+    instance maps by nearest neighbour, boxes and keypoints scaled (a model's unpasted mask probabilities lie in
+    their boxes: they match at any size). A photo is drawn at a screen's size, never at its own, and what is kept
+    for a picture (engine.evaluate's samples) holds no mask per instance: draw makes them one at a time."""
+    image, found = image.detach().cpu(), dict(found)
     height, width = image.shape[-2:]
     scale = min(1.0, longest / max(height, width))
     size = [max(1, round(height * scale)), max(1, round(width * scale))]
     if size != [height, width]:
-        image = F.resize(image, size, antialias=True)
+        image = F.resize(image, size, antialias=True)  # before to_uint8: its float copies are then the picture's
         ratio = torch.tensor([size[1] / width, size[0] / height])
         found["boxes"] = torch.as_tensor(found["boxes"]).cpu().float() * ratio.repeat(2)
         if "keypoints" in found:
@@ -55,19 +56,25 @@ def shrink(image: torch.Tensor, found: dict[str, Any], longest: int = SCREEN_SID
         for key in ("masks", "instance_map"):
             if key in found:
                 found[key] = F.resize(torch.as_tensor(found[key]).cpu(), size, F.InterpolationMode.NEAREST)
-    if "instance_map" in found:
-        found["masks"] = split(found.pop("instance_map"), len(found["labels"]))
-    if "mask_probs" in found:
-        found["masks"] = _pasted(found.pop("mask_probs").cpu(), torch.as_tensor(found["boxes"]).cpu().float(), size)
-    return image, found
+    return to_uint8(image), found
 
 
-def _pasted(mask_probs: torch.Tensor, boxes: torch.Tensor, size: list[int]) -> torch.Tensor:
-    """N x H x W bool masks of a model's unpasted N x 1 x M x M probabilities, pasted in their boxes at `size` and
-    cut at 0.5, PASTED_AT_ONCE at a time."""
-    cut = [paste_masks_in_image(mask_probs[k : k + PASTED_AT_ONCE], boxes[k : k + PASTED_AT_ONCE], size)[:, 0] > 0.5
-           for k in range(0, len(mask_probs), PASTED_AT_ONCE)]  # fmt: skip
-    return torch.cat(cut) if cut else torch.zeros((0, *size), dtype=torch.bool)
+def each_mask(found: dict[str, Any], size: list[int]) -> Iterator[torch.Tensor]:
+    """The H x W bool mask of each instance of `found` at `size`, one at a time: from binary N x H x W masks or
+    N x 1 x H x W probabilities (cut at 0.5), an L x H x W instance map (instance k is value k + 1 in any layer),
+    or a model's unpasted N x 1 x M x M probabilities, pasted in their boxes PASTED_AT_ONCE at a time."""
+    if "masks" in found:
+        for mask in found["masks"]:
+            yield mask[0] > 0.5 if mask.dim() == 3 else mask.bool()
+    elif "instance_map" in found:
+        instance_map = torch.as_tensor(found["instance_map"])
+        for k in range(len(found["labels"])):
+            yield (instance_map == k + 1).any(dim=0)
+    elif "mask_probs" in found:
+        probs, boxes = found["mask_probs"].cpu(), torch.as_tensor(found["boxes"]).cpu().float()
+        for k in range(0, len(probs), PASTED_AT_ONCE):
+            pasted = paste_masks_in_image(probs[k : k + PASTED_AT_ONCE], boxes[k : k + PASTED_AT_ONCE], size)
+            yield from pasted[:, 0] > 0.5
 
 
 def draw(
@@ -88,10 +95,8 @@ def draw(
     if not labels:
         return image
     colors = [COLORS[(label - 1) % len(COLORS)] for label in labels]
-    if "masks" in found and len(found["masks"]):
-        masks = found["masks"]
-        masks = masks[:, 0] > 0.5 if masks.dim() == 4 else masks.bool()
-        image = draw_masks(image, masks.cpu(), colors)
+    if {"masks", "instance_map", "mask_probs"} & found.keys():
+        image = draw_masks(image, each_mask(found, list(image.shape[-2:])), colors)
     if "keypoints" in found:  # white points and bones: they show on masks of any colour
         points = torch.as_tensor(found["keypoints"]).cpu().float()
         visible = points[..., 2] > 0
@@ -103,10 +108,13 @@ def draw(
     return draw_bounding_boxes(image, boxes, labels=names, colors=colors, width=2)
 
 
-def draw_masks(image: torch.Tensor, masks: torch.Tensor, colors: list[str], alpha: float = 0.5) -> torch.Tensor:
-    """torchvision's draw_segmentation_masks on a uint8 image, pixel for pixel (each N x H x W bool mask painted in
-    its colour, a pixel under two or more black, the whole blended at `alpha`), with the overlaps counted a mask at
-    a time: torchvision's sum makes an N x H x W int64 copy (1.5 GB for 100 masks at 1600 x 1200)."""
+def draw_masks(
+    image: torch.Tensor, masks: Iterable[torch.Tensor], colors: list[str], alpha: float = 0.5
+) -> torch.Tensor:
+    """torchvision's draw_segmentation_masks on a uint8 image, pixel for pixel (each H x W bool mask painted in its
+    colour, a pixel under two or more black, the whole blended at `alpha`), from masks given one at a time, with the
+    overlaps counted as they come: torchvision takes an N x H x W stack and its sum makes an N x H x W int64 copy
+    (4.6 GB for 300 leaves at 1600 x 1200)."""
     painted, under = image.clone(), torch.zeros(image.shape[-2:], dtype=torch.int16)
     for mask, color in zip(masks, colors, strict=True):
         painted[:, mask] = torch.tensor(ImageColor.getrgb(color), dtype=torch.uint8)[:, None]
