@@ -240,6 +240,21 @@ def run_here(cli, capsys, *args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, code, out, err)
 
 
+def stand_in_training(monkeypatch, step=lambda: None) -> None:
+    """engine's training step replaced by a stand-in (a constant loss, no gradient, no update; `step()` in its place),
+    for tests of what a run does around learning (its plan, split, choice of best.pth), where a real step costs real
+    seconds and what it learns is not looked at."""
+    import torch
+
+    import engine
+
+    def losses(*args, **kwargs):
+        return torch.tensor(1.0), {"loss_stand_in": torch.tensor(1.0)}
+
+    monkeypatch.setattr(engine, "forward_losses", losses)
+    monkeypatch.setattr(engine, "backward_and_step", lambda *args, **kwargs: step())
+
+
 def check_here(capsys, *args) -> subprocess.CompletedProcess:
     """`python dataset.py check ARGS` (dataset_cli.main) in this process, with run_here's result."""
     from dataset_cli import main

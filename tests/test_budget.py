@@ -8,6 +8,7 @@ import types
 
 import pytest
 import torch
+from conftest import stand_in_training
 from test_train import FAST, run_main
 
 import budget
@@ -17,7 +18,9 @@ import train
 
 class FakeClock:
     """time.time() for train.py, engine.py and budget.py, where nothing takes time but a training step, which takes
-    `seconds(step)`: a run's timing is the same on any machine. Each run starts its process's clock (its budget)."""
+    `seconds(step)`: a run's timing is the same on any machine. Each run starts its process's clock (its budget).
+    The steps and the evaluation are stand-ins (a constant loss, no gradient, no update; a constant AP): these tests
+    are of the plan, the schedule and the checkpoints, not of learning, and real ones would cost real seconds."""
 
     def __init__(self, monkeypatch, seconds):
         self.now, self.steps = 1_000_000.0, 0
@@ -25,14 +28,13 @@ class FakeClock:
         for module in (train, engine, budget):
             monkeypatch.setattr(module, "time", fake)
         monkeypatch.setattr(budget, "process_start_time", lambda: self.now)
-        real = engine.backward_and_step
 
-        def step(*args, **kwargs):
+        def step():
             self.steps += 1
             self.now += seconds(self.steps)
-            return real(*args, **kwargs)
 
-        monkeypatch.setattr(engine, "backward_and_step", step)
+        stand_in_training(monkeypatch, step)
+        monkeypatch.setattr(train, "evaluate", lambda *args, **kwargs: {"bbox": [0.1] * 12, "segm": [0.1] * 12})
 
 
 def _records(out):
@@ -43,7 +45,6 @@ def _cosine(epochs):
     return [0.001 * (1 + math.cos(math.pi * k / epochs)) / 2 for k in range(epochs)]
 
 
-@pytest.mark.slow
 def test_a_time_budget_ends_the_run_on_time_with_its_schedule_complete(pennfudan, tmp_path, monkeypatch, capsys):
     clock = FakeClock(monkeypatch, lambda step: 1.0)  # 4 steps an epoch: 4 s
     started, out = clock.now, tmp_path / "out"
@@ -87,7 +88,6 @@ def test_a_resume_from_any_epoch_s_checkpoint_keeps_the_plan_and_ends_by_the_bud
         assert [r["lr"] for r in _records(folder)] == pytest.approx([r["lr"] for r in straight], rel=1e-9)
 
 
-@pytest.mark.slow
 def test_epochs_slower_than_planned_end_at_the_budget_with_the_last_complete_one(
     pennfudan, tmp_path, monkeypatch, capsys
 ):
@@ -107,7 +107,6 @@ def test_epochs_slower_than_planned_end_at_the_budget_with_the_last_complete_one
     assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == checkpoint["epoch"]
 
 
-@pytest.mark.slow
 def test_a_slow_second_epoch_does_not_leave_the_budget_unused(pennfudan, tmp_path, monkeypatch, capsys):
     clock = FakeClock(monkeypatch, lambda step: 2.0 if 5 <= step <= 8 else 1.0)  # epochs of 4 s, the second 8 s
     started, out = clock.now, tmp_path / "out"

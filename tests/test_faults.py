@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, slow_where
+from conftest import ROOT, check_here, slow_where
 from PIL import Image
 from test_train import FAST, run_cli, run_cli_here
 

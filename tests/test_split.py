@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import write_voc
+from conftest import stand_in_training, write_voc
 from test_train import FAST, run_cli_here, run_main
 
 import train
@@ -52,7 +52,9 @@ def test_validation_images_are_apart_from_train_and_test_and_survive_a_resume(pe
 
 
 def _stand_in_evaluation(monkeypatch, scores):
-    """evaluate() replaced: call k gives mask AP scores[k] (each epoch scores validation first, then test)."""
+    """evaluate() replaced: call k gives mask AP scores[k] (each epoch scores validation first, then test); the
+    training steps are stand-ins too (what is learned is not looked at)."""
+    stand_in_training(monkeypatch)
     calls = []
 
     def evaluate(model, loader, *args, **kwargs):
