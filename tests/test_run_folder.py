@@ -79,7 +79,7 @@ def test_a_folder_with_other_files_is_fine_and_overwrite_needs_a_new_run(pennfud
 
 
 @pytest.mark.slow
-def test_a_live_run_holds_its_folder_and_a_killed_one_lets_go(pennfudan, tmp_path):
+def test_a_live_run_holds_its_folder_and_a_killed_one_lets_go(pennfudan, tmp_path, capsys):
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     args = ["--data-path", pennfudan, *FAST, "--epochs", 30, "--output-dir", out, "--print-freq", 1]
     live = subprocess.Popen([sys.executable, "-u", "train.py", *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
@@ -94,14 +94,17 @@ def test_a_live_run_holds_its_folder_and_a_killed_one_lets_go(pennfudan, tmp_pat
             ["--resume", out / "checkpoint.pth", "--epochs", 40],  # a resume of the live run
             ["--resume", out / "checkpoint.pth", "--test-only"],  # an evaluation that writes eval.json there
         ):
-            _one_line_error(run_cli(*command), f"--output-dir {out}: {holder}", "wait for it to end")
-        elsewhere_eval = run_cli("--resume", out / "checkpoint.pth", "--test-only", "--output-dir", elsewhere)
+            # in this process: the lock is the operating system's, held by the live run's process
+            _one_line_error(run_cli_here(capsys, *command), f"--output-dir {out}: {holder}", "wait for it to end")
+        elsewhere_eval = run_cli_here(
+            capsys, "--resume", out / "checkpoint.pth", "--test-only", "--output-dir", elsewhere
+        )
         assert elsewhere_eval.returncode == 0, elsewhere_eval.stderr
         assert (elsewhere / "eval.json").is_file() and live.poll() is None
     finally:
         live.send_signal(signal.SIGKILL)  # no clean-up of its own: the lock must end with the process
         live.communicate()
-    resumed = run_cli("--resume", out / "checkpoint.pth", "--epochs", 2)
+    resumed = run_cli_here(capsys, "--resume", out / "checkpoint.pth", "--epochs", 2)
     assert resumed.returncode == 0, resumed.stderr
 
 
