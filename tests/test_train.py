@@ -16,6 +16,7 @@ from conftest import (
     pennfudan_zip,
     run_here,
     slow_where,
+    stand_in_training,
     write_coco,
     write_keypoint_coco,
 )
@@ -165,7 +166,8 @@ def test_multiscale_trains_at_several_sizes_and_evaluates_at_the_largest(pennfud
 
 
 @pytest.mark.slow
-def test_test_only_evaluates_the_checkpoint(pennfudan, tmp_path, capsys):
+def test_test_only_evaluates_the_checkpoint(pennfudan, tmp_path, capsys, monkeypatch):
+    stand_in_training(monkeypatch)  # what it learns is not looked at
     out = tmp_path / "output"
     trained = run_main("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out)
     capsys.readouterr()
@@ -199,7 +201,8 @@ def offline(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_test_only_from_best_pth_needs_no_flag_and_reproduces_its_ap(pennfudan, tmp_path, capsys, offline):
+def test_test_only_from_best_pth_needs_no_flag_and_reproduces_its_ap(pennfudan, tmp_path, capsys, offline, monkeypatch):
+    stand_in_training(monkeypatch)  # what it learns is not looked at
     out = tmp_path / "run"
     train_folder_route(pennfudan, out)
     best = torch.load(out / "best.pth", weights_only=True)
@@ -213,7 +216,8 @@ def test_test_only_from_best_pth_needs_no_flag_and_reproduces_its_ap(pennfudan, 
 
 
 @pytest.mark.slow
-def test_a_resume_never_downloads_weights(pennfudan, tmp_path, offline):
+def test_a_resume_never_downloads_weights(pennfudan, tmp_path, offline, monkeypatch):
+    stand_in_training(monkeypatch)  # what it learns is not looked at
     out = tmp_path / "run"
     train_folder_route(pennfudan, out, epochs=1)
     checkpoint = torch.load(out / "checkpoint.pth", weights_only=True)
@@ -225,7 +229,8 @@ def test_a_resume_never_downloads_weights(pennfudan, tmp_path, offline):
 
 
 @pytest.mark.slow
-def test_a_resume_keeps_the_split_whatever_the_data_folder_holds_now(pennfudan, tmp_path, capsys):
+def test_a_resume_keeps_the_split_whatever_the_data_folder_holds_now(pennfudan, tmp_path, capsys, monkeypatch):
+    stand_in_training(monkeypatch)  # what it learns is not looked at
     out = tmp_path / "run"
     train_folder_route(pennfudan, out, epochs=1)
     split = json.loads((out / "split.json").read_text())
@@ -258,7 +263,8 @@ def test_a_resume_keeps_the_split_whatever_the_data_folder_holds_now(pennfudan, 
 
 
 @pytest.mark.slow
-def test_allow_changes_records_what_changed(pennfudan, tmp_path, capsys):
+def test_allow_changes_records_what_changed(pennfudan, tmp_path, capsys, monkeypatch):
+    stand_in_training(monkeypatch)  # what it learns is not looked at
     out = tmp_path / "run"
     train_folder_route(pennfudan, out, epochs=1)
     with pytest.raises(train.utils.UserError, match="^--min-size 96: the run has 64 .*--allow-changes"):
@@ -280,7 +286,8 @@ def test_allow_changes_records_what_changed(pennfudan, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_refused_flag_is_one_line_naming_it_and_both_values(pennfudan, tmp_path, capsys):
+def test_a_refused_flag_is_one_line_naming_it_and_both_values(pennfudan, tmp_path, capsys, monkeypatch):
+    stand_in_training(monkeypatch)  # what it learns is not looked at
     out = tmp_path / "run"
     train_folder_route(pennfudan, out, epochs=1)
     before = (out / "checkpoint.pth").read_bytes()
@@ -361,7 +368,8 @@ def test_sync_bn_on_cpu_processes_is_refused(pennfudan, monkeypatch):
 
 
 @pytest.mark.slow
-def test_resume_with_a_new_lr_uses_it(pennfudan, tmp_path):
+def test_resume_with_a_new_lr_uses_it(pennfudan, tmp_path, monkeypatch):
+    stand_in_training(monkeypatch)  # what it learns is not looked at
     out = tmp_path / "output"
     run_main("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out, "--lr-step-size", 2)
     run_main("--data-path", pennfudan, *FAST, "--epochs", 3, "--output-dir", out, "--lr-step-size", 2,
@@ -516,7 +524,8 @@ def test_test_only_writes_results_that_the_users_json_scores_alike(tmp_path, cap
 
 
 @pytest.mark.slow
-def test_a_fixed_validation_set_replaces_the_split(pennfudan, pennfudan_master, tmp_path):
+def test_a_fixed_validation_set_replaces_the_split(pennfudan, pennfudan_master, tmp_path, monkeypatch):
+    stand_in_training(monkeypatch)  # what it learns is not looked at
     out = tmp_path / "output"
     run_main("--data-path", pennfudan, "--val-data-path", pennfudan_master, *FAST, "--epochs", 1, "--output-dir", out)
     split = json.loads((out / "split.json").read_text())
