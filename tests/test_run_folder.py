@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, stand_in_training
 from test_train import FAST, run_cli, run_cli_here, run_main
 
 import run_folder
@@ -28,7 +28,8 @@ def _one_line_error(result, *expected):
 
 
 @pytest.mark.slow
-def test_a_new_run_stops_before_an_earlier_run_s_folder(pennfudan, tmp_path):
+def test_a_new_run_stops_before_an_earlier_run_s_folder(pennfudan, tmp_path, monkeypatch):
+    stand_in_training(monkeypatch)  # what it learns is not looked at
     out = tmp_path / "out"
     run_main("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out)
     saved = {name: _digest(out / name) for name in ("checkpoint.pth", "best.pth", "metrics.jsonl")}
@@ -46,7 +47,8 @@ def test_a_new_run_stops_before_an_earlier_run_s_folder(pennfudan, tmp_path):
 
 
 @pytest.mark.slow
-def test_overwrite_replaces_the_earlier_run_s_files_and_only_those(pennfudan, tmp_path, capsys):
+def test_overwrite_replaces_the_earlier_run_s_files_and_only_those(pennfudan, tmp_path, capsys, monkeypatch):
+    stand_in_training(monkeypatch)  # what it learns is not looked at
     out = tmp_path / "out"
     first = run_cli_here(capsys, "--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out, "--tensorboard")
     assert first.returncode == 0, first.stderr
@@ -64,7 +66,8 @@ def test_overwrite_replaces_the_earlier_run_s_files_and_only_those(pennfudan, tm
 
 
 @pytest.mark.slow
-def test_a_folder_with_other_files_is_fine_and_overwrite_needs_a_new_run(pennfudan, tmp_path, capsys):
+def test_a_folder_with_other_files_is_fine_and_overwrite_needs_a_new_run(pennfudan, tmp_path, capsys, monkeypatch):
+    stand_in_training(monkeypatch)  # what it learns is not looked at
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
