@@ -448,10 +448,10 @@ def test_user_errors_print_one_line_and_exit_2(case, pennfudan, tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_trains_on_real_cvppp_through_the_folder_route_with_flags_only(cvppp, tmp_path):
+def test_trains_on_real_cvppp_through_the_folder_route_with_flags_only(cvppp, tmp_path, capsys):
     out = tmp_path / "output"
     flags = ["--data-path", cvppp, "--image-suffix", "_rgb", "--mask-suffix", "_label", "--test-size", 2]
-    result = run_cli(*FAST, *flags, "--epochs", 1, "--output-dir", out)
+    result = run_cli_here(capsys, *FAST, *flags, "--epochs", 1, "--output-dir", out)
     assert result.returncode == 0, result.stderr
     assert "Training maskrcnn_mobilenet_v3_large_fpn on 4 images, testing on 2" in result.stdout
     split = json.loads((out / "split.json").read_text())
