@@ -1,5 +1,5 @@
 """Models torchvision has no builder for, built as its builders build theirs: Mask R-CNN on the MobileNetV3-Large FPN,
-and Faster and Mask R-CNN on a ResNet-18 FPN (of a width --fpn-channels sets). model.MODELS lists them beside
+and Faster and Mask R-CNN on a ResNet-18 FPN (each of a width --fpn-channels sets). model.MODELS lists them beside
 torchvision's and the tutorial's MobileNetV2 models (model.py, the worked example of a backbone of your own).
 """
 
@@ -16,7 +16,6 @@ from torchvision.models import (
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
 from torchvision.ops import FeaturePyramidNetwork
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 
@@ -26,15 +25,18 @@ def maskrcnn_mobilenet_v3_large_fpn(
     weights_backbone: MobileNet_V3_Large_Weights | None = None,
     num_classes: int | None = None,
     trainable_backbone_layers: int | None = None,
+    fpn_channels: int = 256,
     **kwargs: Any,
 ) -> detection.MaskRCNN:
     """Mask R-CNN on the MobileNetV3-Large FPN of `fasterrcnn_mobilenet_v3_large_fpn`: several times faster on CPU.
 
     torchvision publishes no COCO Mask R-CNN weights for this backbone, so `weights`
     are the COCO Faster R-CNN ones: backbone, RPN and box head start trained, the mask
-    head starts from scratch.
+    head starts from scratch. fpn_channels: the pyramid's width (those weights' is 256).
     """
     if weights is not None:
+        if fpn_channels != 256:
+            raise ValueError(f"fpn_channels {fpn_channels}: the COCO weights have a pyramid 256 wide")
         weights_backbone = None
         num_classes = len(weights.meta["categories"])
     pretrained = weights is not None or weights_backbone is not None
@@ -47,6 +49,7 @@ def maskrcnn_mobilenet_v3_large_fpn(
         norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d,
         trainable_layers=trainable_backbone_layers,
     )
+    set_fpn_width(backbone, fpn_channels)
     anchor_sizes = ((32, 64, 128, 256, 512),) * 3  # as torchvision's MobileNet Faster R-CNN
     anchors = AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes))
     kwargs = {"rpn_score_thresh": 0.05, **kwargs}
@@ -84,9 +87,7 @@ def fasterrcnn_resnet18_fpn(
         norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d,
         trainable_layers=trainable_backbone_layers,
     )
-    if fpn_channels != backbone.out_channels:  # ResNet-18's stages give 64, 128, 256 and 512 channels
-        backbone.fpn = FeaturePyramidNetwork([64, 128, 256, 512], fpn_channels, extra_blocks=LastLevelMaxPool())
-        backbone.out_channels = fpn_channels
+    set_fpn_width(backbone, fpn_channels)
     return (detection.MaskRCNN if masks else detection.FasterRCNN)(backbone, num_classes or 91, **kwargs)
 
 
@@ -95,8 +96,18 @@ def maskrcnn_resnet18_fpn(**kwargs: Any) -> detection.MaskRCNN:
     return fasterrcnn_resnet18_fpn(masks=True, **kwargs)
 
 
+def set_fpn_width(backbone: nn.Module, channels: int) -> None:
+    """A new feature pyramid `channels` wide on `backbone`'s stages (a BackboneWithFPN of torchvision's), in place of
+    its 256-channel one, which the RPN, the box head's first layer and the mask head then read."""
+    if channels == backbone.out_channels:
+        return
+    stages = [block[0].in_channels for block in backbone.fpn.inner_blocks]  # each a 1 x 1 convolution from a stage
+    backbone.fpn = FeaturePyramidNetwork(stages, channels, extra_blocks=type(backbone.fpn.extra_blocks)())
+    backbone.out_channels = channels
+
+
 # the models whose pyramid width --fpn-channels sets: ours (torchvision's builders fix 256)
-FPN_WIDTH_MODELS = ("fasterrcnn_resnet18_fpn", "maskrcnn_resnet18_fpn")
+FPN_WIDTH_MODELS = ("fasterrcnn_resnet18_fpn", "maskrcnn_resnet18_fpn", "maskrcnn_mobilenet_v3_large_fpn")
 
 
 def fpn_channels_of(model: nn.Module, name: str) -> int | None:

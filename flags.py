@@ -41,7 +41,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     for name in HEAD_SETTINGS:  # torchvision's names; see model.py
         add(flag(name), type=int, help=f"the model's {name} (default: the model's own)")
     add("--mask-head", type=int, nargs=2, metavar=("CONVS", "CHANNELS"), help="a lighter mask head (default: 4 256)")
-    add("--fpn-channels", type=int, metavar="N", help="the ResNet-18 models' FPN width (default: 256; 128 is lighter)")
+    add("--fpn-channels", type=int, metavar="N", help="FPN width of the ResNet-18 models and maskrcnn_mobilenet_v3_"
+        "large_fpn (default: 256; 128 is lighter)")  # fmt: skip
     add("--anchor-sizes", type=_size_or_auto, nargs="+", metavar="N", help="R-CNNs: five anchor sizes in pixels, "
         "or auto: fitted to the training boxes (default: 32 64 128 256 512)")  # fmt: skip
     add("--device", default=utils.default_device(), help="cuda, cuda:N or cpu (default: %(default)s)")

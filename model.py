@@ -286,6 +286,9 @@ def get_model(
     backbone_spec = resolve_weights(
         weights_backbone, backbone_enum, "--weights-backbone", default_backbone_weights(name)
     )
+    if kwargs.get("fpn_channels", 256) != 256 and isinstance(weights_spec, WeightsEnum):
+        raise UserError(f"--fpn-channels {kwargs['fpn_channels']}: --weights {weights} has a pyramid 256 wide; "
+                        "drop --fpn-channels, or train from --weights none")  # fmt: skip
     if weights_spec is not None and backbone_spec is not None:
         raise UserError("--weights-backbone needs --weights none: whole-model weights already include a backbone")
     points = {} if num_keypoints is None else {"num_keypoints": num_keypoints}  # COCO weights: 17, swapped below

@@ -103,7 +103,7 @@ def test_mixed_outlines_train_box_models_on_all_and_mask_models_per_sample(coco_
 @pytest.mark.slow
 def test_a_box_model_trains_on_a_boxes_only_json_and_check_says_so(coco_folder, tmp_path, capsys):
     from conftest import check_here
-    from test_train import FAST, run_cli_here
+    from test_train import FAST, fast_box_model, run_cli_here
 
     folder, ann_file, _ = coco_folder
     _boxes_only(ann_file)
@@ -112,7 +112,7 @@ def test_a_box_model_trains_on_a_boxes_only_json_and_check_says_so(coco_folder, 
     assert "instances: 4 (leaf_even 2, leaf_odd 2)" in check.stdout and "usable: 0 errors" in check.stdout
     assert "annotations: boxes only, no outlines; trains the box models (fasterrcnn_resnet50_fpn" in check.stdout
     out = tmp_path / "out"
-    box_model = ["--model", "fasterrcnn_mobilenet_v3_large_fpn", *FAST[2:], "--test-size", 1]
+    box_model = [*fast_box_model(), "--test-size", 1]
     result = run_cli_here(
         capsys, "--data-path", folder, "--ann-file", ann_file, *box_model, "--epochs", 1, "--output-dir", out
     )

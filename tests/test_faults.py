@@ -398,7 +398,9 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(pennfudan
     from model import get_model
     from utils import tensor_bytes
 
-    model = get_model("maskrcnn_mobilenet_v3_large_fpn", num_classes=2, weights="none")
+    model = get_model(
+        "maskrcnn_mobilenet_v3_large_fpn", num_classes=2, weights="none", fpn_channels=32, mask_head=(1, 32)
+    )  # FAST's
     weights, checkpoint = tensor_bytes(model.state_dict()), checkpoint_size(model, "sgd")
     disk = tmp_path / "disk"
     mounted = _mount_tmpfs(disk, weights + checkpoint + weights // 2 + 2**22)

@@ -263,6 +263,25 @@ def test_head_settings_a_light_mask_head_and_a_narrow_fpn_are_built_and_rebuilt(
     assert all(torch.equal(expected[k], got[k]) for k in expected)
 
 
+def test_our_mobilenet_mask_rcnn_takes_a_narrow_pyramid_from_scratch_only(tmp_path):
+    torch.manual_seed(0)
+    model = get_model("maskrcnn_mobilenet_v3_large_fpn", 3, weights="none", fpn_channels=32, **SMALL)
+    widths = {m.out_channels for m in model.backbone.fpn.modules() if isinstance(m, torch.nn.Conv2d)}
+    assert widths == {32} and model.rpn.head.conv[0][0].in_channels == 32
+    assert model.roi_heads.box_head.fc6.in_features == 32 * 49 and model.roi_heads.mask_head[0][0].in_channels == 32
+    config = {**model_config(model, "maskrcnn_mobilenet_v3_large_fpn"), "class_names": ["background", "a", "b"]}
+    assert config["fpn_channels"] == 32
+    torch.save({"model": model.state_dict(), "model_config": config}, tmp_path / "best.pth")
+    rebuilt, _ = model_from_checkpoint(tmp_path / "best.pth")  # no flag
+    model.eval(), rebuilt.eval()
+    image = torch.rand(3, 90, 110)
+    with torch.inference_mode():
+        expected, got = model([image])[0], rebuilt([image])[0]
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    with pytest.raises(UserError, match="^--fpn-channels 32: --weights DEFAULT has a pyramid 256 wide; drop"):
+        get_model("maskrcnn_mobilenet_v3_large_fpn", 3, fpn_channels=32, **SMALL)  # before any download
+
+
 def test_a_pyramid_width_is_refused_where_torchvision_fixes_it():
     with pytest.raises(UserError, match="--fpn-channels: torchvision's builder of fasterrcnn_resnet50_fpn fixes"):
         get_model("fasterrcnn_resnet50_fpn", 3, weights="none", fpn_channels=128, **SMALL)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from conftest import stand_in_training, write_voc
-from test_train import FAST, run_cli_here, run_main
+from test_train import FAST, fast_box_model, run_cli_here, run_main
 
 import train
 from split import split_indices, split_off_validation
@@ -91,8 +91,7 @@ def test_a_fixed_validation_set_stays_the_test_role_and_val_size_splits_the_trai
     root = write_voc(tmp_path / "voc")  # ImageSets/Main/val.txt: images 1, 4 and 7
     _stand_in_evaluation(monkeypatch, [0.5, 0.1])
     out = tmp_path / "out"
-    run_main("--data-path", root, *FAST, "--model", "fasterrcnn_mobilenet_v3_large_fpn", "--val-size", 2,
-             "--epochs", 1, "--output-dir", out)  # fmt: skip
+    run_main("--data-path", root, *fast_box_model(), "--val-size", 2, "--epochs", 1, "--output-dir", out)
     split = _split(out)
     assert sorted(split["test"]) == ["img1.jpg", "img4.jpg", "img7.jpg"] and len(split["val"]) == 2
     assert not set(split["val"]) & set(split["test"]) and not set(split["val"]) & set(split["train"])

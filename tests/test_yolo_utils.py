@@ -7,7 +7,7 @@ import pycocotools.mask as mask_utils
 import pytest
 import torch
 from conftest import LAYOUT, check_here, write_yolo
-from test_train import FAST, run_cli, run_cli_here
+from test_train import FAST, fast_box_model, run_cli, run_cli_here
 
 from dataset_cli import get_dataset
 from masks import instance_masks
@@ -186,7 +186,7 @@ def test_ultralytics_coco128_as_it_ships_passes_check_and_trains(tmp_path, capsy
     assert "note: " in check.stdout and "val: names the training images; holding out --test-size" in check.stdout
     assert "gone.txt: a label file without an image in" in check.stdout
     assert "usable: 0 errors, 2 warnings" in check.stdout  # and img2, without instances
-    box_model = ["--model", "fasterrcnn_mobilenet_v3_large_fpn", *FAST[2:]]
+    box_model = fast_box_model()
     result = run_cli_here(
         capsys, "--data-path", root / "data.yaml", *box_model, "--epochs", 1, "--output-dir", tmp_path / "out"
     )
