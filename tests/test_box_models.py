@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 from conftest import slow, write_voc
-from learning import SHAPES
+from learning import PREDICTED, SHAPES
 from test_train import run_cli, run_cli_here, run_main
 from torchvision.ops import box_iou
 
@@ -20,7 +20,6 @@ from heads import num_classes_of
 from model import MODELS, is_rcnn
 from ssd import SSD_SIZES
 
-BOX_MODELS = [name for name in MODELS if not is_rcnn(name)] + ["fasterrcnn_mobilenet_v3_large_320_fpn"]
 SHAPE0 = {category: box for category, *box in SHAPES[0]}  # the test image predicted: category -> x1, y1, x2, y2
 COMMON = ["--weights", "none", "--max-size", "128", "--print-freq", "5", "--lr", "0.001"]
 
@@ -35,8 +34,15 @@ def _run(*args):  # as a user runs it: a process of its own
     assert result.returncode == 0, result.stderr
 
 
+def test_every_one_stage_model_is_predicted_after_it_learned():
+    """Fast: the end-to-end test below covers each model that is not an R-CNN (the R-CNNs' predictions and exports:
+    tests/test_predict.py, test_export.py), and the R-CNN whose builder sets its own sizes."""
+    one_stage = [name for name in MODELS if not is_rcnn(name)]
+    assert sorted(PREDICTED) == sorted([*one_stage, "fasterrcnn_mobilenet_v3_large_320_fpn"])
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", BOX_MODELS)
+@pytest.mark.parametrize("name", PREDICTED)
 def test_a_box_model_that_learned_evaluates_predicts_and_exports_what_it_detects(name, learned_run, tmp_path, capsys):
     run = learned_run(name)  # trained until it detects the shapes (tests/test_learning.py), its last epoch kept
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])  # what best.pth holds here
