@@ -573,7 +573,7 @@ def test_workers_default_to_at_most_the_cores_this_process_may_use(monkeypatch):
 
 KEYPOINT_RUN = [
     "--model", "keypointrcnn_resnet50_fpn", "--weights", "none", "--lr", "0.001", "--min-size", "64",
-    "--max-size", "128", "--test-size", "3", "-j", "0", "--box-batch-size-per-image", "64",
+    "--max-size", "128", "--test-size", "3", "-j", "0", "--box-batch-size-per-image", "16",
 ]  # fmt: skip
 
 
