@@ -206,6 +206,49 @@ def learned_run(tmp_path_factory: pytest.TempPathFactory):
     return learned
 
 
+def coco_state(name: str) -> dict:
+    """A state dict shaped like torchvision's COCO weights for `name` (random values, seeded; 91 classes)."""
+    import torch
+
+    from model import MODELS
+
+    source = "fasterrcnn_mobilenet_v3_large_fpn" if name == "maskrcnn_mobilenet_v3_large_fpn" else name
+    torch.manual_seed(0)
+    return MODELS[source][0](weights=None, weights_backbone=None).state_dict()
+
+
+@pytest.fixture(scope="session")
+def weights_file(tmp_path_factory: pytest.TempPathFactory):
+    """A function from ("coco", model name) or ("imagenet", torchvision network name) to a weights file as torchvision
+    ships it, written once a session: coco_state(name), or the state dict of torchvision.models.<network>() seeded 1
+    (what --weights-backbone DEFAULT downloads, as a test can write it offline). Tests read these files and never
+    change them: an R50's is 100-170 MB, VGG-16's 550 MB, and a dozen tests ask for the same few."""
+    import torch
+    import torchvision.models
+
+    files: dict[tuple[str, str], Path] = {}
+
+    def saved(kind: str, name: str) -> Path:
+        if (kind, name) not in files:
+            if kind == "coco":
+                state = coco_state(name)
+            else:
+                torch.manual_seed(1)
+                state = getattr(torchvision.models, name)().state_dict()
+            files[kind, name] = tmp_path_factory.mktemp("weights") / f"{kind}_{name}.pth"
+            torch.save(state, files[kind, name])
+        return files[kind, name]
+
+    return saved
+
+
+def load_weights(path: Path) -> dict:
+    """A weights_file's state dict."""
+    import torch
+
+    return torch.load(path, weights_only=True)
+
+
 CVPPP = ROOT.parent / "shared" / "data" / "CVPPP_A1"
 
 

@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from test_model import _coco_state, _summary
+from test_model import _summary
 
 import train
 import utils
@@ -144,10 +144,9 @@ def test_the_split_comes_from_the_checkpoint_else_from_split_json(tmp_path):
         ("fasterrcnn_resnet50_fpn_v2", "coco"),
     ],
 )
-def test_a_checkpoint_rebuilds_its_model_without_any_flag(name, weights, tmp_path):
+def test_a_checkpoint_rebuilds_its_model_without_any_flag(name, weights, tmp_path, weights_file):
     if weights == "coco":  # fine-tuned: FrozenBatchNorm (eps 0 for the v1 weights), new heads
-        torch.save(_coco_state(name), tmp_path / "coco.pth")
-        weights = str(tmp_path / "coco.pth")
+        weights = str(weights_file("coco", name))
     torch.manual_seed(1)
     layers = 2 if name.endswith("_v2") else None  # v2 keeps BatchNorm: only the stored list says what was frozen
     trained = get_model(name, 3, weights, trainable_backbone_layers=layers, min_size=96, max_size=112).eval()

@@ -3,8 +3,8 @@ import urllib.error
 import pytest
 import torch
 import torchvision.models._api
-from conftest import HEAVY_MODELS, slow_where
-from torchvision.models import mobilenet_v2, resnet18, resnet50
+from conftest import HEAVY_MODELS, coco_state, load_weights, slow_where
+from torchvision.models import mobilenet_v2
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from checkpoint import model_config, model_from_checkpoint, model_from_config
@@ -22,13 +22,6 @@ from ssd import SSD_SIZES
 from utils import UserError
 
 SMALL = {"min_size": 64, "max_size": 96}
-
-
-def _coco_state(name):
-    """A state dict shaped like torchvision's COCO weights for `name` (random values, 91 classes)."""
-    source = "fasterrcnn_mobilenet_v3_large_fpn" if name == "maskrcnn_mobilenet_v3_large_fpn" else name
-    torch.manual_seed(0)
-    return MODELS[source][0](weights=None, weights_backbone=None).state_dict()
 
 
 def _summary(model):
@@ -89,11 +82,10 @@ ONE_STAGE = [name for name in MODELS if not is_rcnn(name)]
 
 
 @pytest.mark.parametrize("name", slow_where([*ONE_STAGE, "fasterrcnn_mobilenet_v3_large_320_fpn"], HEAVY_MODELS))
-def test_coco_weights_keep_all_but_the_classifier_which_fits_the_user_s_classes(name, fake_hub, tmp_path):
-    fake_hub["state"] = state = _coco_state(name)
+def test_coco_weights_keep_all_but_the_classifier_which_fits_the_user_s_classes(name, fake_hub, weights_file):
+    fake_hub["state"] = state = load_weights(coco := weights_file("coco", name))
     from_hub = get_model(name, num_classes=4, weights="DEFAULT")
-    torch.save(state, tmp_path / "coco.pth")
-    from_file = get_model(name, num_classes=4, weights=str(tmp_path / "coco.pth"))  # offline: torchvision's file
+    from_file = get_model(name, num_classes=4, weights=str(coco))  # offline: torchvision's file
     assert num_classes_of(from_hub) == num_classes_of(from_file) == 4
     for model in (from_hub, from_file):
         loaded = model.state_dict()
@@ -129,12 +121,11 @@ def test_r_cnn_head_settings_are_refused_for_one_stage_models():
 @pytest.mark.parametrize(
     "name", ["maskrcnn_resnet50_fpn", "maskrcnn_mobilenet_v3_large_fpn", "maskrcnn_resnet50_fpn_v2"]
 )
-def test_local_weights_file_builds_what_torchvision_builds(name, fake_hub, tmp_path):
-    fake_hub["state"] = state = _coco_state(name)
+def test_local_weights_file_builds_what_torchvision_builds(name, fake_hub, weights_file):
+    fake_hub["state"] = state = load_weights(coco := weights_file("coco", name))
     from_hub = get_model(name, num_classes=2, weights="DEFAULT")
     assert fake_hub["url"].startswith("https://download.pytorch.org/models/")
-    torch.save(state, tmp_path / "coco.pth")
-    from_file = get_model(name, num_classes=2, weights=str(tmp_path / "coco.pth"))
+    from_file = get_model(name, num_classes=2, weights=str(coco))
     assert _summary(from_file) == _summary(from_hub)
     loaded = from_file.state_dict()
     for key, value in state.items():
@@ -148,13 +139,12 @@ def test_local_weights_file_builds_what_torchvision_builds(name, fake_hub, tmp_p
 
 
 @pytest.mark.slow
-def test_keypoint_rcnn_loads_coco_weights_and_predicts_the_users_keypoints(fake_hub, tmp_path):
+def test_keypoint_rcnn_loads_coco_weights_and_predicts_the_users_keypoints(fake_hub, weights_file):
     name = "keypointrcnn_resnet50_fpn"
-    fake_hub["state"] = state = _coco_state(name)  # COCO's: 2 classes, 17 keypoints
+    fake_hub["state"] = state = load_weights(coco := weights_file("coco", name))  # COCO's: 2 classes, 17 keypoints
     from_hub = get_model(name, num_classes=3, weights="DEFAULT", num_keypoints=4)
     assert "keypointrcnn_resnet50_fpn_coco" in fake_hub["url"]
-    torch.save(state, tmp_path / "coco.pth")
-    from_file = get_model(name, num_classes=3, weights=str(tmp_path / "coco.pth"), num_keypoints=4)
+    from_file = get_model(name, num_classes=3, weights=str(coco), num_keypoints=4)
     assert _summary(from_file) == _summary(from_hub)
     for key, value in state.items():
         if "predictor" not in key and "num_batches_tracked" not in key:
@@ -171,7 +161,7 @@ def test_keypoint_rcnn_loads_coco_weights_and_predicts_the_users_keypoints(fake_
 
 
 def test_tutorial_function_is_coco_mask_rcnn_with_new_heads(fake_hub):
-    fake_hub["state"] = _coco_state("maskrcnn_resnet50_fpn")
+    fake_hub["state"] = coco_state("maskrcnn_resnet50_fpn")
     model = get_model_instance_segmentation(2)
     assert "maskrcnn_resnet50_fpn_coco" in fake_hub["url"]
     assert model.roi_heads.box_predictor.cls_score.out_features == 2
@@ -205,7 +195,7 @@ def test_checkpoint_of_train_py_as_weights(tmp_path):
         get_model("maskrcnn_resnet50_fpn", num_classes=4, weights=str(tmp_path / "checkpoint.pth"))
 
 
-def test_flag_mistakes_are_user_errors(tmp_path):
+def test_flag_mistakes_are_user_errors(tmp_path, weights_file):
     with pytest.raises(UserError, match="--weights-backbone needs --weights none"):
         get_model("maskrcnn_resnet50_fpn", 2, weights="DEFAULT", weights_backbone="DEFAULT")
     with pytest.raises(UserError, match="--weights COCO_V7: not a file and not one of DEFAULT, COCO_V1"):
@@ -214,9 +204,8 @@ def test_flag_mistakes_are_user_errors(tmp_path):
         get_model("maskrcnn_resnet50_fpn", 2, weights=str(tmp_path / "missing.pth"))
     with pytest.raises(UserError, match="--model yolo: unknown"):
         get_model("yolo", 2)
-    torch.save(resnet50().state_dict(), tmp_path / "classifier.pth")
-    with pytest.raises(UserError, match="classifier.pth: not weights of a detection model"):
-        get_model("maskrcnn_resnet50_fpn", 2, weights=str(tmp_path / "classifier.pth"))
+    with pytest.raises(UserError, match="imagenet_resnet50.pth: not weights of a detection model"):
+        get_model("maskrcnn_resnet50_fpn", 2, weights=str(weights_file("imagenet", "resnet50")))
     (tmp_path / "notes.pth").write_text("hello")
     with pytest.raises(UserError, match="notes.pth: refused to load"):
         get_model("maskrcnn_resnet50_fpn", 2, weights=str(tmp_path / "notes.pth"))
@@ -289,11 +278,11 @@ def test_a_pyramid_width_is_refused_where_torchvision_fixes_it():
         get_model("fasterrcnn_resnet18_fpn", 3, weights="none", fpn_channels=0, **SMALL)
 
 
-def test_resnet18_has_no_coco_weights_but_takes_imagenet_ones(tmp_path):
+def test_resnet18_has_no_coco_weights_but_takes_imagenet_ones(weights_file):
     with pytest.raises(UserError, match="--weights DEFAULT: torchvision has no COCO weights for this model"):
         get_model("maskrcnn_resnet18_fpn", 2)
-    torch.save(resnet18().state_dict(), tmp_path / "imagenet.pth")
-    model = get_model("maskrcnn_resnet18_fpn", 2, weights="none", weights_backbone=str(tmp_path / "imagenet.pth"))
+    imagenet = weights_file("imagenet", "resnet18")
+    model = get_model("maskrcnn_resnet18_fpn", 2, weights="none", weights_backbone=str(imagenet))
     assert any(isinstance(m, FrozenBatchNorm2d) for m in model.backbone.body.modules())
     assert not any(p.requires_grad for p in model.backbone.body.layer1.parameters())  # 3 stages train
 

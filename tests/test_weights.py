@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import HEAVY_MODELS, slow, slow_where
+from conftest import HEAVY_MODELS, load_weights, slow, slow_where
 from test_model import _RunsCode, _summary
 from torchvision.models import mobilenet_v2, mobilenet_v3_large, resnet18, resnet50, vgg16
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -29,15 +29,14 @@ def test_the_backbone_table_names_every_model():
 
 
 @pytest.mark.parametrize("name", slow_where(BACKBONES, HEAVY_MODELS))
-def test_a_local_copy_of_the_imagenet_file_loads_as_default_and_the_model_rebuilds(name, fake_hub, tmp_path):
-    torch.manual_seed(1)
-    fake_hub["state"] = state = BACKBONES[name]().state_dict()  # torchvision's file, as a test can write it offline
-    torch.save(state, tmp_path / "imagenet.pth")
+def test_a_local_copy_of_the_imagenet_file_loads_as_default_and_the_model_rebuilds(name, fake_hub, weights_file):
+    imagenet = weights_file("imagenet", BACKBONES[name].__name__)  # torchvision's file, as a test can write it offline
+    fake_hub["state"] = load_weights(imagenet)
     options = {"num_classes": 3, "weights": "none", "num_keypoints": 4 if is_keypoint_model(name) else None}
     torch.manual_seed(0)
     from_hub = get_model(name, weights_backbone="DEFAULT", **options)
     torch.manual_seed(0)
-    from_file = get_model(name, weights_backbone=str(tmp_path / "imagenet.pth"), **options)
+    from_file = get_model(name, weights_backbone=str(imagenet), **options)
     assert _summary(from_file) == _summary(from_hub)  # BatchNorm kind, the stages that train, eps
     expected = from_hub.state_dict()
     assert all(torch.equal(value, expected[key]) for key, value in from_file.state_dict().items())
@@ -57,10 +56,11 @@ def test_a_local_copy_of_the_imagenet_file_loads_as_default_and_the_model_rebuil
     ("name", "other"),
     [("ssd300_vgg16", mobilenet_v3_large), pytest.param("ssdlite320_mobilenet_v3_large", vgg16, marks=slow)],
 )
-def test_a_backbone_file_of_another_network_is_one_line(name, other, tmp_path):
-    torch.save(other().state_dict(), tmp_path / "other.pth")
-    with pytest.raises(UserError, match=f"other.pth: does not fit {name}'s backbone .*; pass a state dict of") as error:
-        get_model(name, 3, weights="none", weights_backbone=str(tmp_path / "other.pth"))
+def test_a_backbone_file_of_another_network_is_one_line(name, other, weights_file):
+    other_file = weights_file("imagenet", other.__name__)
+    refusal = f"{other_file.name}: does not fit {name}'s backbone .*; pass a state dict of"
+    with pytest.raises(UserError, match=refusal) as error:
+        get_model(name, 3, weights="none", weights_backbone=str(other_file))
     assert "\n" not in str(error.value)
 
 
@@ -72,11 +72,10 @@ def test_a_backbone_file_of_another_network_is_one_line(name, other, tmp_path):
         ("maskrcnn_mobilenet_v2", mobilenet_v2),
     ],
 )
-def test_backbone_weights_file(name, classifier, tmp_path):
-    torch.manual_seed(1)
-    state = classifier().state_dict()
-    torch.save(state, tmp_path / "imagenet.pth")
-    model = get_model(name, num_classes=2, weights="none", weights_backbone=str(tmp_path / "imagenet.pth"))
+def test_backbone_weights_file(name, classifier, weights_file):
+    imagenet = weights_file("imagenet", classifier.__name__)
+    state = load_weights(imagenet)
+    model = get_model(name, num_classes=2, weights="none", weights_backbone=str(imagenet))
     body = backbone_body(model).state_dict()
     checked = 0
     for key, value in state.items():
