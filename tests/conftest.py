@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import http.server
 import io
+import json
 import os
 import shutil
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -194,6 +196,7 @@ def learned_run(tmp_path_factory: pytest.TempPathFactory):
     def learned(name: str) -> Path:
         if name not in runs:
             root = tmp_path_factory.mktemp(name)
+            started = time.perf_counter()
             with pytest.MonkeyPatch.context() as patch:
                 patch.setattr(train, "save_epoch", last_only)
                 patch.setattr(train, "plot_curves", lambda *drawn: None)
@@ -201,9 +204,26 @@ def learned_run(tmp_path_factory: pytest.TempPathFactory):
             assert (root / "run" / "best.pth").exists() == (name in learning.PREDICTED)
             assert not (root / "run" / "checkpoint.pth").exists()
             runs[name] = root / "run"
+            last = json.loads((root / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+            LEARNED.append((name, last, time.perf_counter() - started))
         return runs[name]
 
     return learned
+
+
+# The learning runs of this session: (model, its last epoch's metrics record, seconds), for the summary below.
+LEARNED: list[tuple[str, dict, float]] = []
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """What each learning run reached and took, passed or not: the margins above tests/test_learning.py's 0.5, which
+    move with the CPU's kernels (two runs that passed on one AMD EPYC failed on the next), seen in every CI log."""
+    if not LEARNED:
+        return
+    terminalreporter.section("learning runs (tests/learning.py): last epoch's AP@[.5:.95], seconds")
+    for name, last, seconds in LEARNED:
+        scores = "  ".join(f"{kind} {last[kind][0]:.3f}" for kind in ("bbox", "segm", "keypoints") if kind in last)
+        terminalreporter.write_line(f"{name:40s} {last['epoch'] + 1:2d} epochs  {scores:34s} {seconds:5.0f} s")
 
 
 def coco_state(name: str) -> dict:
