@@ -9,15 +9,17 @@ from checkpoint import model_config
 from model import get_model
 
 
-@pytest.fixture
-def checkpoint(tmp_path):
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A best.pth of an untrained model, written once: the tests only read it."""
     torch.manual_seed(0)
     # Two classes: an untrained model scores many boxes exactly alike, and with more classes eager PyTorch and
     # the traced graph run different (equivalent) NMS algorithms, which break such ties differently.
     model = get_model("maskrcnn_mobilenet_v3_large_fpn", num_classes=2, weights="none", min_size=64, max_size=96)
     config = {**model_config(model, "maskrcnn_mobilenet_v3_large_fpn"), "class_names": ["background", "a"]}
-    torch.save({"model": model.state_dict(), "model_config": config}, tmp_path / "best.pth")
-    return tmp_path / "best.pth"
+    path = tmp_path_factory.mktemp("checkpoint") / "best.pth"
+    torch.save({"model": model.state_dict(), "model_config": config}, path)
+    return path
 
 
 def _export(checkpoint, path, fmt, *extra):

@@ -16,13 +16,14 @@ from checkpoint import model_config
 from model import get_model
 
 
-@pytest.fixture
-def checkpoint(tmp_path):
-    """A best.pth as train.py writes it, of an untrained model (it still returns detections)."""
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A best.pth as train.py writes it, of an untrained model (it still returns detections); the tests read it, and
+    a test that changes it changes a copy."""
     torch.manual_seed(0)
     model = get_model("maskrcnn_mobilenet_v3_large_fpn", num_classes=3, weights="none", min_size=64, max_size=128)
     config = {**model_config(model, "maskrcnn_mobilenet_v3_large_fpn"), "class_names": ["background", "cat", "dog"]}
-    path = tmp_path / "best.pth"
+    path = tmp_path_factory.mktemp("checkpoint") / "best.pth"
     torch.save({"model": model.state_dict(), "model_config": config, "epoch": 0}, path)
     return path
 
@@ -89,6 +90,7 @@ def test_the_score_threshold_filters_pictures_and_json(checkpoint, photos, tmp_p
 def test_detections_speak_the_datasets_ids(checkpoint, photos, tmp_path, capsys):
     saved = torch.load(checkpoint, weights_only=True)
     saved["model_config"]["category_ids"] = [3, 7]  # a COCO json's own ids for "cat" and "dog"
+    checkpoint = tmp_path / "best.pth"
     torch.save(saved, checkpoint)
     ann_file = tmp_path / "instances.json"
     images = [{"id": 42, "file_name": "photos/a.png"}, {"id": 17, "file_name": "b.jpg"}]
