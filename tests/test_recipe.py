@@ -165,7 +165,7 @@ def test_recipe_on_the_command_line_and_after_a_resume(pennfudan, tmp_path, caps
     assert args["lr"] == 0.0001 and "lr" not in args["recipe_settings"]  # the typed flag won
     assert args["min_size"] == 64 and "min_size" not in args["recipe_settings"]
     assert args["time_budget"] is None and args["epochs"] == 1  # the typed --epochs cancelled the budget
-    assert args["recipe_settings"]["batch_size"] == 4 and args["batch_size"] == 4
+    assert args["recipe_settings"]["batch_size"] == 2 and args["batch_size"] == 2
     checkpoint = torch.load(out / "checkpoint.pth", weights_only=True)
     assert checkpoint["args"]["recipe"] == "cpu-12min" and checkpoint["args"]["recipe_settings"]["opt"] == "adamw"
 
