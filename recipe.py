@@ -55,9 +55,9 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
                   {**_CPU_MASKS, **_CPU_LEVERS, "time_budget": 12.0}),
     "cpu-43min": ("masks on a CPU from scratch in 43 minutes: cpu-12min's recipe for longer",
                   {**_CPU_MASKS, **_CPU_LEVERS, "time_budget": 43.0}),
-    # cpu-43min's recipe without the mask head. Batch 2 and lr 0.0003 won here first: box AP 0.506 after 15 epochs on
-    # --seed 1 against 0.458 at batch 4 and lr 0.0002 (both 19 minutes, Intel Xeon). With the levers, on --seed 1 on the AMD
-    # EPYC: 25 epochs and box AP 0.533, against 9 epochs and 0.459 without them.
+    # cpu-43min's recipe without the mask head. Batch 2 and lr 0.0003 won here first: box AP 0.506 after 15 epochs
+    # on --seed 1 against 0.458 at batch 4 and lr 0.0002 (both 19 minutes, Intel Xeon). With the levers, on --seed 1
+    # on the AMD EPYC: 25 epochs and box AP 0.533, against 9 epochs and 0.459 without them.
     "cpu-box-20min": ("boxes on a CPU from scratch in 20 minutes: Faster R-CNN ResNet-18 FPN, 320 px, AdamW",
                       {**_CPU_MASKS, **_CPU_LEVERS, "model": "fasterrcnn_resnet18_fpn", "mask_head": None,
                        "time_budget": 20.0}),
