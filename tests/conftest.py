@@ -262,13 +262,6 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory):
     return saved
 
 
-def load_weights(path: Path) -> dict:
-    """A weights_file's state dict."""
-    import torch
-
-    return torch.load(path, weights_only=True)
-
-
 CVPPP = ROOT.parent / "shared" / "data" / "CVPPP_A1"
 
 

@@ -3,7 +3,7 @@ import urllib.error
 import pytest
 import torch
 import torchvision.models._api
-from conftest import HEAVY_MODELS, coco_state, load_weights, slow_where
+from conftest import HEAVY_MODELS, coco_state, slow_where
 from torchvision.models import mobilenet_v2
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -19,7 +19,7 @@ from model import (
     learns_masks,
 )
 from ssd import SSD_SIZES
-from utils import UserError
+from utils import UserError, load_checkpoint
 
 SMALL = {"min_size": 64, "max_size": 96}
 
@@ -83,7 +83,7 @@ ONE_STAGE = [name for name in MODELS if not is_rcnn(name)]
 
 @pytest.mark.parametrize("name", slow_where([*ONE_STAGE, "fasterrcnn_mobilenet_v3_large_320_fpn"], HEAVY_MODELS))
 def test_coco_weights_keep_all_but_the_classifier_which_fits_the_user_s_classes(name, fake_hub, weights_file):
-    fake_hub["state"] = state = load_weights(coco := weights_file("coco", name))
+    fake_hub["state"] = state = load_checkpoint(coco := weights_file("coco", name))
     from_hub = get_model(name, num_classes=4, weights="DEFAULT")
     from_file = get_model(name, num_classes=4, weights=str(coco))  # offline: torchvision's file
     assert num_classes_of(from_hub) == num_classes_of(from_file) == 4
@@ -122,7 +122,7 @@ def test_r_cnn_head_settings_are_refused_for_one_stage_models():
     "name", ["maskrcnn_resnet50_fpn", "maskrcnn_mobilenet_v3_large_fpn", "maskrcnn_resnet50_fpn_v2"]
 )
 def test_local_weights_file_builds_what_torchvision_builds(name, fake_hub, weights_file):
-    fake_hub["state"] = state = load_weights(coco := weights_file("coco", name))
+    fake_hub["state"] = state = load_checkpoint(coco := weights_file("coco", name))
     from_hub = get_model(name, num_classes=2, weights="DEFAULT")
     assert fake_hub["url"].startswith("https://download.pytorch.org/models/")
     from_file = get_model(name, num_classes=2, weights=str(coco))
@@ -141,7 +141,7 @@ def test_local_weights_file_builds_what_torchvision_builds(name, fake_hub, weigh
 @pytest.mark.slow
 def test_keypoint_rcnn_loads_coco_weights_and_predicts_the_users_keypoints(fake_hub, weights_file):
     name = "keypointrcnn_resnet50_fpn"
-    fake_hub["state"] = state = load_weights(coco := weights_file("coco", name))  # COCO's: 2 classes, 17 keypoints
+    fake_hub["state"] = state = load_checkpoint(coco := weights_file("coco", name))  # COCO's: 2 classes, 17 keypoints
     from_hub = get_model(name, num_classes=3, weights="DEFAULT", num_keypoints=4)
     assert "keypointrcnn_resnet50_fpn_coco" in fake_hub["url"]
     from_file = get_model(name, num_classes=3, weights=str(coco), num_keypoints=4)

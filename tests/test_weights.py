@@ -2,14 +2,14 @@
 
 import pytest
 import torch
-from conftest import HEAVY_MODELS, load_weights, slow, slow_where
+from conftest import HEAVY_MODELS, slow, slow_where
 from test_model import _RunsCode, _summary
 from torchvision.models import mobilenet_v2, mobilenet_v3_large, resnet18, resnet50, vgg16
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from checkpoint import model_config, model_from_config
 from model import MODELS, get_model, has_reduced_tail, is_keypoint_model
-from utils import UserError
+from utils import UserError, load_checkpoint
 from weights import backbone_body
 
 # Every model, with the torchvision network whose ImageNet file --weights-backbone DEFAULT downloads for it.
@@ -31,7 +31,7 @@ def test_the_backbone_table_names_every_model():
 @pytest.mark.parametrize("name", slow_where(BACKBONES, HEAVY_MODELS))
 def test_a_local_copy_of_the_imagenet_file_loads_as_default_and_the_model_rebuilds(name, fake_hub, weights_file):
     imagenet = weights_file("imagenet", BACKBONES[name].__name__)  # torchvision's file, as a test can write it offline
-    fake_hub["state"] = load_weights(imagenet)
+    fake_hub["state"] = load_checkpoint(imagenet)
     options = {"num_classes": 3, "weights": "none", "num_keypoints": 4 if is_keypoint_model(name) else None}
     torch.manual_seed(0)
     from_hub = get_model(name, weights_backbone="DEFAULT", **options)
@@ -74,7 +74,7 @@ def test_a_backbone_file_of_another_network_is_one_line(name, other, weights_fil
 )
 def test_backbone_weights_file(name, classifier, weights_file):
     imagenet = weights_file("imagenet", classifier.__name__)
-    state = load_weights(imagenet)
+    state = load_checkpoint(imagenet)
     model = get_model(name, num_classes=2, weights="none", weights_backbone=str(imagenet))
     body = backbone_body(model).state_dict()
     checked = 0
