@@ -46,10 +46,11 @@ from model import MODELS, build, has_reduced_tail
 from utils import UserError, load_checkpoint, save_checkpoint, tensor_bytes
 from weights import freeze_batchnorm, freeze_like_pretrained
 
-# Settings a resume may change: the length of the run, the learning rate after a divergence, the machine.
+# Settings a resume may change: the length of the run, the learning rate after a divergence, the machine, how
+# evaluation sees a photo (tiles, mirror images).
 OVERRIDABLE = (
     "epochs", "time_budget", "lr", "workers", "device", "print_freq", "output_dir", "tensorboard", "amp",
-    "channels_last", "use_deterministic_algorithms", "skip_bad_samples",
+    "channels_last", "use_deterministic_algorithms", "skip_bad_samples", "tile", "tile_overlap", "tta",
 )  # fmt: skip
 TRAINING_ONLY = ("epochs", "time_budget", "lr", "tensorboard")  # mean nothing to --test-only
 # Never changed by a resume, even with --allow-changes: a new split or model is a new run.

@@ -73,10 +73,14 @@ def coco_stats(
     results: list[dict],
     iou_type: str,
     keypoint_sigmas: list[float] | None = None,
+    curves: dict[int, dict[str, list[float]]] | None = None,
+    max_detections: int = 100,
 ) -> tuple[list[float], dict[int, float | None]]:
     """COCOeval's summary numbers for `results` against the ground truth (12 for bbox and segm, 10 for keypoints,
     scored with `keypoint_sigmas`), printing the summary, and the AP@[.5:.95] of each category id (None for a
-    category without ground truth)."""
+    category without ground truth). A `curves` dict receives each category's precision-recall curves (pr_curves).
+    Boxes and masks count each image's `max_detections` best detections of a class (COCO's 100; more where a
+    model may return more: --box-detections-per-img); keypoints COCO's 20."""
     categories = sorted({a["category_id"] for a in annotations} | {r["category_id"] for r in results})
     if not any(not a["iscrowd"] for a in annotations):  # pycocotools would print a table of -1s
         print(f"IoU metric: {iou_type}: no ground truth in the test split; nothing to score")
@@ -96,6 +100,8 @@ def coco_stats(
     evaluator = COCOeval(gt, dt, iou_type)
     if keypoint_sigmas is not None:
         evaluator.params.kpt_oks_sigmas = np.array(keypoint_sigmas)
+    if iou_type != "keypoints":
+        evaluator.params.maxDets = [1, 10, max_detections]
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator.evaluate()
         evaluator.accumulate()
@@ -105,7 +111,22 @@ def coco_stats(
     for k, category in enumerate(evaluator.params.catIds):
         precision = evaluator.eval["precision"][:, :, k, 0, -1]  # IoUs x recalls, all areas, most detections
         per_category[category] = float(precision[precision > -1].mean()) if (precision > -1).any() else None
+    if curves is not None:
+        curves.update(pr_curves(evaluator))
     return [float(s) for s in evaluator.stats], per_category
+
+
+def pr_curves(evaluator: Any) -> dict[int, dict[str, list[float]]]:
+    """From an accumulated COCOeval: each category id's precision at COCO's 101 recall steps, at IoU 0.5 and
+    averaged over 0.5:0.95 (all areas, the most detections); categories without ground truth are left out."""
+    precision = evaluator.eval["precision"]  # IoUs x recalls x categories x areas x max detections; -1: no truth
+    recall = [float(r) for r in evaluator.params.recThrs]
+    curves = {}
+    for k, category in enumerate(evaluator.params.catIds):
+        table = precision[:, :, k, 0, -1]
+        if (table > -1).any():
+            curves[int(category)] = {"recall": recall, "iou50": table[0].tolist(), "iou50_95": table.mean(0).tolist()}
+    return curves
 
 
 IOU_TYPES = ("bbox", "segm", "keypoints")  # what COCO scores: boxes, masks, keypoints (OKS)
@@ -122,9 +143,13 @@ def score_detections(
     per_image: list[tuple[dict, list[dict], dict[str, list[dict]]]],
     class_names: list[str] | None,
     keypoint_sigmas: list[float] | None = None,
+    curves: dict[str, dict] | None = None,
+    max_detections: int = 100,
 ) -> dict[str, Any]:
     """evaluate()'s stats from its per-image (image record, ground truth, coco_detections) triples: the IoU
-    types the model predicts and the ground truth holds (masks; keypoints, scored with `keypoint_sigmas`)."""
+    types the model predicts and the ground truth holds (masks; keypoints, scored with `keypoint_sigmas`). A
+    `curves` dict receives each IoU type's precision-recall curves by category id (pr_curves); `max_detections`:
+    coco_stats'."""
     images = [record for record, *_ in per_image]
     annotations = [a for _, gt, _ in per_image for a in gt]
     iou_types = all_results(per_image)
@@ -135,7 +160,9 @@ def score_detections(
     stats, per_class = {}, {}
     for iou_type, results in iou_types.items():
         sigmas = keypoint_sigmas if iou_type == "keypoints" else None
-        stats[iou_type], per_category = coco_stats(images, annotations, results, iou_type, sigmas)
+        found = curves.setdefault(iou_type, {}) if curves is not None else None
+        stats[iou_type], per_category = coco_stats(images, annotations, results, iou_type, sigmas, found,
+                                                   max_detections)  # fmt: skip
         if class_names and len(class_names) > 2:
             per_class[iou_type] = {name: per_category.get(label) for label, name in enumerate(class_names) if label}
     if per_class:

@@ -15,7 +15,8 @@ import distributed
 import utils
 from budget import OutOfTime
 from coco_eval import all_results, coco_detections, coco_ground_truth, score_detections
-from masks import unpasted_masks
+from errors import confusion_matrix, errors_record
+from tiles import Tiling, detect
 from visualize import shrink
 
 SAMPLES_KEPT = 4  # evaluate(samples=...): held-out images kept for a picture
@@ -148,6 +149,9 @@ def evaluate(
     results: dict[str, list[dict]] | None = None,
     samples: list[tuple] | None = None,
     keypoint_sigmas: list[float] | None = None,
+    tiling: Tiling | None = None,
+    errors: dict[str, Any] | None = None,
+    max_detections: int = 100,
 ) -> dict[str, Any]:
     """COCO bbox (and segm, for mask models; keypoints, for keypoint models) stats: {"bbox": [12 floats],
     "segm": [12 floats]} or {"bbox": [...], "keypoints": [10 floats]}, keypoints scored with `keypoint_sigmas`.
@@ -163,18 +167,25 @@ def evaluate(
     A `results` dict receives, on rank 0, the detections as COCO results: "bbox" (and
     "segm" or "keypoints"), with the targets' image_id and the model's labels as category_id. A `samples`
     list receives (image, target, output) of this rank's first images, on the CPU, until it
-    holds SAMPLES_KEPT: for pictures.
+    holds SAMPLES_KEPT: for pictures. With a `tiling` (tiles.py) each image is seen in tiles, or mirrored, as
+    it says, the detections merged in the image's coordinates. An `errors` dict receives, on rank 0, the
+    confusion matrix and precision-recall curves of errors.py (errors.errors_record). Each image's
+    `max_detections` best detections of a class count (COCO's 100; a model built for more: coco_eval.coco_stats).
     """
     distributed.copy_buffers_from_rank_0(model)
     logger = utils.MetricLogger()
-    per_image = _detect(model, data_loader, device, logger, samples)
+    per_image = _detect(model, data_loader, device, logger, samples, tiling)
     # Gathered outside inference mode: under it, torch 2.4's all_gather_object fails on every rank with "Inplace
     # update to inference tensor outside InferenceMode" (the version floors' torchrun tests).
     start = time.time()
     per_image = sorted(
         (item for part in distributed.all_gather_object(per_image) for item in part), key=lambda i: i[0]["id"]
     )
-    stats = score_detections(per_image, class_names, keypoint_sigmas) if distributed.is_main_process() else None
+    stats, curves = None, {} if errors is not None else None
+    if distributed.is_main_process():
+        stats = score_detections(per_image, class_names, keypoint_sigmas, curves, max_detections)
+        if errors is not None:
+            errors.update(errors_of(per_image, class_names, curves))
     if results is not None and distributed.is_main_process():
         results.update(all_results(per_image))
     if timings is not None:
@@ -184,23 +195,28 @@ def evaluate(
     return distributed.broadcast_object(stats)
 
 
+def errors_of(per_image: list[tuple], class_names: list[str] | None, curves: dict[str, dict]) -> dict[str, Any]:
+    """errors.errors_record of an evaluation: its confusion matrix, and the `curves` score_detections gave."""
+    if not class_names:  # name the labels found
+        labels = [a["category_id"] for _, gt, found in per_image for a in [*gt, *found.get("bbox", [])]]
+        class_names = ["background", *(f"class {k}" for k in range(1, max(labels, default=1) + 1))]
+    return errors_record(confusion_matrix(per_image, len(class_names)), curves, class_names)
+
+
 @torch.inference_mode()
-def _detect(model, data_loader, device, logger, samples) -> list[tuple]:
+def _detect(model, data_loader, device, logger, samples, tiling) -> list[tuple]:
     """(image record, ground truth, {iou type: results}) for each of this rank's test images (evaluate)."""
     model.eval()
     per_image = []
     for batch_images, targets in logger.log_every(data_loader, 100, "Test:"):
         batch_images = [image.to(device, non_blocking=True) for image in batch_images]
         start = time.time()
-        with unpasted_masks(model) as mask_probs:  # pasted below a few at a time, not all at the photo's size
-            outputs = model(batch_images)
+        outputs = detect(model, batch_images, tiling)  # masks pasted below a few at a time, not at once
         if device.type == "cuda":
             torch.cuda.synchronize()
         model_time = time.time() - start
         start = time.time()
-        for k, (image, target, output) in enumerate(zip(batch_images, targets, outputs, strict=True)):
-            if mask_probs:
-                output["mask_probs"] = mask_probs[k]
+        for image, target, output in zip(batch_images, targets, outputs, strict=True):
             if samples is not None and len(samples) < SAMPLES_KEPT:  # kept at a screen's size, not the photo's
                 picture, shown = shrink(image, target)
                 samples.append((picture, shown, shrink(image, {key: v.cpu() for key, v in output.items()})[1]))

@@ -17,9 +17,11 @@ import utils
 from checkpoint import flag
 from dataset_cli import add_dataset_args
 from heads import HEAD_SETTINGS
+from keypoints import flip_permutation
 from model import MODELS, is_keypoint_model
 from recipe import LR, MOMENTUM, OPTIMIZERS, SCHEDULERS, WEIGHT_DECAY, recipe_help, recipe_values
 from ssd import SSD_SIZES, check_input_side
+from tiles import Tiling
 from transforms import AUGMENTATIONS
 
 
@@ -94,8 +96,50 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--use-deterministic-algorithms", action="store_true", help="reproducible results, at some cost in speed")
     add("--tensorboard", action="store_true", help="also log losses, AP and lr to --output-dir/tensorboard")
     add("--skip-bad-samples", action="store_true", help="leave out unreadable or broken samples (default: stop)")
+    add_view_args(parser)
+    add("--train-tile", type=int, metavar="SIZE", help="train on tiles of SIZE photo pixels cut from each photo at its "
+        "own resolution, overlapping by a fifth (train_tiles.py; default: whole photos)")  # fmt: skip
     parser.set_defaults(recipe_settings=None)  # what --recipe set (args.json, checkpoints): no flag of its own
     return parser
+
+
+def add_view_args(parser: argparse.ArgumentParser) -> None:
+    """--tile, --tile-overlap and --tta (tiles.py): how train.py's evaluation and predict.py see a photo."""
+    add = parser.add_argument
+    add("--tile", type=int, metavar="SIZE", help="detect on overlapping tiles of SIZE photo pixels and on the whole "
+        "photo, merged: small objects in big photos (default: the whole photo only)")  # fmt: skip
+    add("--tile-overlap", type=float, default=0.2, metavar="F", help="--tile: neighbouring tiles overlap by this "
+        "fraction of a tile (default: %(default)s)")  # fmt: skip
+    add("--tta", action="store_true", help="also detect on the mirror image of each photo (and tile), merged")
+
+
+def tiling_of(
+    args: argparse.Namespace, keypoint_names: list[str] | None, flip_map: str | None, max_detections: int = 100
+) -> Tiling | None:
+    """The Tiling that --tile, --tile-overlap and --tta ask for (None: the whole photo, as the model sees it), with
+    the flip permutation a mirror image needs for `keypoint_names` (keypoints.flip_permutation of `flip_map`),
+    keeping a photo's `max_detections` best (the model's detections per image)."""
+    check_view_args(args)
+    if args.tile is None and not args.tta:
+        return None
+    keypoint_flip = None
+    if args.tta and keypoint_names:
+        try:
+            keypoint_flip = flip_permutation(keypoint_names, flip_map)
+        except utils.UserError as error:
+            raise utils.UserError(f"--tta mirrors the keypoints too, and {error}") from None
+    return Tiling(args.tile, args.tile_overlap, args.tta, args.batch_size, keypoint_flip, max_detections)
+
+
+def check_view_args(args: argparse.Namespace) -> None:
+    """Reject a --tile, --train-tile or --tile-overlap that cannot cut a photo."""
+    for name in ("tile", "train_tile"):  # predict.py has no --train-tile
+        size = getattr(args, name, None)
+        if size is not None and size <= 0:
+            raise utils.UserError(f"{flag(name)} {size}: a tile is a positive number of photo pixels, such as 640")
+    if not 0 <= args.tile_overlap < 1:
+        raise utils.UserError(f"--tile-overlap {args.tile_overlap}: a fraction of a tile, from 0 to below 1, "
+                              "such as 0.2")  # fmt: skip
 
 
 def _size_or_auto(value: str) -> int | str:
@@ -148,6 +192,10 @@ def check_args(args: argparse.Namespace) -> None:
             f"--augmentation multiscale: --model {args.model} takes one square size; use ssd or ssdlite"
         )
     check_input_side(args.model, args.min_size)
+    check_view_args(args)
+    if args.train_tile and args.anchor_sizes == ["auto"]:
+        raise utils.UserError("--anchor-sizes auto fits whole photos' boxes, not tiles': with --train-tile give five "
+                              "sizes, such as 16 32 64 128 256")  # fmt: skip
     if args.anchor_sizes and "auto" in args.anchor_sizes and args.anchor_sizes != ["auto"]:
         raise utils.UserError("--anchor-sizes: give auto alone, or five sizes in pixels such as 16 32 64 128 256")
     if args.model.startswith("ssdlite") and args.batch_size < 2:

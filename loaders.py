@@ -20,6 +20,7 @@ from group_by_aspect_ratio import training_batches
 from model import BOX_MODELS_HINT, learns_masks
 from mosaic import Mosaic
 from split import check_held_out, ids_of_run, sample_names, split_indices, split_off_validation
+from train_tiles import TrainingTiles
 from transforms import copy_paste_collate, get_transform
 
 
@@ -94,6 +95,9 @@ def make_loaders(
     train_loader = None
     if train_data is not None:
         train_set = torch.utils.data.Subset(train_data, train_ids)
+        if args.train_tile:  # each photo cut into tiles at its own resolution
+            train_set = TrainingTiles(train_data, train_ids, args.train_tile)
+            print(f"--train-tile {args.train_tile}: {len(train_set)} tiles of {len(train_ids)} images an epoch")
         # One sampler for one process and for many: a seeded shuffle per epoch (set_epoch), this rank's share of it.
         ones = not args.model.startswith("ssdlite")  # its BatchNorm on 1 x 1 maps cannot train on one image
         batches = training_batches(train_set, args.batch_size, args.aspect_ratio_group_factor, args.seed,

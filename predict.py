@@ -27,8 +27,9 @@ from checkpoint import model_from_checkpoint
 from coco_eval import coco_detections, in_dataset_ids
 from coco_utils import read_coco
 from dataset import IMAGE_EXTENSIONS
+from flags import add_view_args, tiling_of
 from image_io import read_image
-from masks import unpasted_masks
+from tiles import detect
 from visualize import draw
 
 
@@ -43,6 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("-b", "--batch-size", type=int, default=4, help="images per forward pass (default: %(default)s)")
     add("-j", "--workers", type=int, default=2, help="image decoding processes (default: %(default)s)")
     add("--ann-file", help="a COCO json listing the images: write its image_id for each image it lists")
+    add_view_args(parser)
     return parser
 
 
@@ -119,6 +121,8 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     model, config = model_from_checkpoint(args.checkpoint)
     model.to(device).eval()
+    detections = (config.get("heads") or {}).get("box_detections_per_img") or 100
+    tiling = tiling_of(args, config.get("keypoint_names"), config.get("keypoint_flip_map"), detections)
     class_names = config.get("class_names") or ["background", *(f"class {i}" for i in range(1, config["num_classes"]))]
     # the dataset's own category ids (COCO's, for a COCO json); older checkpoints: the labels 1..K
     category_ids = config.get("category_ids") or list(range(1, config["num_classes"]))
@@ -139,11 +143,8 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         good = [(index, image) for index, image in zip(indices, images, strict=True) if not isinstance(image, str)]
         if not good:
             continue
-        with unpasted_masks(model) as mask_probs:  # pasted a few at a time, not all at the photo's size
-            outputs = model([image.to(device).float() / 255 for _, image in good])
-        for k, ((index, image), output) in enumerate(zip(good, outputs, strict=True)):
-            if mask_probs:
-                output["mask_probs"] = mask_probs[k]
+        outputs = detect(model, [image.to(device).float() / 255 for _, image in good], tiling)  # masks unpasted
+        for (index, image), output in zip(good, outputs, strict=True):
             keep = output["scores"] >= args.score_threshold
             output = {key: value[keep].cpu() for key, value in output.items()}
             picture = draw(image, output, class_names, skeleton).permute(1, 2, 0).numpy()  # at a screen's size

@@ -32,6 +32,7 @@ LOCK_FILE = ".lock"  # kept after the run: removing a lock file lets two later r
 RUN_FILES = (
     "checkpoint.pth", "best.pth", "metrics.jsonl", "args.json", "split.json", "eval.json", "curves.png",
     "first_batch.png", "best_predictions.png", "results_bbox.json", "results_segm.json", "results_keypoints.json",
+    "confusion_matrix.png", "pr_curves.png", "errors.json",
 )  # fmt: skip
 TENSORBOARD_FILES = "tensorboard/events.out.tfevents.*"
 

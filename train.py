@@ -41,7 +41,8 @@ from coco_eval import IOU_TYPES, ap_line, has_ground_truth, print_summary, selec
 from curves import TensorBoardLogger, plot_curves
 from ema import ModelEMA
 from engine import amp_pays, evaluate, train_one_epoch
-from flags import apply_recipe, check_args, get_args_parser, parse_args
+from errors import save_error_pictures
+from flags import apply_recipe, check_args, get_args_parser, parse_args, tiling_of
 from heads import HEAD_SETTINGS
 from keypoints import keypoint_sigmas
 from loaders import make_loaders
@@ -193,6 +194,9 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
     data = test_loader.dataset.dataset
     names = data.keypoint_names  # of the keypoints a keypoint model learns; none for other models
     sigmas = keypoint_sigmas(names, args.keypoint_sigmas) if names else None
+    detections = args.box_detections_per_img or 100  # each image's best that count: COCO's 100, or the model's
+    tiling = tiling_of(args, names, args.keypoint_flip_map, detections)  # --tile, --tta: how evaluation sees a photo
+    scoring = {"keypoint_sigmas": sigmas, "tiling": tiling, "max_detections": detections}
     if args.anchor_sizes == ["auto"]:  # a new run's (a resume's checkpoint holds the sizes it chose)
         training = train_loader.dataset
         args.anchor_sizes = sizes_for_data(training.dataset, list(training.indices), args.min_size, args.max_size)
@@ -200,13 +204,17 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
 
     if args.test_only:
         results: dict[str, list[dict]] = {}
-        stats = evaluate(model, test_loader, device, classes, results=results, keypoint_sigmas=sigmas)
+        errors: dict[str, Any] = {}  # the confusion matrix and precision-recall curves (errors.py)
+        stats = evaluate(model, test_loader, device, classes, results=results, errors=errors, **scoring)
         if distributed.is_main_process():
             files = sample_names(data, list(range(len(data))))
             written = write_results(results, output_dir, data.image_ids, data.category_ids, files)
+            written += save_error_pictures(errors, output_dir) if errors else []
             # eval.json is the stats, and what --allow-changes changed in the evaluation (sizes, data), if anything
             changed = [c for c in changes if c["flag"] not in map(flag, OVERRIDABLE)]
-            utils.write_json({**stats, "changes": changed} if changed else stats, output_dir / "eval.json")
+            seen = {"views": {name: getattr(args, name) for name in ("tile", "tile_overlap", "tta")}} if tiling else {}
+            evaluated = {**stats, **seen, "errors": errors, **({"changes": changed} if changed else {})}
+            utils.write_json(evaluated, output_dir / "eval.json")
             scored = ap_line(stats) if has_ground_truth(stats) else "nothing to score (no ground truth)"
             print(f"{scored} on the run's {len(split['test'])} test images of epoch {checkpoint.get('epoch')}; "
                   f"wrote {output_dir / 'eval.json'}, {', '.join(written)}")  # fmt: skip
@@ -256,7 +264,8 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
     # The dataset's own category ids (predict.py writes them) and keypoints (drawn by name) travel with the model
     config = {**model_config(model_without_ddp, args.model), "class_names": classes, "category_ids": data.category_ids}
     if names:
-        config.update(keypoint_names=names, skeleton=data.skeleton, keypoint_sigmas=sigmas)
+        config.update(keypoint_names=names, skeleton=data.skeleton, keypoint_sigmas=sigmas,
+                      keypoint_flip_map=args.keypoint_flip_map)  # fmt: skip
     tensorboard = None
     if args.tensorboard and distributed.is_main_process():
         tensorboard = TensorBoardLogger(output_dir / "tensorboard", start_epoch)
@@ -292,10 +301,11 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
         chooser = None  # the validation images' scores, which choose best.pth; without them the test images'
         if val_loader is not None:
             print(f"Validation split ({len(split['val'])} images: they choose best.pth)")
-            chooser = evaluate(evaluated, val_loader, device, classes, keypoint_sigmas=sigmas)
+            chooser = evaluate(evaluated, val_loader, device, classes, **scoring)
             print(f"Test split ({len(split['test'])} images)")
         samples: list[tuple] = []  # the first test images with their detections, for best_predictions.png
-        stats = evaluate(evaluated, test_loader, device, classes, samples=samples, keypoint_sigmas=sigmas)
+        errors: dict[str, Any] = {}  # and what the model gets wrong, for the pictures of errors.py
+        stats = evaluate(evaluated, test_loader, device, classes, samples=samples, errors=errors, **scoring)
         eval_seconds = time.time() - start - train_seconds
         lr_scheduler.step()
 
@@ -327,6 +337,9 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
             )
             if is_best:
                 save_predictions_picture(samples, classes, output_dir / "best_predictions.png", 0.5, data.skeleton)
+                if errors:  # the same epoch's errors, and their numbers
+                    save_error_pictures(errors, output_dir)
+                    utils.write_json({"epoch": epoch, **errors}, output_dir / "errors.json")
             utils.write_jsonl(history, output_dir / "metrics.jsonl")
             plot_curves(history, output_dir / "curves.png")
             if tensorboard is not None:

@@ -312,6 +312,21 @@ def stand_in_training(monkeypatch, step=lambda: None) -> None:
     monkeypatch.setattr(engine, "backward_and_step", lambda *args, **kwargs: step())
 
 
+def watch_views(monkeypatch) -> list[tuple[int, int]]:
+    """The (height, width) of every view (photo, tile, mirror image) that tiles.py hands the model, in order, as the
+    test goes on."""
+    import tiles
+
+    seen, run_model = [], tiles._run
+
+    def watched(model, images):
+        seen.extend(tuple(image.shape[-2:]) for image in images)
+        return run_model(model, images)
+
+    monkeypatch.setattr(tiles, "_run", watched)
+    return seen
+
+
 def check_here(capsys, *args) -> subprocess.CompletedProcess:
     """`python dataset.py check ARGS` (dataset_cli.main) in this process, with run_here's result."""
     from dataset_cli import main

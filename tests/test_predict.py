@@ -8,7 +8,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 import torch
-from conftest import ROOT, run_here, slow, untrained_checkpoint
+from conftest import ROOT, run_here, slow, untrained_checkpoint, watch_views
 from PIL import Image
 
 import predict
@@ -117,6 +117,8 @@ def test_detections_speak_the_datasets_ids(checkpoint, photos, tmp_path, capsys)
         (lambda ckpt, photos: [photos / "gone.png"], "gone.png: no such file or folder"),
         (lambda ckpt, photos: ["--checkpoint", photos / "a.png", photos], "a.png: refused to load it"),
         (lambda ckpt, photos: [photos, "--output-dir", photos / "a.png"], "a.png: is a file, not a folder"),
+        (lambda ckpt, photos: [photos, "--tile", 0], "--tile 0: a tile is a positive number of photo pixels"),
+        (lambda ckpt, photos: [photos, "--tile", 64, "--tile-overlap", 1], "--tile-overlap 1.0: a fraction of a tile"),
     ],
 )
 def test_user_errors_exit_2(make_args, expected, checkpoint, photos, tmp_path, capsys):
@@ -124,6 +126,24 @@ def test_user_errors_exit_2(make_args, expected, checkpoint, photos, tmp_path, c
     result = run("--checkpoint", checkpoint, "--output-dir", tmp_path / "out", *make_args(checkpoint, photos))
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr, result.stderr
+
+
+def test_tiles_and_mirror_images_are_predicted_in_the_photos_pixels(checkpoint, photos, tmp_path, capsys, monkeypatch):
+    seen = watch_views(monkeypatch)
+    out = tmp_path / "predictions"
+    inputs = [photos / "a.png", photos / "c.png"]
+    result = run_predict_here(capsys, "--checkpoint", checkpoint, *inputs, "--output-dir", out, "--score-threshold", 0,
+                              "--tile", 64, "--tta")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    # a.png (90 x 120): 2 x 3 tiles of 64 and the whole photo; c.png (64 x 64) fits one tile: itself; each mirrored too
+    assert seen.count((64, 64)) == 2 * 6 + 2 and seen.count((90, 120)) == 2 and len(seen) == 16
+    detections = json.loads((out / "predictions.json").read_text())
+    assert {Path(d["file_name"]).name for d in detections} == {"a.png", "c.png"}
+    for detection in detections:
+        height, width = (90, 120) if detection["file_name"].endswith("a.png") else (64, 64)
+        x, y, w, h = detection["bbox"]
+        assert 0 <= x and 0 <= y and x + w <= width + 1e-3 and y + h <= height + 1e-3
+        assert detection["segmentation"]["size"] == [height, width]
 
 
 def predict_untrained(name, class_names, photo, out, config_extra=None, **model_options):
@@ -143,13 +163,27 @@ def test_the_tutorials_backbone_predicts_and_draws(photos, tmp_path):
 
 
 @pytest.mark.slow
-def test_keypoints_are_drawn_and_written_as_coco_results(photos, tmp_path):
+def test_keypoints_are_drawn_and_written_as_coco_results(photos, tmp_path, capsys):
     out = tmp_path / "predictions"
     names, skeleton = ["background", "figure"], {"skeleton": [(0, 1), (0, 2)]}
-    detections = predict_untrained("keypointrcnn_resnet50_fpn", names, photos / "a.png", out, skeleton, num_keypoints=3)
+    config = {**skeleton, "keypoint_names": ["left_eye", "right_eye", "nose"]}
+    detections = predict_untrained("keypointrcnn_resnet50_fpn", names, photos / "a.png", out, config, num_keypoints=3)
     assert detections  # an untrained model still finds something in noise
     for record in detections:
         assert len(record["keypoints"]) == 9 and record["keypoints"][2::3] == [1, 1, 1]
         assert len(record["keypoint_scores"]) == 3 and "segmentation" not in record
     picture = np.asarray(Image.open(out / "a.png"))
     assert picture.shape == (90, 120, 3) and (picture == 255).all(axis=2).any()  # white points and bones
+    best = out.parent / "best.pth"
+    predict.cli(["--checkpoint", str(best), str(photos / "a.png"), "--output-dir", str(out), "--score-threshold", "0",
+                 "--tta"])  # fmt: skip
+    mirrored = json.loads((out / "predictions.json").read_text())
+    # in the photo's columns, give or take the pixel that keypoint heads may reach past an edge
+    assert mirrored and all(-2 <= x <= 122 for d in mirrored for x in d["keypoints"][0::3])
+    saved = torch.load(best, weights_only=True)
+    saved["model_config"]["keypoint_names"] = ["left_eye", "nose", "tail"]  # no right eye to swap with
+    torch.save(saved, best)
+    with pytest.raises(SystemExit) as stop:
+        predict.cli(["--checkpoint", str(best), str(photos / "a.png"), "--output-dir", str(out), "--tta"])
+    assert stop.value.code == 2
+    assert "--tta mirrors the keypoints too, and keypoint 'left_eye' names a side" in capsys.readouterr().err

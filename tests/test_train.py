@@ -17,6 +17,7 @@ from conftest import (
     run_here,
     slow_where,
     stand_in_training,
+    watch_views,
     write_coco,
     write_keypoint_coco,
 )
@@ -187,6 +188,26 @@ def test_test_only_evaluates_the_checkpoint(pennfudan, tmp_path, capsys, monkeyp
     assert "IoU metric: bbox" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_tiles_and_mirror_images_in_every_evaluation_and_in_test_only(pennfudan, tmp_path, capsys, monkeypatch):
+    stand_in_training(monkeypatch)  # what it learns is not looked at
+    seen = watch_views(monkeypatch)
+    out = tmp_path / "output"
+    run_main("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out, "--tile", 48)
+    assert json.loads((out / "args.json").read_text())["tile"] == 48
+    assert (48, 48) in seen and seen.count((48, 48)) < len(seen)  # each test image as tiles of 48, and whole
+    seen.clear()
+    capsys.readouterr()
+    stats = run_main("--resume", out / "checkpoint.pth", "--test-only", "--tile-overlap", 0.5, "--tta")
+    assert "bbox" in stats  # and no --allow-changes was needed
+    evaluated = json.loads((out / "eval.json").read_text())
+    assert evaluated["views"] == {"tile": 48, "tile_overlap": 0.5, "tta": True}
+    assert "changes" not in evaluated  # how it looked, not what it evaluated
+    said = set(capsys.readouterr().out.splitlines())
+    assert {"--tile-overlap 0.5 replaces the run's 0.2", "--tta True replaces the run's False"} <= said
+    assert seen.count((48, 48)) % 2 == 0 and len(seen) > 2 * 3  # each tile and its mirror, of the 3 test images
+
+
 FOLDER_ROUTE = ["--dataset", "folder", "--mask-path", "PedMasks", "--mask-suffix", "_mask", "--test-size", 3]
 
 
@@ -219,7 +240,10 @@ def test_test_only_from_best_pth_needs_no_flag_and_reproduces_its_ap(pennfudan, 
     capsys.readouterr()
     stats = run_main("--resume", out / "best.pth", "--test-only")
     assert stats == best["stats"]
-    assert json.loads((out / "eval.json").read_text()) == json.loads(json.dumps(best["stats"]))
+    evaluated = json.loads((out / "eval.json").read_text())
+    assert set(evaluated.pop("errors")) == {"confusion_matrix", "pr_curves"}  # the numbers of its pictures
+    assert evaluated == json.loads(json.dumps(best["stats"]))
+    assert (out / "confusion_matrix.png").is_file() and (out / "pr_curves.png").is_file()
     printed = capsys.readouterr().out
     assert f"on the run's 3 test images of epoch {best['epoch']}; wrote {out / 'eval.json'}" in printed
 
@@ -340,7 +364,8 @@ def test_two_cpu_processes_train_resume_and_score_like_one(pennfudan, tmp_path):
                                  "--output-dir", tmp_path / f"eval{num_processes}")  # fmt: skip
         assert evaluated.returncode == 0, evaluated.stderr
         scores.append(json.loads((tmp_path / f"eval{num_processes}" / "eval.json").read_text()))
-    assert scores[0] == scores[1]
+    assert scores[0] == scores[1]  # the confusion matrix and curves too
+    del scores[0]["errors"]
     assert scores[0] == json.loads(json.dumps(checkpoint["stats"]))  # rank 1 scored with rank 0's BN statistics
     assert scores[0]["segm"][0] >= 0  # a real score, not COCOeval's -1 for "no ground truth"
 
