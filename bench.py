@@ -21,6 +21,7 @@
   and pictures apart as well), --test-only and predict.py, for each of --models, on synthetic
   4000 x 3000 photos with 300 instances each, beside the same at 1067 x 800, through the folder,
   COCO and YOLO routes (bench_memory.py).
+- tiles: big photos of 4 x 4 plants, seen whole, tiled at prediction, tiled in training too (bench_tiles.py).
 - epoch: one whole training epoch (--epoch-images images, data loading included) of
   train.py's pipeline and of the tutorial's (its dataset, transforms and loop), each in
   a fresh process, with the first of --models, on the same images: those the tutorial's
@@ -42,6 +43,7 @@ import utils
 from bench_memory import COMMANDS, STAGES, add_memory_args, measure_memory
 from bench_peer import PEERS, check_peers
 from bench_recipe import FAMILIES, LEVERS, RECIPES, measure_recipes, recipe_table_rows
+from bench_tiles import COLUMNS, add_tiles_args, measure_tiles
 from checkpoint import model_from_checkpoint
 from dataset_cli import add_dataset_args, dataset_from_args
 from engine import backward_and_step, evaluate, forward_losses, train_one_epoch
@@ -59,20 +61,15 @@ from tutorial import (
     tutorial_transform,
 )
 
-PARTS = ("data", "train", "eval", "epoch", "recipe", "memory")
+PARTS = ("data", "train", "eval", "epoch", "recipe", "memory", "tiles")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Benchmark training speed and memory")
     add = parser.add_argument
     add_dataset_args(parser)
-    add(
-        "--parts",
-        nargs="+",
-        choices=PARTS,
-        default=list(PARTS[:4]),
-        help="what to measure (default: all but recipe and memory)",
-    )
+    add("--parts", nargs="+", choices=PARTS, default=list(PARTS[:4]),
+        help="what to measure (default: all but recipe, memory and tiles)")  # fmt: skip
     add(
         "--models",
         nargs="+",
@@ -106,17 +103,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         f"{', '.join(RECIPES)}; the peer, Ultralytics YOLO from scratch (requirements-bench.txt): {', '.join(PEERS)}",
     )
     add("--budget-minutes", type=float, default=43, help="recipe: wall clock for each (default: %(default)s)")
-    add(
-        "--recipe-args",
-        default="",
-        help='recipe: train.py flags added to each recipe, e.g. --recipe-args="-b 2 --epochs 12" (the "=" lets it '
-        "start with a dash)",
-    )
+    add("--recipe-args", default="", help='recipe: train.py flags added to each recipe, e.g. --recipe-args="-b 2 '
+        '--epochs 12" (the "=" lets it start with a dash)')  # fmt: skip
     add("--tutorial-epochs", type=int, default=10, help="recipe: the tutorial's epochs (default: %(default)s)")
     add("--seed", type=int, default=0, help="recipe: the split's seed, as train.py's (default: %(default)s)")
     add("--plot", help="recipe: also draw AP against minutes into this PNG")
     add("--output", default="bench.json", help="where the JSON goes (default: %(default)s)")
     add_memory_args(parser)
+    add_tiles_args(parser)
     return parser
 
 
@@ -388,6 +382,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         columns = {"route": "", "size": "", "model": "", **{f"{name}_ratio": ".2f" for name in (*COMMANDS, *STAGES)}}
         columns["read_seconds_per_sample"] = ".3f"
         print(table([{key: row.get(key) for key in columns} for row in report["memory"]], columns))
+    if "tiles" in args.parts:
+        report["tiles"] = measure_tiles(args)
+        print(f"big photos, seed {args.seed}: held-out AP of each run's last epoch\n{table(report['tiles'], COLUMNS)}")
     utils.write_json(report, args.output)
     print(f"wrote {args.output}")
     return report

@@ -116,16 +116,16 @@ def _stop_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
-def run_recipe(args: argparse.Namespace, name: str, output_dir: Path) -> dict[str, Any]:
-    """Run train.py with recipe `name` (or the peer `name`, bench_peer.py) until it ends or the budget is spent; its
-    AP after each epoch, in minutes."""
+def run_recipe(args: argparse.Namespace, name: str, output_dir: Path, flags: list[str] | None = None) -> dict[str, Any]:
+    """Run train.py with recipe `name` (or the peer `name`, bench_peer.py; or train.py's `flags`, named `name`) until
+    it ends or the budget is spent; its AP after each epoch, in minutes."""
     common = ["--seed", str(args.seed), "--test-size", str(args.test_size), "--output-dir", str(output_dir)]
     common += ["-j", str(args.workers), "--device", args.device]
     metrics, points, start = output_dir / "metrics.jsonl", [], time.time()
     if name in PEERS:
         command = peer_command(name, [*dataset_flags(args), *common], start + args.budget_minutes * 60)
     else:
-        command = [sys.executable, str(ROOT / "train.py"), *dataset_flags(args), *RECIPES[name]]
+        command = [sys.executable, str(ROOT / "train.py"), *dataset_flags(args), *(flags or RECIPES[name])]
         command += [*shlex.split(args.recipe_args), *common]
     with open(output_dir.parent / f"{name}.log", "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_stop_with_parent)
