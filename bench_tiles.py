@@ -8,8 +8,8 @@ held out) then holds out whole photos, so no plant is in both parts. Each run is
 recipe with --box-detections-per-img 300 (a photo holds about 200 leaves, and COCO's 100 would cap the recall):
 
 - whole: the photos at train.py's default sizes (--min-size 800, --max-size 1333);
-- whole, tiled: whole's last checkpoint, evaluated with --tile (--test-only), the photo's tiles at cpu-12min's
-  --min-size 320 each;
+- whole, tiled: whole's last checkpoint, evaluated with --tile (--test-only): each tile, and the photo, resized
+  to 800 as that model resizes a photo;
 - tiles: --train-tile and --tile (training and every evaluation on tiles);
 - tiles, tta: tiles' last checkpoint with --tile and --tta.
 
@@ -118,7 +118,10 @@ def _measure(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
 
 
 def _test_only(run: Path, flags: list[str], output_dir: Path) -> dict[str, Any]:
-    """--test-only of `run`'s last checkpoint with `flags`: its eval.json, and the seconds it took a held-out photo."""
+    """--test-only of `run`'s last checkpoint with `flags`: its eval.json, and the seconds it took a held-out photo
+    (nothing where the budget ended before a first epoch)."""
+    if not (run / "checkpoint.pth").exists():
+        return {"seconds_per_photo": None, "command": None}
     command = [sys.executable, str(ROOT / "train.py"), "--resume", str(run / "checkpoint.pth"), "--test-only",
                "--output-dir", str(output_dir), *flags]  # fmt: skip
     start = time.time()

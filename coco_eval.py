@@ -106,14 +106,23 @@ def coco_stats(
         evaluator.evaluate()
         evaluator.accumulate()
     print(f"IoU metric: {iou_type}")
-    evaluator.summarize()
+    with contextlib.redirect_stdout(io.StringIO()) as summary:
+        evaluator.summarize()
+    stats, lines = [float(s) for s in evaluator.stats], summary.getvalue().splitlines()
+    if iou_type != "keypoints" and max_detections != 100:  # pycocotools scores its first number at 100 detections
+        precision = evaluator.eval["precision"][:, :, :, 0, -1]
+        stats[0] = float(precision[precision > -1].mean()) if (precision > -1).any() else -1.0
+        lines[0] = (
+            lines[0].replace("maxDets=100", f"maxDets={max_detections:>3d}").rsplit("=", 1)[0] + f"= {stats[0]:0.3f}"
+        )
+    print("\n".join(lines))
     per_category = {}
     for k, category in enumerate(evaluator.params.catIds):
         precision = evaluator.eval["precision"][:, :, k, 0, -1]  # IoUs x recalls, all areas, most detections
         per_category[category] = float(precision[precision > -1].mean()) if (precision > -1).any() else None
     if curves is not None:
         curves.update(pr_curves(evaluator))
-    return [float(s) for s in evaluator.stats], per_category
+    return stats, per_category
 
 
 def pr_curves(evaluator: Any) -> dict[int, dict[str, list[float]]]:

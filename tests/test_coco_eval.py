@@ -11,7 +11,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from test_engine import StandIn
 
-from coco_eval import in_dataset_ids
+from coco_eval import coco_stats, in_dataset_ids
 from coco_utils import CocoDataset
 from engine import evaluate
 from masks import instance_masks
@@ -110,3 +110,17 @@ def test_results_in_the_datasets_ids_score_the_same_against_the_users_json(tmp_p
         evaluator.summarize()
         assert stats[iou_type] == pytest.approx(evaluator.stats.tolist(), abs=1e-9)
         assert 0.05 < stats[iou_type][0] < 0.95
+
+
+def test_a_photo_with_more_than_a_hundred_objects_counts_the_detections_the_model_keeps(capsys):
+    boxes = [[(k % 15) * 20.0, (k // 15) * 20.0, 10.0, 10.0] for k in range(150)]  # 150 objects, each found exactly
+    images = [{"id": 1, "height": 200, "width": 300}]
+    annotations = [{"image_id": 1, "bbox": b, "category_id": 1, "area": 100.0, "iscrowd": 0} for b in boxes]
+    results = [{"image_id": 1, "bbox": b, "category_id": 1, "score": 1 - k / 1000} for k, b in enumerate(boxes)]
+    capped, _ = coco_stats(images, annotations, results, "bbox")  # COCO's 100: two thirds of them
+    assert capped[0] == pytest.approx(67 / 101, abs=0.01) and capped[8] == pytest.approx(100 / 150)
+    assert "maxDets=100 ] = 0.66" in capsys.readouterr().out
+    kept, _ = coco_stats(images, annotations, results, "bbox", max_detections=200)
+    assert kept[0] == pytest.approx(1.0) and kept[1] == pytest.approx(1.0) and kept[8] == pytest.approx(1.0)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1] == " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=200 ] = 1.000"
