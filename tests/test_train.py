@@ -81,8 +81,15 @@ def test_two_epochs_end_to_end(pennfudan, tmp_path):
         "tensorboard",
         "first_batch.png",
         "best_predictions.png",
+        "confusion_matrix.png",
+        "pr_curves.png",
+        "errors.json",
     }
     assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    errors = json.loads((out / "errors.json").read_text())  # of best.pth's epoch: one class and the background
+    assert errors["epoch"] == torch.load(out / "best.pth", weights_only=True)["epoch"]
+    assert np.array(errors["confusion_matrix"]["counts"]).shape == (2, 2)
+    assert set(errors["pr_curves"]) == {"bbox", "segm"}
     first_batch = np.asarray(Image.open(out / "first_batch.png"))
     assert first_batch.shape[0] == 320 and first_batch.shape[1] > 2 * 320  # a batch of 2, side by side
     predictions = np.asarray(Image.open(out / "best_predictions.png"))
