@@ -92,7 +92,7 @@ def save_error_pictures(record: dict[str, Any], output_dir: Path) -> list[str]:
 
 def _confusion_figure(matrix: dict[str, Any]) -> Figure:
     counts, names = np.array(matrix["counts"]), matrix["classes"]
-    side = 2.5 + 0.45 * len(names)
+    side = max(4.5, 2.5 + 0.45 * len(names))
     figure = Figure(figsize=(side + 1, side), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots()
@@ -100,9 +100,10 @@ def _confusion_figure(matrix: dict[str, Any]) -> Figure:
     figure.colorbar(shown, ax=axes, shrink=0.8)
     axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
     axes.set_yticks(range(len(names)), names)
-    axes.set_xlabel("found as (background: not found)")
-    axes.set_ylabel("truth (background: a detection of nothing)")
-    axes.set_title(f"box IoU {matrix['iou']}, score {matrix['score']}")
+    axes.set_xlabel("found as")
+    axes.set_ylabel("truth")
+    axes.set_title(f"box IoU {matrix['iou']}, score {matrix['score']}\nlast column: missed; last row: found where "
+                   "nothing is", fontsize=10)  # fmt: skip
     if len(names) <= 30:  # a number in every cell while they can be read
         middle = counts.max() / 2
         for (row, column), value in np.ndenumerate(counts):
