@@ -23,8 +23,8 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 import train
 from checkpoint import model_from_checkpoint
 from loaders import make_loaders
-from masks import unpasted_masks
 from predict import get_args_parser as predict_args
+from tiles import detect
 
 
 def median_ms(predict: Callable[[Any], Any], images: Iterable[Any]) -> float | None:
@@ -54,10 +54,9 @@ def ours_ms_per_image(checkpoint: str | Path, train_flags: list[str]) -> float |
     threshold = predict_args().get_default("score_threshold")  # predict.py's default --score-threshold
 
     def predict(image: torch.Tensor) -> None:
-        with unpasted_masks(model) as mask_probs:
-            (output,) = model([image])
-        if mask_probs:
+        (output,) = detect(model, [image])  # as predict.py: masks unpasted, then pasted for what is kept
+        if "mask_probs" in output:
             keep = output["scores"] >= threshold
-            paste_masks_in_image(mask_probs[0][keep], output["boxes"][keep], tuple(image.shape[-2:]))
+            paste_masks_in_image(output["mask_probs"][keep], output["boxes"][keep], tuple(image.shape[-2:]))
 
     return median_ms(predict, held_out_images(train_flags, config["name"]))

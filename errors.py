@@ -63,8 +63,9 @@ def confusion_matrix(
                 counts[objects[best]["category_id"] - 1, detection["category_id"] - 1] += 1
             elif not (len(crowds) and _iou(box, crowds).max() >= iou_threshold):
                 counts[background, detection["category_id"] - 1] += 1
-        for annotation in np.array(objects, dtype=object)[~taken]:
-            counts[annotation["category_id"] - 1, background] += 1
+        for annotation, found_once in zip(objects, taken, strict=True):
+            if not found_once:
+                counts[annotation["category_id"] - 1, background] += 1
     return counts.tolist()
 
 
