@@ -7,10 +7,11 @@ held out) then holds out whole photos, so no plant is in both parts. Each run is
 --budget-minutes, measured as bench.py --parts recipe measures a recipe (bench_recipe.run_recipe), on cpu-12min's
 recipe with --box-detections-per-img 300 (a photo holds about 200 leaves, and COCO's 100 would cap the recall):
 
-- whole: the photos at train.py's default sizes (--min-size 800, --max-size 1333);
+- whole: the photos at train.py's default sizes (--min-size 800, --max-size 1333), one a step (WHOLE);
 - whole, tiled: whole's last checkpoint, evaluated with --tile (--test-only): each tile, and the photo, resized
   to 800 as that model resizes a photo;
 - tiles: --train-tile and --tile (training and every evaluation on tiles);
+- tiles, nms: tiles' last checkpoint with --tile and --tile-merge nms (the views joined by NMS, not by the merge);
 - tiles, tta: tiles' last checkpoint with --tile and --tta.
 
 Each row gives box and mask AP and AP small (COCO's: under 32 x 32 photo pixels) on the held-out photos of the
@@ -41,7 +42,10 @@ from image_io import read_instance_mask
 
 GRID = 4
 TILE_RECIPE = ["--recipe", "cpu-12min", "--box-detections-per-img", "300"]
-WHOLE_SIZES = ["--min-size", "800", "--max-size", "1333"]
+# Whole photos at train.py's default sizes, one photo a step: six training photos make three steps an epoch at
+# batch 2. Chosen on --seed 1 (6-minute runs, AMD EPYC Zen 5, Dec 5): batch 1 reached box / mask AP 0.025 / 0.042,
+# batch 2 0.010 / 0.009, batch 2 at lr 0.0006 0.010 / 0.020.
+WHOLE = ["--min-size", "800", "--max-size", "1333", "--batch-size", "1"]
 
 
 def add_tiles_args(parser: argparse.ArgumentParser) -> None:
@@ -104,16 +108,18 @@ def _measure(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     tile = str(args.tile_size)
     rows = []
     for name, flags, views in (
-        ("whole", [*TILE_RECIPE, *WHOLE_SIZES], [("whole, tiled", ["--tile", tile])]),
-        ("tiles", [*TILE_RECIPE, "--train-tile", tile, "--tile", tile], [("tiles, tta", ["--tta"])]),
-    ):
+        ("whole", [*TILE_RECIPE, *WHOLE], [("whole, tiled", ["--tile", tile])]),
+        ("tiles", [*TILE_RECIPE, "--train-tile", tile, "--tile", tile],
+         [("tiles, nms", ["--tile-merge", "nms"]), ("tiles, tta", ["--tta"])]),
+    ):  # fmt: skip
         output_dir = tmp / name
         output_dir.mkdir()
         trained = run_recipe(big, name, output_dir, [*flags, "--time-budget", str(args.budget_minutes)])
         rows.append(_row(name, trained, _test_only(output_dir, [], tmp / f"{name}-eval")))
         for view, more in views:
             rows.append(_row(view, trained, _test_only(output_dir, more, tmp / view.replace(", ", "-"))))
-        print(f"{name}: {rows[-2]}\n{view}: {rows[-1]}", flush=True)
+        for row in rows[-1 - len(views) :]:
+            print(f"{row['run']}: {row}", flush=True)
     return rows
 
 

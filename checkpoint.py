@@ -51,6 +51,7 @@ from weights import freeze_batchnorm, freeze_like_pretrained
 OVERRIDABLE = (
     "epochs", "time_budget", "lr", "workers", "device", "print_freq", "output_dir", "tensorboard", "amp",
     "channels_last", "use_deterministic_algorithms", "skip_bad_samples", "tile", "tile_overlap", "tta",
+    "tile_merge",
 )  # fmt: skip
 TRAINING_ONLY = ("epochs", "time_budget", "lr", "tensorboard")  # mean nothing to --test-only
 # Never changed by a resume, even with --allow-changes: a new split or model is a new run.

@@ -21,7 +21,7 @@ from keypoints import flip_permutation
 from model import MODELS, is_keypoint_model
 from recipe import LR, MOMENTUM, OPTIMIZERS, SCHEDULERS, WEIGHT_DECAY, recipe_help, recipe_values
 from ssd import SSD_SIZES, check_input_side
-from tiles import Tiling
+from tiles import MERGES, Tiling
 from transforms import AUGMENTATIONS
 
 
@@ -111,6 +111,8 @@ def add_view_args(parser: argparse.ArgumentParser) -> None:
     add("--tile-overlap", type=float, default=0.2, metavar="F", help="--tile: neighbouring tiles overlap by this "
         "fraction of a tile (default: %(default)s)")  # fmt: skip
     add("--tta", action="store_true", help="also detect on the mirror image of each photo (and tile), merged")
+    add("--tile-merge", choices=MERGES, default="nmm", help="how --tile and --tta join the views' detections: nmm "
+        "joins an object cut by a tile edge into one, nms keeps the best piece (default: %(default)s)")  # fmt: skip
 
 
 def tiling_of(
@@ -128,7 +130,8 @@ def tiling_of(
             keypoint_flip = flip_permutation(keypoint_names, flip_map)
         except utils.UserError as error:
             raise utils.UserError(f"--tta mirrors the keypoints too, and {error}") from None
-    return Tiling(args.tile, args.tile_overlap, args.tta, args.batch_size, keypoint_flip, max_detections)
+    tiling = (args.tile, args.tile_overlap, args.tta, args.batch_size, keypoint_flip, max_detections, args.tile_merge)
+    return Tiling(*tiling)
 
 
 def check_view_args(args: argparse.Namespace) -> None:

@@ -212,7 +212,11 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
             written += save_error_pictures(errors, output_dir) if errors else []
             # eval.json is the stats, and what --allow-changes changed in the evaluation (sizes, data), if anything
             changed = [c for c in changes if c["flag"] not in map(flag, OVERRIDABLE)]
-            seen = {"views": {name: getattr(args, name) for name in ("tile", "tile_overlap", "tta")}} if tiling else {}
+            seen = (
+                {"views": {name: getattr(args, name) for name in ("tile", "tile_overlap", "tta", "tile_merge")}}
+                if tiling
+                else {}
+            )
             evaluated = {**stats, **seen, "errors": errors, **({"changes": changed} if changed else {})}
             utils.write_json(evaluated, output_dir / "eval.json")
             scored = ap_line(stats) if has_ground_truth(stats) else "nothing to score (no ground truth)"

@@ -33,12 +33,13 @@ def test_big_photos_are_plants_side_by_side_each_leaf_its_own_instance(cvppp, tm
 
 @pytest.mark.parametrize("run", ["whole", "tiles"])
 def test_each_tiles_run_is_a_command_train_py_takes(run):
-    more = bench_tiles.WHOLE_SIZES if run == "whole" else ["--train-tile", "512", "--tile", "512", "--tta"]
+    more = bench_tiles.WHOLE if run == "whole" else ["--train-tile", "512", "--tile", "512", "--tta"]
     args, typed = flags.parse_args([*bench_tiles.TILE_RECIPE, *more, "--data-path", "data", "--time-budget", "12"])
     flags.apply_recipe(args, typed)
     flags.check_args(args)
     assert args.box_detections_per_img == 300 and args.time_budget == 12
     assert (args.min_size, args.train_tile) == ((800, None) if run == "whole" else (320, 512))
+    assert args.batch_size == (1 if run == "whole" else 2)
 
 
 def test_too_few_plants_for_a_held_out_photo_is_one_line(cvppp, tmp_path):

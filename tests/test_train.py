@@ -26,6 +26,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 import dataset
+import tiles
 import train
 from checkpoint import model_from_checkpoint
 
@@ -205,13 +206,18 @@ def test_tiles_and_mirror_images_in_every_evaluation_and_in_test_only(pennfudan,
     assert (48, 48) in seen and seen.count((48, 48)) < len(seen)  # each test image as tiles of 48, and whole
     seen.clear()
     capsys.readouterr()
-    stats = run_main("--resume", out / "checkpoint.pth", "--test-only", "--tile-overlap", 0.5, "--tta")
+    merges = []
+    monkeypatch.setattr(tiles, "merge", lambda found, method, threshold: merges.append(method) or found)
+    stats = run_main("--resume", out / "checkpoint.pth", "--test-only", "--tile-overlap", 0.5, "--tta",
+                     "--tile-merge", "nms")  # fmt: skip
     assert "bbox" in stats  # and no --allow-changes was needed
     evaluated = json.loads((out / "eval.json").read_text())
-    assert evaluated["views"] == {"tile": 48, "tile_overlap": 0.5, "tta": True}
+    assert evaluated["views"] == {"tile": 48, "tile_overlap": 0.5, "tta": True, "tile_merge": "nms"}
     assert "changes" not in evaluated  # how it looked, not what it evaluated
+    assert merges and set(merges) == {"nms"}
     said = set(capsys.readouterr().out.splitlines())
-    assert {"--tile-overlap 0.5 replaces the run's 0.2", "--tta True replaces the run's False"} <= said
+    assert {"--tile-overlap 0.5 replaces the run's 0.2", "--tta True replaces the run's False",
+            "--tile-merge nms replaces the run's nmm"} <= said  # fmt: skip
     assert seen.count((48, 48)) % 2 == 0 and len(seen) > 2 * 3  # each tile and its mirror, of the 3 test images
 
 
