@@ -11,7 +11,7 @@ recipe with --box-detections-per-img 300 (a photo holds about 200 leaves, and CO
 - whole, tiled: whole's last checkpoint, evaluated with --tile (--test-only): each tile, and the photo, resized
   to 800 as that model resizes a photo;
 - tiles: --train-tile and --tile (training and every evaluation on tiles);
-- tiles, nms: tiles' last checkpoint with --tile and --tile-merge nms (the views joined by NMS, not by the merge);
+- tiles, nmm: tiles' last checkpoint with --tile and --tile-merge nmm (cut objects joined: not the default);
 - tiles, tta: tiles' last checkpoint with --tile and --tta.
 
 Each row gives box and mask AP and AP small (COCO's: under 32 x 32 photo pixels) on the held-out photos of the
@@ -110,7 +110,7 @@ def _measure(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     for name, flags, views in (
         ("whole", [*TILE_RECIPE, *WHOLE], [("whole, tiled", ["--tile", tile])]),
         ("tiles", [*TILE_RECIPE, "--train-tile", tile, "--tile", tile],
-         [("tiles, nms", ["--tile-merge", "nms"]), ("tiles, tta", ["--tta"])]),
+         [("tiles, nmm", ["--tile-merge", "nmm"]), ("tiles, tta", ["--tta"])]),
     ):  # fmt: skip
         output_dir = tmp / name
         output_dir.mkdir()

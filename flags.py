@@ -111,8 +111,8 @@ def add_view_args(parser: argparse.ArgumentParser) -> None:
     add("--tile-overlap", type=float, default=0.2, metavar="F", help="--tile: neighbouring tiles overlap by this "
         "fraction of a tile (default: %(default)s)")  # fmt: skip
     add("--tta", action="store_true", help="also detect on the mirror image of each photo (and tile), merged")
-    add("--tile-merge", choices=MERGES, default="nmm", help="how --tile and --tta join the views' detections: nmm "
-        "joins an object cut by a tile edge into one, nms keeps the best piece (default: %(default)s)")  # fmt: skip
+    add("--tile-merge", choices=MERGES, default="nms", help="how --tile and --tta join the views' detections: nms "
+        "keeps the best of overlapping ones; nmm joins an object a tile cuts (default: %(default)s)")  # fmt: skip
 
 
 def tiling_of(

@@ -7,18 +7,21 @@ photo, the object keeps its scale. As SAHI slices: neighbouring tiles overlap by
 tile of a row or column lies flush with the photo's edge, and one pass over the whole photo is added so that
 objects larger than a tile survive.
 
-The merge is greedy and class-wise, highest score first, and only joins detections of different views (within a
-view the model has already decided what is one object). A detection whose box touches a tile's inner edge is
-cut: a piece. A piece joins the detection it overlaps by at least `threshold` of the smaller box (SAHI's
-intersection over the smaller box), and a piece that lies within a detection by `threshold` of its own box joins
-that detection: the group becomes one, the union of their boxes and of their masks. A whole object never joins
-another whole one this way, so a small leaf inside a large leaf's box stays its own. Two whole detections of one
-object (the photo and its mirror, a tile and the whole-photo pass) are duplicates at an IoU of `threshold` or
-more: the better one is kept, as non-maximum suppression keeps it, with the others' mask probabilities averaged
-into its own. `merge="nms"` keeps the better one in either case (plain class-wise NMS
-across views), for comparison. Masks stay unpasted (N x 1 x M x M probabilities in their boxes, as
-masks.unpasted_masks gives them), so no stack at the photo's size is ever made: the caller pastes them a few at
-a time.
+How the views' detections become one set (`merge`, --tile-merge): by default ("nms") as class-wise non-maximum
+suppression across views: of detections of one class from different views that overlap by an IoU of `threshold` or
+more, the best-scored is kept and the others dropped. "nmm" (greedy non-maximum merging) joins an object that a
+tile's edge cuts into one instead: measured against "nms" on --seed 1 of bench.py --parts tiles, it lost
+(docs/results.md), on leaves that touch one another. It is greedy and class-wise, highest score first, and only
+joins detections of different views (within a view the model has already decided what is one object). A detection
+whose box touches a tile's inner edge is cut: a piece. A piece joins the detection it overlaps by at least
+`threshold` of the smaller box (SAHI's intersection over the smaller box), and a piece that lies within a detection
+by `threshold` of its own box joins that detection: the group becomes one, the union of their boxes and of their
+masks. A whole object never joins another whole one this way, so a small leaf inside a large leaf's box stays its
+own. Two whole detections of one object (the photo and its mirror, a tile and the whole-photo pass) are duplicates
+at an IoU of `threshold` or more: the better one is kept, as non-maximum suppression keeps it, with the others' mask
+probabilities averaged into its own. Masks stay unpasted (N x 1 x M x M probabilities in their boxes, as
+masks.unpasted_masks gives them), so no stack at the photo's size is ever made: the caller pastes them a few at a
+time.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from torchvision.ops import box_area
 
 from masks import unpasted_masks
 
-MERGES = ("nmm", "nms")
+MERGES = ("nms", "nmm")
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class Tiling:
     batch_size: int = 4
     keypoint_flip: list[int] | None = None
     max_detections: int = 100  # of a photo, once merged: the best, as a model keeps its detections_per_img
-    merge: str = "nmm"
+    merge: str = "nms"  # chosen on --seed 1 of bench.py --parts tiles (docs/results.md)
     threshold: float = 0.5
 
 
@@ -155,7 +158,7 @@ def _cut(boxes: torch.Tensor, window: tuple[int, int, int, int], height: int, wi
     )
 
 
-def merge(found: dict[str, torch.Tensor], method: str = "nmm", threshold: float = 0.5) -> dict[str, torch.Tensor]:
+def merge(found: dict[str, torch.Tensor], method: str = "nms", threshold: float = 0.5) -> dict[str, torch.Tensor]:
     """The detections of all views of a photo ("view": each one's view; "cut": touching an inner tile edge) as
     one set, merged as the module's docstring says, highest score first."""
     if method not in MERGES:

@@ -100,7 +100,7 @@ OBJECTS = [(60, 10, 140, 50), (20, 150, 50, 180), (70, 70, 130, 130)]  # across 
 def test_an_object_cut_by_tile_edges_comes_back_whole_in_the_photos_coordinates():
     image = painted(200, 200, OBJECTS)
     model = StandIn(blind_above=100)  # the whole photo finds nothing: only the tiles see the objects
-    found = detect(model, [image], Tiling(tile=100, overlap=0.2))[0]
+    found = detect(model, [image], Tiling(tile=100, overlap=0.2, merge="nmm"))[0]
     assert (100, 100) in model.seen and (200, 200) in model.seen  # tiles, and the whole photo
     assert len(found["boxes"]) == len(OBJECTS)
     order = sorted(range(len(OBJECTS)), key=lambda k: found["boxes"][k].tolist())
@@ -123,7 +123,7 @@ def iou_by_object(found, image):
 
 def test_a_small_object_inside_a_cut_ones_box_stays_its_own():
     image = painted(200, 200, [(60, 10, 140, 50), (85, 20, 95, 30)])  # the second on top of the first, in its box
-    found = detect(StandIn(blind_above=100), [image], Tiling(tile=100))[0]
+    found = detect(StandIn(blind_above=100), [image], Tiling(tile=100, merge="nmm"))[0]
     # the large one in pieces across three tiles, joined; the small one whole in two tiles: one detection
     assert sorted(found["boxes"].tolist()) == [[60.0, 10.0, 140.0, 50.0], [85.0, 20.0, 95.0, 30.0]]
     large = masks_of(found, 200, 200)[found["boxes"][:, 2].argmax()]
@@ -139,7 +139,7 @@ def test_nms_leaves_the_pieces_of_a_cut_object_apart():
 
 def test_tiles_and_the_whole_photo_agree_on_one_detection_per_object():
     image = painted(200, 200, OBJECTS)
-    found = detect(StandIn(), [image], Tiling(tile=100, overlap=0.2))[0]
+    found = detect(StandIn(), [image], Tiling(tile=100, overlap=0.2, merge="nmm"))[0]
     boxes = sorted(found["boxes"].tolist())
     assert boxes == sorted(map(list, map(lambda b: list(map(float, b)), OBJECTS)))
 

@@ -1,6 +1,8 @@
+import math
+
 import pytest
 import torch
-from conftest import LAYOUT, stand_in_training
+from conftest import LAYOUT, needs_keypoint_transforms, stand_in_training, write_keypoint_coco
 from torchvision import tv_tensors
 
 import engine
@@ -110,3 +112,40 @@ def test_train_tile_trains_resumes_and_refuses_auto_anchors(pennfudan, tmp_path,
     with pytest.raises(train.utils.UserError, match="--anchor-sizes auto fits whole photos"):
         run_main("--data-path", pennfudan, *FAST, "--output-dir", tmp_path / "b", "--train-tile", 48,
                  "--anchor-sizes", "auto")  # fmt: skip
+
+
+KEYPOINT_MODEL = pytest.param("keypointrcnn_resnet50_fpn", marks=needs_keypoint_transforms)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ssdlite320_mobilenet_v3_large", KEYPOINT_MODEL])
+def test_train_tile_takes_real_steps_of_an_ssd_and_a_keypoint_model(name, tmp_path, monkeypatch):
+    """Not stand-ins: an SSD trains on tiles (its transform makes each tile its square input), a Keypoint R-CNN on
+    tiles whose points outside became unlabelled; each then evaluates tiled, as --tile asks."""
+    from test_train import KEYPOINT_RUN, run_main
+
+    ann_file = write_keypoint_coco(tmp_path)  # figures; the SSD learns their boxes
+    fed, losses, step = [], [], engine.forward_losses
+
+    def watched(model, images, targets, *rest, **options):
+        fed.extend(tuple(image.shape[-2:]) for image in images)
+        loss, loss_dict = step(model, images, targets, *rest, **options)
+        losses.append(loss.detach().item())
+        return loss, loss_dict
+
+    monkeypatch.setattr(engine, "forward_losses", watched)
+    sizes = ["--min-size", "192"]  # the SSD's; the keypoint model's RoIs as few as tests/learning.py samples
+    if name.startswith("keypoint"):
+        sizes = [
+            "--min-size",
+            "64",
+            "--max-size",
+            "128",
+            *KEYPOINT_RUN[KEYPOINT_RUN.index("--box-batch-size-per-image") :],
+        ]
+    stats = run_main("--data-path", tmp_path, "--ann-file", ann_file, "--model", name, "--weights", "none", *sizes,
+                     "--lr", "0.001", "--epochs", 1, "--test-size", 3, "-j", 0, "--train-tile", 64, "--tile", 64,
+                     "--output-dir", tmp_path / "run")  # fmt: skip
+    assert fed and all(max(shape) <= 64 for shape in fed) and len(fed) > 7  # tiles of the 7 training images
+    assert all(math.isfinite(loss) for loss in losses)
+    assert ("keypoints" if name.startswith("keypoint") else "bbox") in stats
