@@ -149,3 +149,18 @@ def test_train_tile_takes_real_steps_of_an_ssd_and_a_keypoint_model(name, tmp_pa
     assert fed and all(max(shape) <= 64 for shape in fed) and len(fed) > 7  # tiles of the 7 training images
     assert all(math.isfinite(loss) for loss in losses)
     assert ("keypoints" if name.startswith("keypoint") else "bbox") in stats
+
+
+@pytest.mark.slow
+def test_train_tile_under_torchrun_with_a_validation_split_and_a_time_budget(pennfudan, tmp_path):
+    from test_train import FAST, run_torchrun
+
+    out = tmp_path / "ddp"
+    result = run_torchrun(2, "--data-path", pennfudan, *FAST, "--output-dir", out, "--val-size", 2, "--time-budget",
+                          0.05, "--train-tile", 48, "--tile", 48)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("--train-tile 48: ") == 1 and "tiles of 5 images an epoch" in result.stdout
+    assert "so 1 epoch in all" in result.stdout and "chosen on the validation images" in result.stdout
+    checkpoint = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert checkpoint["args"]["train_tile"] == 48 and len(checkpoint["rng"]) == 2
+    assert checkpoint["stats"]["segm"][0] >= 0  # scored on the 3 test images, tiled
