@@ -43,6 +43,7 @@ from builders import fpn_channels_of
 from distributed import distributed_env, get_rank, get_world_size
 from heads import head_settings, mask_head_shape, num_classes_of, num_keypoints_of, set_mask_head
 from model import MODELS, build, has_reduced_tail
+from tiles import VIEW_SETTINGS
 from utils import UserError, load_checkpoint, save_checkpoint, tensor_bytes
 from weights import freeze_batchnorm, freeze_like_pretrained
 
@@ -50,8 +51,7 @@ from weights import freeze_batchnorm, freeze_like_pretrained
 # evaluation sees a photo (tiles, mirror images).
 OVERRIDABLE = (
     "epochs", "time_budget", "lr", "workers", "device", "print_freq", "output_dir", "tensorboard", "amp",
-    "channels_last", "use_deterministic_algorithms", "skip_bad_samples", "tile", "tile_overlap", "tta",
-    "tile_merge",
+    "channels_last", "use_deterministic_algorithms", "skip_bad_samples", *VIEW_SETTINGS,
 )  # fmt: skip
 TRAINING_ONLY = ("epochs", "time_budget", "lr", "tensorboard")  # mean nothing to --test-only
 # Never changed by a resume, even with --allow-changes: a new split or model is a new run.

@@ -130,8 +130,8 @@ def tiling_of(
             keypoint_flip = flip_permutation(keypoint_names, flip_map)
         except utils.UserError as error:
             raise utils.UserError(f"--tta mirrors the keypoints too, and {error}") from None
-    tiling = (args.tile, args.tile_overlap, args.tta, args.batch_size, keypoint_flip, max_detections, args.tile_merge)
-    return Tiling(*tiling)
+    return Tiling(args.tile, args.tile_overlap, args.tta, args.batch_size, keypoint_flip, max_detections,
+                  merge=args.tile_merge)  # fmt: skip
 
 
 def check_view_args(args: argparse.Namespace) -> None:

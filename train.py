@@ -51,6 +51,7 @@ from mosaic import Mosaic, close_mosaic
 from recipe import make_optimizer, make_scheduler, retarget_scheduler, set_base_lr
 from split import sample_names
 from ssd import SSD_SIZES
+from tiles import VIEW_SETTINGS
 from transforms import train_sizes
 from visualize import save_batch_picture, save_predictions_picture
 
@@ -212,11 +213,7 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
             written += save_error_pictures(errors, output_dir) if errors else []
             # eval.json is the stats, and what --allow-changes changed in the evaluation (sizes, data), if anything
             changed = [c for c in changes if c["flag"] not in map(flag, OVERRIDABLE)]
-            seen = (
-                {"views": {name: getattr(args, name) for name in ("tile", "tile_overlap", "tta", "tile_merge")}}
-                if tiling
-                else {}
-            )
+            seen = {"views": {name: getattr(args, name) for name in VIEW_SETTINGS}} if tiling else {}
             evaluated = {**stats, **seen, "errors": errors, **({"changes": changed} if changed else {})}
             utils.write_json(evaluated, output_dir / "eval.json")
             scored = ap_line(stats) if has_ground_truth(stats) else "nothing to score (no ground truth)"

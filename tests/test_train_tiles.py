@@ -136,13 +136,8 @@ def test_train_tile_takes_real_steps_of_an_ssd_and_a_keypoint_model(name, tmp_pa
     monkeypatch.setattr(engine, "forward_losses", watched)
     sizes = ["--min-size", "192"]  # the SSD's; the keypoint model's RoIs as few as tests/learning.py samples
     if name.startswith("keypoint"):
-        sizes = [
-            "--min-size",
-            "64",
-            "--max-size",
-            "128",
-            *KEYPOINT_RUN[KEYPOINT_RUN.index("--box-batch-size-per-image") :],
-        ]
+        rois = KEYPOINT_RUN[KEYPOINT_RUN.index("--box-batch-size-per-image") :]
+        sizes = ["--min-size", "64", "--max-size", "128", *rois]
     stats = run_main("--data-path", tmp_path, "--ann-file", ann_file, "--model", name, "--weights", "none", *sizes,
                      "--lr", "0.001", "--epochs", 1, "--test-size", 3, "-j", 0, "--train-tile", 64, "--tile", 64,
                      "--output-dir", tmp_path / "run")  # fmt: skip
