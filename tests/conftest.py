@@ -18,6 +18,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# Under pytest-xdist (python -m pytest -n 2), each worker takes its share of the cores, set before torch is imported
+# here or in a process a test starts: on 2 cores, two one-thread workers ran two trainings in 24 s where one worker of
+# two threads ran them one after the other in 35 (a small model's operations keep two threads half idle), and two
+# workers of two threads each slowed both down.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the modules are flat files at the repository root, as in torchvision's references
 
@@ -183,6 +191,7 @@ def learned_run(tmp_path_factory: pytest.TempPathFactory):
     never read: an R50's checkpoint with its AdamW state is 500 MB, and the writes and the plot of every epoch cost
     about 2 s of its 4-10 (the tests of checkpoints, curves and faults write theirs)."""
     import learning
+    import torch
 
     import train
     from checkpoint import save_checkpoint
@@ -205,25 +214,48 @@ def learned_run(tmp_path_factory: pytest.TempPathFactory):
             assert not (root / "run" / "checkpoint.pth").exists()
             runs[name] = root / "run"
             last = json.loads((root / "run" / "metrics.jsonl").read_text().splitlines()[-1])
-            LEARNED.append((name, last, time.perf_counter() - started))
+            LEARNED.append((name, last, time.perf_counter() - started, torch.get_num_threads()))
         return runs[name]
 
     return learned
 
 
-# The learning runs of this session: (model, its last epoch's metrics record, seconds), for the summary below.
-LEARNED: list[tuple[str, dict, float]] = []
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist with --dist loadgroup (README.md's full-suite command), the tests that share a model's
+    learning run (learned_run) stay on one worker, which trains it once; other tests go where a worker is free."""
+    for item in items:
+        if "learned_run" in getattr(item, "fixturenames", ()) and "name" in getattr(item, "callspec", {}).params:
+            item.add_marker(pytest.mark.xdist_group(item.callspec.params["name"]))
+
+
+# The learning runs of this worker: (model, its last epoch's metrics record, seconds, torch's threads); each goes with
+# the report of the test that trained it (its user_properties, which pytest-xdist carries to the main process) to the
+# summary below.
+LEARNED: list[tuple[str, dict, float, int]] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = (yield).get_result()
+    if call.when == "call" and LEARNED:
+        report.user_properties.extend(("learned", run) for run in LEARNED)
+        LEARNED.clear()
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
     """What each learning run reached and took, passed or not: the margins above tests/test_learning.py's 0.5, which
-    move with the CPU's kernels (two runs that passed on one AMD EPYC failed on the next), seen in every CI log."""
-    if not LEARNED:
+    move with the CPU's kernels and its threads (two runs that passed on one AMD EPYC failed on the next; one that
+    passed with two threads failed with one), seen in every CI log."""
+    reports = [report for kind in ("passed", "failed") for report in terminalreporter.stats.get(kind, [])]
+    runs = [value for report in reports for key, value in getattr(report, "user_properties", []) if key == "learned"]
+    if not runs:
         return
-    terminalreporter.section("learning runs (tests/learning.py): last epoch's AP@[.5:.95], seconds")
-    for name, last, seconds in LEARNED:
+    terminalreporter.section("learning runs (tests/learning.py): last epoch's AP@[.5:.95], seconds, torch's threads")
+    for name, last, seconds, threads in runs:
         scores = "  ".join(f"{kind} {last[kind][0]:.3f}" for kind in ("bbox", "segm", "keypoints") if kind in last)
-        terminalreporter.write_line(f"{name:40s} {last['epoch'] + 1:2d} epochs  {scores:34s} {seconds:5.0f} s")
+        line = f"{name:40s} {last['epoch'] + 1:2d} epochs  {scores:34s} {seconds:5.0f} s  {threads}"
+        terminalreporter.write_line(line)
 
 
 def coco_state(name: str) -> dict:
@@ -242,7 +274,8 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory):
     """A function from ("coco", model name) or ("imagenet", torchvision network name) to a weights file as torchvision
     ships it, written once a session: coco_state(name), or the state dict of torchvision.models.<network>() seeded 1
     (what --weights-backbone DEFAULT downloads, as a test can write it offline). Tests read these files and never
-    change them: an R50's is 100-170 MB, VGG-16's 550 MB, and a dozen tests ask for the same few."""
+    change them: an R50's is 100-170 MB, and a dozen tests ask for the same few. VGG-16's classifier, which SSD's
+    builder drops, holds one value repeated (a tensor of its shape over one number: 60 MB written, not 550)."""
     import torch
     import torchvision.models
 
@@ -255,6 +288,9 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory):
             else:
                 torch.manual_seed(1)
                 state = getattr(torchvision.models, name)().state_dict()
+                if name.startswith("vgg"):
+                    dropped = {k: v for k, v in state.items() if "classifier" in k}
+                    state.update({k: v.flatten()[:1].clone().expand_as(v) for k, v in dropped.items()})
             files[kind, name] = tmp_path_factory.mktemp("weights") / f"{kind}_{name}.pth"
             torch.save(state, files[kind, name])
         return files[kind, name]
@@ -310,6 +346,23 @@ def stand_in_training(monkeypatch, step=lambda: None) -> None:
 
     monkeypatch.setattr(engine, "forward_losses", losses)
     monkeypatch.setattr(engine, "backward_and_step", lambda *args, **kwargs: step())
+
+
+def keep_each_epoch(monkeypatch, folder: Path) -> Path:
+    """Every epoch's checkpoint.pth of the runs that follow, as a resume would find it, kept as `folder`/RUN-EPOCH.pth
+    (RUN: the name of the run's output folder): a hard link, which writes nothing (a run replaces checkpoint.pth by
+    renaming a new file onto it, so the link keeps the old one), where a copy wrote each checkpoint twice."""
+    import train
+
+    saved = train.save_epoch
+    folder.mkdir()
+
+    def save_and_keep(output_dir: Path, weights: dict, *args: object) -> None:
+        saved(output_dir, weights, *args)
+        os.link(output_dir / "checkpoint.pth", folder / f"{Path(output_dir).name}-{weights['epoch']}.pth")
+
+    monkeypatch.setattr(train, "save_epoch", save_and_keep)
+    return folder
 
 
 def watch_views(monkeypatch) -> list[tuple[int, int]]:

@@ -2,13 +2,13 @@
 
 import json
 import math
-import shutil
+import os
 import time
 import types
 
 import pytest
 import torch
-from conftest import stand_in_training
+from conftest import keep_each_epoch, stand_in_training
 from test_train import FAST, run_main
 
 import budget
@@ -65,14 +65,7 @@ def test_a_time_budget_ends_the_run_on_time_with_its_schedule_complete(pennfudan
 @pytest.mark.slow
 def test_a_resume_from_any_epoch_s_checkpoint_keeps_the_plan_and_ends_by_the_budget(pennfudan, tmp_path, monkeypatch):
     FakeClock(monkeypatch, lambda step: 1.0)
-    saved, kept = train.save_epoch, tmp_path / "kept"
-    kept.mkdir()
-
-    def save_and_keep(output_dir, weights, *args):  # every epoch's checkpoint.pth, as a resume would find it
-        saved(output_dir, weights, *args)
-        shutil.copy(output_dir / "checkpoint.pth", kept / f"{weights['epoch']}.pth")
-
-    monkeypatch.setattr(train, "save_epoch", save_and_keep)
+    kept = keep_each_epoch(monkeypatch, tmp_path / "kept")
     common = ["--data-path", pennfudan, "--lr-scheduler", "cosineannealinglr", *FAST]
     run_main(*common, "--time-budget", 0.22, "--output-dir", tmp_path / "straight")
     straight = _records(tmp_path / "straight")
@@ -80,7 +73,7 @@ def test_a_resume_from_any_epoch_s_checkpoint_keeps_the_plan_and_ends_by_the_bud
     for epoch in range(len(straight)):
         folder = tmp_path / f"from{epoch}"
         folder.mkdir()
-        shutil.copy(kept / f"{epoch}.pth", folder / "checkpoint.pth")
+        os.link(kept / f"straight-{epoch}.pth", folder / "checkpoint.pth")
         assert torch.load(folder / "checkpoint.pth", weights_only=True)["args"]["epochs"] == 3  # the plan, saved
         run_main("--resume", folder / "checkpoint.pth")
         resumed = torch.load(folder / "checkpoint.pth", weights_only=True)
