@@ -118,10 +118,12 @@ LEARNING: dict[str, list[str]] = {
     "maskrcnn_mobilenet_v3_large_fpn": _flags(320, 7, 0.001, "--augmentation", "none", *_few_rois()),
     # the tutorial's MobileNetV2 models: one map at stride 32 (8 x 8 at 256 px), 16 sampled RoIs: their RoIAlign
     # (1280 channels, its backward one thread on a CPU) and 64 M parameter box head cost per RoI. Faster R-CNN: box AP
-    # 0.685 in 129 s, against 0.847 in 157 s with 32. The Mask R-CNN's box AP is the slowest to come (one map at
-    # stride 32): with flips and 16 RoIs, 10 epochs ended at 0.395 on the Zen 5 EPYC (0.467 the epoch before); without
-    # flips, 12 epochs climb steadily, to 0.766 (mask AP 0.819) in 150 s with 16 RoIs, 0.793 (0.838) in 113 s with 8
-    "fasterrcnn_mobilenet_v2": _flags(256, 10, 0.001, *_few_rois(16)),
+    # 0.685 in 129 s with 16, against 0.847 in 157 s with 32; with 8, 0.651 in 73 s (two threads) and 0.663 in 112 s
+    # (one, beside another run), against 0.676 in 139 s with 16 there. The Mask R-CNN's box AP is the slowest to come
+    # (one map at stride 32): with flips and 16 RoIs, 10 epochs ended at 0.395 on the Zen 5 EPYC (0.467 the epoch
+    # before); without flips, 12 epochs climb steadily, to 0.766 (mask AP 0.819) in 150 s with 16 RoIs, 0.793 (0.838)
+    # in 113 s with 8
+    "fasterrcnn_mobilenet_v2": _flags(256, 10, 0.001, *_few_rois(8)),
     "maskrcnn_mobilenet_v2": _flags(256, 12, 0.002, "--augmentation", "none", *_few_rois(8)),
     # the keypoint head (8 convolutions of 512 channels) costs most per RoI: half the sampled RoIs
     "keypointrcnn_resnet50_fpn": _flags(96, 3, 0.0003, *_few_rois(16)),
