@@ -94,6 +94,8 @@ LEVERS: dict[str, list[str]] = {
     "lever-box-anchors": ["--recipe", "cpu-box-20min", "--anchor-sizes", "auto"],
     "lever-mosaic": ["--recipe", "cpu-12min", "--mosaic", "1.0"],  # Ultralytics' mosaic, closed for the last tenth
     "lever-box-mosaic": ["--recipe", "cpu-box-20min", "--mosaic", "1.0"],
+    "lever-box-head": ["--recipe", "cpu-12min", "--box-head", "256"],  # the box head's layers a quarter as wide
+    "lever-box-box-head": ["--recipe", "cpu-box-20min", "--box-head", "256"],
 }  # fmt: skip
 EXPERIMENTS.update(FAMILIES)
 EXPERIMENTS.update(LEVERS)

@@ -41,7 +41,15 @@ from torchvision.ops import FrozenBatchNorm2d
 from anchors import anchor_sizes_of, set_anchor_sizes
 from builders import fpn_channels_of
 from distributed import distributed_env, get_rank, get_world_size
-from heads import head_settings, mask_head_shape, num_classes_of, num_keypoints_of, set_mask_head
+from heads import (
+    box_head_width,
+    head_settings,
+    mask_head_shape,
+    num_classes_of,
+    num_keypoints_of,
+    set_box_head,
+    set_mask_head,
+)
 from model import MODELS, build, has_reduced_tail
 from tiles import VIEW_SETTINGS
 from utils import UserError, load_checkpoint, save_checkpoint, tensor_bytes
@@ -57,7 +65,7 @@ TRAINING_ONLY = ("epochs", "time_budget", "lr", "tensorboard")  # mean nothing t
 # Never changed by a resume, even with --allow-changes: a new split or model is a new run.
 SPLIT_SETTINGS = ("seed", "test_size", "val_size", "val_data_path", "val_ann_file")
 MODEL_SETTINGS = (
-    "model", "weights", "weights_backbone", "trainable_backbone_layers", "mask_head", "fpn_channels",
+    "model", "weights", "weights_backbone", "trainable_backbone_layers", "mask_head", "box_head", "fpn_channels",
     "anchor_sizes", "box_batch_size_per_image",
     "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
     "box_detections_per_img",
@@ -252,6 +260,7 @@ def model_config(model: nn.Module, name: str) -> dict[str, Any]:
         "num_keypoints": num_keypoints_of(model),
         "heads": head_settings(model),
         "mask_head": mask_head_shape(model),
+        "box_head": box_head_width(model),  # absent from older checkpoints: the builder's own
         "fpn_channels": fpn_channels_of(model, name),  # None: the builder's own width
         "anchor_sizes": anchor_sizes_of(model),  # None: torchvision's 32 to 512
         "reduced_tail": has_reduced_tail(model),  # SSDlite's MobileNetV3: full with ImageNet backbone weights
@@ -278,6 +287,8 @@ def model_from_config(config: dict[str, Any], **kwargs: Any) -> nn.Module:
                   reduced_tail=config.get("reduced_tail"), **heads, **sizes)  # fmt: skip
     if config.get("mask_head"):
         set_mask_head(model, *config["mask_head"])
+    if config.get("box_head"):
+        set_box_head(model, config["box_head"])
     if config.get("anchor_sizes"):  # absent from older checkpoints: torchvision's
         set_anchor_sizes(model, config["anchor_sizes"])
     if config["frozen_bn_eps"] is not None:  # trained from pretrained weights: FrozenBatchNorm in the backbone

@@ -46,7 +46,7 @@ from builders import (
     maskrcnn_mobilenet_v3_large_fpn,
     maskrcnn_resnet18_fpn,
 )
-from heads import HEAD_SETTINGS, mask_head_shape, replace_predictors, set_mask_head
+from heads import HEAD_SETTINGS, mask_head_shape, replace_predictors, set_box_head, set_mask_head
 from ssd import SSD_SIZES, set_square_input
 from utils import UserError
 from weights import (
@@ -248,6 +248,7 @@ def get_model(
     weights_backbone: str | None = None,
     trainable_backbone_layers: int | None = None,
     mask_head: tuple[int, int] | None = None,
+    box_head: int | None = None,
     num_keypoints: int | None = None,
     anchor_sizes: list[int] | None = None,
     **kwargs: Any,
@@ -257,7 +258,8 @@ def get_model(
     weights: "DEFAULT" or a torchvision weights name (COCO, downloaded once into the torch
     hub cache), "none", or the path of a local .pth (torchvision's COCO state dict, or a
     checkpoint of train.py). weights_backbone: the same for the backbone alone, with
-    weights "none". mask_head: (convolutions, channels) for a new mask head (set_mask_head).
+    weights "none". mask_head: (convolutions, channels) for a new mask head (set_mask_head); box_head: the width
+    of a new box head's fully connected layers (set_box_head).
     num_keypoints: K, for a Keypoint R-CNN (required there, refused elsewhere). anchor_sizes: an R-CNN's five
     anchor sizes (anchors.set_anchor_sizes; None: torchvision's). kwargs reach the model
     (min_size, max_size, HEAD_SETTINGS, ...); None values are dropped.
@@ -275,6 +277,9 @@ def get_model(
     if not is_rcnn(name) and any(kwargs.get(setting) is not None for setting in HEAD_SETTINGS):
         setting = next(s for s in HEAD_SETTINGS if kwargs.get(s) is not None)
         raise UserError(f"--{setting.replace('_', '-')}: an R-CNN setting; --model {name} has no such head")
+    if box_head is not None and (not is_rcnn(name) or box_head < 1):
+        raise UserError(f"--box-head {box_head}: " + ("give a width of 1 or more (torchvision's: 1024)" if is_rcnn(name)
+                        else f"an R-CNN setting; --model {name} has no box head"))  # fmt: skip
     if anchor_sizes and not is_rcnn(name):
         raise UserError(f"--anchor-sizes: an R-CNN setting (its RPN's anchors); --model {name} has no RPN")
     if kwargs.get("fpn_channels") is not None and kwargs["fpn_channels"] < 1:
@@ -313,6 +318,8 @@ def get_model(
     replace_predictors(model, num_classes, num_keypoints)
     if mask_head is not None and mask_head_shape(model) is not None:
         set_mask_head(model, *mask_head)
+    if box_head is not None:
+        set_box_head(model, box_head)
     if anchor_sizes:
         set_anchor_sizes(model, anchor_sizes)
     return model
@@ -366,12 +373,17 @@ def _from_weights_file(
     source_points = state.get("roi_heads.keypoint_predictor.kps_score_lowres.weight")
     if points and source_points is not None:  # a ConvTranspose2d's weight: in x out x 4 x 4
         points = {"num_keypoints": source_points.shape[1]}
-    reduced_tail = (config or {}).get("reduced_tail")
-    model = build(name, weights=None, weights_backbone=None, num_classes=source_classes, reduced_tail=reduced_tail,
-                  **points, **kwargs)  # fmt: skip
+    config = config or {}  # a checkpoint's own widths, which the typed flags then change (their heads start untrained)
+    widths = {"fpn_channels": config["fpn_channels"]} if config.get("fpn_channels") else {}
+    model = build(name, weights=None, weights_backbone=None, num_classes=source_classes,
+                  reduced_tail=config.get("reduced_tail"), **points, **{**widths, **kwargs})  # fmt: skip
+    if config.get("mask_head") and mask_head_shape(model) is not None:
+        set_mask_head(model, *config["mask_head"])
+    if config.get("box_head"):
+        set_box_head(model, config["box_head"])
     freeze_like_pretrained(model, name, TRAINABLE_LAYERS.get(name, 3) if layers is None else layers, eps)
     load_matching(model, state, path, name)
-    if (config or {}).get("anchor_sizes"):  # a checkpoint's RPN learned its own sizes (a typed --anchor-sizes wins)
+    if config.get("anchor_sizes"):  # a checkpoint's RPN learned its own sizes (a typed --anchor-sizes wins)
         set_anchor_sizes(model, config["anchor_sizes"])
     return model
 

@@ -8,7 +8,7 @@ from torchvision.models import mobilenet_v2
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from checkpoint import model_config, model_from_checkpoint, model_from_config
-from heads import head_settings, mask_head_shape, num_classes_of, num_keypoints_of
+from heads import box_head_width, head_settings, mask_head_shape, num_classes_of, num_keypoints_of
 from model import (
     BOX_MODELS,
     MODELS,
@@ -219,6 +219,20 @@ class _RunsCode:
         return (open, (self.marker, "w"))
 
 
+def _saved_and_rebuilt(model, name, path):
+    """`model` saved at `path` as train.py's best.pth and rebuilt from it with no flag, the two predicting alike; the
+    rebuilt model and the config."""
+    config = {**model_config(model, name), "class_names": ["background", "a", "b"]}
+    torch.save({"model": model.state_dict(), "model_config": config}, path)
+    rebuilt, _ = model_from_checkpoint(path)
+    model.eval(), rebuilt.eval()
+    image = torch.rand(3, 90, 110)
+    with torch.inference_mode():
+        expected, got = model([image])[0], rebuilt([image])[0]
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    return rebuilt, config
+
+
 def test_head_settings_a_light_mask_head_and_a_narrow_fpn_are_built_and_rebuilt(tmp_path):
     settings = {
         "box_batch_size_per_image": 128, "rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300,
@@ -240,16 +254,9 @@ def test_head_settings_a_light_mask_head_and_a_narrow_fpn_are_built_and_rebuilt(
     light = sum(p.numel() for p in model.roi_heads.mask_head.parameters())
     assert light < sum(p.numel() for p in default.roi_heads.mask_head.parameters()) / 5  # 0.44 M against 2.36 M
 
-    config = {**model_config(model, "maskrcnn_resnet18_fpn"), "class_names": ["background", "a", "b"]}
-    torch.save({"model": model.state_dict(), "model_config": config}, tmp_path / "best.pth")
-    rebuilt, _ = model_from_checkpoint(tmp_path / "best.pth")
+    rebuilt, _ = _saved_and_rebuilt(model, "maskrcnn_resnet18_fpn", tmp_path / "best.pth")
     assert head_settings(rebuilt) == settings and mask_head_shape(rebuilt) == (2, 128)
     assert rebuilt.backbone.out_channels == 96
-    model.eval(), rebuilt.eval()
-    image = torch.rand(3, 90, 110)
-    with torch.inference_mode():
-        expected, got = model([image])[0], rebuilt([image])[0]
-    assert all(torch.equal(expected[k], got[k]) for k in expected)
 
 
 def test_our_mobilenet_mask_rcnn_takes_a_narrow_pyramid_from_scratch_only(tmp_path):
@@ -258,17 +265,41 @@ def test_our_mobilenet_mask_rcnn_takes_a_narrow_pyramid_from_scratch_only(tmp_pa
     widths = {m.out_channels for m in model.backbone.fpn.modules() if isinstance(m, torch.nn.Conv2d)}
     assert widths == {32} and model.rpn.head.conv[0][0].in_channels == 32
     assert model.roi_heads.box_head.fc6.in_features == 32 * 49 and model.roi_heads.mask_head[0][0].in_channels == 32
-    config = {**model_config(model, "maskrcnn_mobilenet_v3_large_fpn"), "class_names": ["background", "a", "b"]}
+    _, config = _saved_and_rebuilt(model, "maskrcnn_mobilenet_v3_large_fpn", tmp_path / "best.pth")
     assert config["fpn_channels"] == 32
-    torch.save({"model": model.state_dict(), "model_config": config}, tmp_path / "best.pth")
-    rebuilt, _ = model_from_checkpoint(tmp_path / "best.pth")  # no flag
-    model.eval(), rebuilt.eval()
-    image = torch.rand(3, 90, 110)
-    with torch.inference_mode():
-        expected, got = model([image])[0], rebuilt([image])[0]
-    assert all(torch.equal(expected[k], got[k]) for k in expected)
     with pytest.raises(UserError, match="^--fpn-channels 32: --weights DEFAULT has a pyramid 256 wide; drop"):
         get_model("maskrcnn_mobilenet_v3_large_fpn", 3, fpn_channels=32, **SMALL)  # before any download
+
+
+def test_a_narrow_box_head_rebuilds_from_its_checkpoint_and_a_narrowed_run_fine_tunes_with_no_width_flag(tmp_path):
+    torch.manual_seed(0)
+    model = get_model("maskrcnn_resnet18_fpn", 3, weights="none", mask_head=(2, 128), fpn_channels=32, box_head=64,
+                      **SMALL)  # fmt: skip
+    fc6, fc7 = model.roi_heads.box_head.fc6, model.roi_heads.box_head.fc7
+    assert (fc6.in_features, fc6.out_features, fc7.out_features) == (32 * 49, 64, 64) and box_head_width(model) == 64
+    assert model.roi_heads.box_predictor.bbox_pred.out_features == 3 * 4
+    assert box_head_width(get_model("maskrcnn_resnet18_fpn", 3, weights="none", **SMALL)) == 1024  # torchvision's
+    v2 = get_model("fasterrcnn_resnet50_fpn_v2", 3, weights="none", box_head=64, **SMALL)  # 4 convolutions, 1 layer
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in v2.roi_heads.box_head.modules()) == 4
+    assert [m.out_features for m in v2.roi_heads.box_head.modules() if isinstance(m, torch.nn.Linear)] == [64]
+
+    _, config = _saved_and_rebuilt(model, "maskrcnn_resnet18_fpn", tmp_path / "best.pth")
+    assert config["box_head"] == 64
+    # --weights best.pth of a narrowed run (a cpu-12min run's): its pyramid and heads come from the file, and only
+    # the predictors are new, for the new classes (before, such a file "did not fit" whatever the flags)
+    tuned = get_model("maskrcnn_resnet18_fpn", 2, weights=str(tmp_path / "best.pth"), **SMALL)
+    assert (tuned.backbone.out_channels, mask_head_shape(tuned), box_head_width(tuned)) == (32, (2, 128), 64)
+    assert torch.equal(tuned.roi_heads.box_head.fc6.weight, fc6.weight)
+    assert torch.equal(tuned.roi_heads.mask_head[0][0].weight, model.roi_heads.mask_head[0][0].weight)
+    assert tuned.roi_heads.box_predictor.cls_score.out_features == 2
+    wider = get_model("maskrcnn_resnet18_fpn", 2, weights=str(tmp_path / "best.pth"), box_head=128, **SMALL)
+    assert box_head_width(wider) == 128 and torch.equal(
+        wider.roi_heads.mask_head[0][0].weight, model.roi_heads.mask_head[0][0].weight
+    )
+    with pytest.raises(UserError, match="^--box-head 64: an R-CNN setting; --model retinanet_resnet50_fpn has no box"):
+        get_model("retinanet_resnet50_fpn", 3, weights="none", box_head=64, **SMALL)
+    with pytest.raises(UserError, match="^--box-head 0: give a width of 1 or more"):
+        get_model("fasterrcnn_resnet18_fpn", 3, weights="none", box_head=0, **SMALL)
 
 
 def test_a_pyramid_width_is_refused_where_torchvision_fixes_it():
