@@ -5,11 +5,14 @@ measures its own tests and the figures travel to the main process in the reports
     PYTHONPATH=.ci python -m pytest -q -n 2 --dist loadgroup -p suite_cost     # the full suite, as CI runs it
     PYTHONPATH=.ci python -m pytest -q -m "not slow" -p suite_cost             # the fast part
 
-At the end: the total, the ten slowest tests, the ten that wrote most, and each test file's share.
+At the end: the total, the ten slowest tests, the ten that wrote most, and each test file's share; with
+SUITE_COST_JSON=PATH also every test's figures, as a json list of {"test", "seconds", "bytes"}, to compare two runs.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections import defaultdict
 
@@ -49,6 +52,10 @@ def pytest_terminal_summary(terminalreporter) -> None:
                     costs[report.nodeid] = value
     if not costs:
         return
+    if os.environ.get("SUITE_COST_JSON"):
+        rows = [{"test": nodeid, "seconds": round(s, 2), "bytes": b} for nodeid, (s, b) in sorted(costs.items())]
+        with open(os.environ["SUITE_COST_JSON"], "w") as out:
+            json.dump(rows, out, indent=0)
     write = terminalreporter.write_line
     terminalreporter.section("suite cost (.ci/suite_cost.py): seconds and bytes written a test")
     write(f"{len(costs)} tests, {sum(s for s, _ in costs.values()):.0f} s of tests, "

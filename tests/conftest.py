@@ -14,6 +14,11 @@ import time
 import zipfile
 from pathlib import Path
 
+try:
+    import fcntl  # a lock between pytest-xdist's workers (weights_file); not on Windows, where each writes its own
+except ImportError:
+    fcntl = None
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -274,25 +279,38 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory):
     """A function from ("coco", model name) or ("imagenet", torchvision network name) to a weights file as torchvision
     ships it, written once a session: coco_state(name), or the state dict of torchvision.models.<network>() seeded 1
     (what --weights-backbone DEFAULT downloads, as a test can write it offline). Tests read these files and never
-    change them: an R50's is 100-170 MB, and a dozen tests ask for the same few. VGG-16's classifier, which SSD's
-    builder drops, holds one value repeated (a tensor of its shape over one number: 60 MB written, not 550)."""
+    change them: an R50's is 100-170 MB, and a dozen tests ask for the same few. Under pytest-xdist the workers share
+    them (the first to ask writes a file, under a lock the others wait on). VGG-16's classifier, which SSD's builder
+    drops, holds one value repeated (a tensor of its shape over one number: 60 MB written, not 550)."""
     import torch
     import torchvision.models
 
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if "PYTEST_XDIST_WORKER" in os.environ and fcntl else base) / "weights"  # this run's own
+    folder.mkdir(exist_ok=True)
     files: dict[tuple[str, str], Path] = {}
+
+    def write(kind: str, name: str, path: Path) -> None:
+        if kind == "coco":
+            state = coco_state(name)
+        else:
+            torch.manual_seed(1)
+            state = getattr(torchvision.models, name)().state_dict()
+            if name.startswith("vgg"):
+                dropped = {k: v for k, v in state.items() if "classifier" in k}
+                state.update({k: v.flatten()[:1].clone().expand_as(v) for k, v in dropped.items()})
+        torch.save(state, path.with_suffix(".part"))
+        path.with_suffix(".part").replace(path)
 
     def saved(kind: str, name: str) -> Path:
         if (kind, name) not in files:
-            if kind == "coco":
-                state = coco_state(name)
-            else:
-                torch.manual_seed(1)
-                state = getattr(torchvision.models, name)().state_dict()
-                if name.startswith("vgg"):
-                    dropped = {k: v for k, v in state.items() if "classifier" in k}
-                    state.update({k: v.flatten()[:1].clone().expand_as(v) for k, v in dropped.items()})
-            files[kind, name] = tmp_path_factory.mktemp("weights") / f"{kind}_{name}.pth"
-            torch.save(state, files[kind, name])
+            path = folder / f"{kind}_{name}.pth"
+            with open(path.with_suffix(".lock"), "w") as lock:
+                if fcntl:
+                    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+                if not path.exists():
+                    write(kind, name, path)
+            files[kind, name] = path
         return files[kind, name]
 
     return saved
@@ -359,10 +377,29 @@ def keep_each_epoch(monkeypatch, folder: Path) -> Path:
 
     def save_and_keep(output_dir: Path, weights: dict, *args: object) -> None:
         saved(output_dir, weights, *args)
-        os.link(output_dir / "checkpoint.pth", folder / f"{Path(output_dir).name}-{weights['epoch']}.pth")
+        os.link(output_dir / "checkpoint.pth", folder / f"{output_dir.name}-{weights['epoch']}.pth")
 
     monkeypatch.setattr(train, "save_epoch", save_and_keep)
     return folder
+
+
+def saves_in_memory(monkeypatch, written=lambda weights: False) -> list[dict]:
+    """The runs that follow keep each epoch's save in the list returned, in memory, and write it only where
+    `written(weights)` is true (a checkpoint a test resumes from, a best.pth it tests): for tests that read what a run
+    saves but not its file, which the tests of checkpoints, resume and faults write. Each entry is best.pth's
+    `weights` with "is_best" and checkpoint.pth's "metrics"; its tensors are the model's own, not copies, so the last
+    epoch's hold what the run trained. An R50's checkpoint.pth and best.pth are 700 MB an epoch."""
+    import train
+
+    save, saved = train.save_epoch, []
+
+    def keep(output_dir: Path, weights: dict, is_best: bool, *state: object) -> None:
+        saved.append({**weights, "is_best": is_best, "metrics": list(state[4])})  # save_epoch's `metrics`
+        if written(weights):
+            save(output_dir, weights, is_best, *state)
+
+    monkeypatch.setattr(train, "save_epoch", keep)
+    return saved
 
 
 def watch_views(monkeypatch) -> list[tuple[int, int]]:

@@ -101,8 +101,8 @@ def test_mixed_outlines_train_box_models_on_all_and_mask_models_per_sample(coco_
 
 
 @pytest.mark.slow
-def test_a_box_model_trains_on_a_boxes_only_json_and_check_says_so(coco_folder, tmp_path, capsys):
-    from conftest import check_here
+def test_a_box_model_trains_on_a_boxes_only_json_and_check_says_so(coco_folder, tmp_path, capsys, monkeypatch):
+    from conftest import check_here, saves_in_memory
     from test_train import FAST, fast_box_model, run_cli_here
 
     folder, ann_file, _ = coco_folder
@@ -113,6 +113,7 @@ def test_a_box_model_trains_on_a_boxes_only_json_and_check_says_so(coco_folder, 
     assert "annotations: boxes only, no outlines; trains the box models (fasterrcnn_resnet50_fpn" in check.stdout
     out = tmp_path / "out"
     box_model = [*fast_box_model(), "--test-size", 1]
+    saves_in_memory(monkeypatch)  # no file of it is read
     result = run_cli_here(
         capsys, "--data-path", folder, "--ann-file", ann_file, *box_model, "--epochs", 1, "--output-dir", out
     )

@@ -399,7 +399,12 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(pennfudan
     from utils import tensor_bytes
 
     model = get_model(
-        "maskrcnn_mobilenet_v3_large_fpn", num_classes=2, weights="none", fpn_channels=32, mask_head=(1, 32)
+        "maskrcnn_mobilenet_v3_large_fpn",
+        num_classes=2,
+        weights="none",
+        fpn_channels=32,
+        mask_head=(1, 32),
+        box_head=128,
     )  # FAST's
     weights, checkpoint = tensor_bytes(model.state_dict()), checkpoint_size(model, "sgd")
     disk = tmp_path / "disk"

@@ -3,6 +3,7 @@ epochs."""
 
 import pytest
 import torch
+from conftest import saves_in_memory
 from test_train import FAST, run_cli_here
 
 from dataset import boxes_of_masks
@@ -94,7 +95,9 @@ def test_the_collate_function_mosaics_by_its_probability_and_stops_when_closed(c
 
 
 @pytest.mark.slow
-def test_a_run_with_mosaic_trains_and_closes_it_and_impossible_flags_are_refused(pennfudan, tmp_path, capsys):
+def test_a_run_with_mosaic_trains_and_closes_it_and_impossible_flags_are_refused(
+    pennfudan, tmp_path, capsys, monkeypatch
+):
     refusals = [
         (["--mosaic", "1.5"], "--mosaic 1.5: a probability from 0 to 1"),
         (["--mosaic", "1", "-b", "1"], "--mosaic draws on the other images of a batch"),
@@ -103,6 +106,7 @@ def test_a_run_with_mosaic_trains_and_closes_it_and_impossible_flags_are_refused
     for flags, message in refusals:
         refused = run_cli_here(capsys, "--data-path", pennfudan, *FAST, *flags, "--output-dir", tmp_path / "no")
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+    saves_in_memory(monkeypatch)  # no file of it is read
     result = run_cli_here(capsys, "--data-path", pennfudan, *FAST, "--epochs", 2, "--mosaic", "1.0",
                           "--close-mosaic", 1, "--output-dir", tmp_path / "run")  # fmt: skip
     assert result.returncode == 0, result.stderr

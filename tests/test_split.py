@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import stand_in_training, write_voc
+from conftest import saves_in_memory, stand_in_training, write_voc
 from test_train import FAST, fast_box_model, run_cli_here, run_main
 
 import train
@@ -90,6 +90,7 @@ def test_best_pth_follows_validation_ap_not_test_ap(pennfudan, tmp_path, monkeyp
 def test_a_fixed_validation_set_stays_the_test_role_and_val_size_splits_the_training_images(tmp_path, monkeypatch):
     root = write_voc(tmp_path / "voc")  # ImageSets/Main/val.txt: images 1, 4 and 7
     _stand_in_evaluation(monkeypatch, [0.5, 0.1])
+    saves_in_memory(monkeypatch)  # no file of it is read
     out = tmp_path / "out"
     run_main("--data-path", root, *fast_box_model(), "--val-size", 2, "--epochs", 1, "--output-dir", out)
     split = _split(out)

@@ -12,10 +12,10 @@ import torch
 from conftest import (
     LAYOUT,
     ROOT,
-    keep_each_epoch,
     needs_keypoint_transforms,
     pennfudan_zip,
     run_here,
+    saves_in_memory,
     slow_where,
     stand_in_training,
     watch_views,
@@ -31,18 +31,20 @@ import tiles
 import train
 from checkpoint import model_from_checkpoint
 
-# Small and fast: MobileNet Mask R-CNN from scratch on ~100-pixel images, its pyramid and mask head narrowed (a step
-# 0.06 s, not 0.28; checkpoint.pth and best.pth 67 MB, not 248) where the model is not what a test is about.
+# Small and fast: MobileNet Mask R-CNN from scratch on ~100-pixel images, its pyramid, box head and mask head narrowed
+# (3.3 M parameters; checkpoint.pth and best.pth 39 MB an epoch, 68 with torchvision's box head, 248 unnarrowed) where
+# the model is not what a test is about.
 _FAST_RUN = [
     "--weights", "none", "--lr", "0.001", "--min-size", "64", "--max-size", "128", "--test-size", "3", "-j", "0",
     "--print-freq", "5",
 ]  # fmt: skip
-FAST = ["--model", "maskrcnn_mobilenet_v3_large_fpn", "--fpn-channels", "32", "--mask-head", "1", "32", *_FAST_RUN]
+FAST = ["--model", "maskrcnn_mobilenet_v3_large_fpn", "--fpn-channels", "32", "--mask-head", "1", "32", "--box-head",
+        "128", *_FAST_RUN]  # fmt: skip
 
 
 def fast_box_model(name: str = "fasterrcnn_mobilenet_v3_large_fpn") -> list[str]:
     """FAST's run for a box model: its builder's own pyramid (torchvision's fix it), no mask head."""
-    return ["--model", name, *_FAST_RUN]
+    return ["--model", name, "--box-head", "128", *_FAST_RUN]
 
 
 def run_cli(*args, cwd=ROOT):
@@ -165,14 +167,14 @@ def test_resume_gives_the_same_weights_as_a_straight_run(recipe, pennfudan, tmp_
 
 
 @pytest.mark.slow
-def test_the_tutorials_box_model_trains_and_scores_boxes_only(pennfudan, tmp_path):
+def test_the_tutorials_box_model_trains_and_scores_boxes_only(pennfudan, tmp_path, monkeypatch):
     out = tmp_path / "output"
-    # plain SGD: a checkpoint.pth without momentum, 260 MB and not 520 (its box head has 64 M parameters)
-    model = fast_box_model("fasterrcnn_mobilenet_v2")
-    run_main("--data-path", pennfudan, *model, "--momentum", 0, "--epochs", 1, "--output-dir", out)
+    saved = saves_in_memory(monkeypatch)  # its box head has 64 M parameters: best.pth and checkpoint.pth 520 MB
+    tutorial_model = ["--model", "fasterrcnn_mobilenet_v2", *_FAST_RUN]  # its own box head
+    run_main("--data-path", pennfudan, *tutorial_model, "--epochs", 1, "--output-dir", out)
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(record["bbox"]) == 12 and "segm" not in record and "loss_mask" not in record
-    assert torch.load(out / "best.pth", weights_only=True)["model_config"]["name"] == "fasterrcnn_mobilenet_v2"
+    assert saved[-1]["is_best"] and saved[-1]["model_config"]["name"] == "fasterrcnn_mobilenet_v2"
 
 
 @pytest.mark.slow
@@ -496,7 +498,8 @@ def test_user_errors_print_one_line_and_exit_2(case, pennfudan, tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_trains_on_real_cvppp_through_the_folder_route_with_flags_only(cvppp, tmp_path, capsys):
+def test_trains_on_real_cvppp_through_the_folder_route_with_flags_only(cvppp, tmp_path, capsys, monkeypatch):
+    saves_in_memory(monkeypatch)  # no file of it is read
     out = tmp_path / "output"
     flags = ["--data-path", cvppp, "--image-suffix", "_rgb", "--mask-suffix", "_label", "--test-size", 2]
     result = run_cli_here(capsys, *FAST, *flags, "--epochs", 1, "--output-dir", out)
@@ -574,6 +577,7 @@ def test_test_only_writes_results_that_the_users_json_scores_alike(tmp_path, cap
 @pytest.mark.slow
 def test_a_fixed_validation_set_replaces_the_split(pennfudan, pennfudan_master, tmp_path, monkeypatch):
     stand_in_training(monkeypatch)  # what it learns is not looked at
+    saves_in_memory(monkeypatch)  # no file of it is read
     out = tmp_path / "output"
     run_main("--data-path", pennfudan, "--val-data-path", pennfudan_master, *FAST, "--epochs", 1, "--output-dir", out)
     split = json.loads((out / "split.json").read_text())
@@ -621,23 +625,24 @@ KEYPOINT_RUN = [
 @pytest.mark.slow
 @needs_keypoint_transforms
 def test_keypoint_rcnn_trains_resumes_exactly_and_scores_keypoint_ap(tmp_path, capsys, monkeypatch, request):
-    """In this process (a resume across processes: tests/test_box_models.py's SSDlite), from the straight run's own
-    first checkpoint, kept by a hard link: 3 epochs of an R50 written, not 4 in 3 processes."""
+    """In this process (a resume across processes: tests/test_box_models.py's SSDlite), from the straight run's first
+    checkpoint, the one file of the runs' saves written besides best.pth (the others stay in memory): an R50's
+    checkpoint.pth and best.pth once, not three times."""
     deterministic = torch.are_deterministic_algorithms_enabled()  # --use-deterministic-algorithms sets it here
     request.addfinalizer(functools.partial(torch.use_deterministic_algorithms, deterministic))
     ann_file = write_keypoint_coco(tmp_path)
-    kept = keep_each_epoch(monkeypatch, tmp_path / "kept")
+    saved = saves_in_memory(monkeypatch, written=lambda weights: weights["epoch"] == 0)
     common = ["--data-path", tmp_path, "--ann-file", ann_file, *KEYPOINT_RUN, "--use-deterministic-algorithms"]
     result = run_cli_here(capsys, *common, "--epochs", 2, "--output-dir", tmp_path / "straight")
     assert result.returncode == 0, result.stderr
     assert "IoU metric: keypoints" in result.stdout and "keypoint AP" in result.stdout.splitlines()[-2]
-    straight = torch.load(tmp_path / "straight/checkpoint.pth", weights_only=True)
+    straight = saved[-1]
     (tmp_path / "resumed").mkdir()
-    os.link(kept / "straight-0.pth", tmp_path / "resumed/checkpoint.pth")
+    os.link(tmp_path / "straight/checkpoint.pth", tmp_path / "resumed/checkpoint.pth")  # epoch 0's; a link: no write
     result = run_cli_here(capsys, "--resume", tmp_path / "resumed/checkpoint.pth")
     assert result.returncode == 0, result.stderr
-    resumed = torch.load(tmp_path / "resumed/checkpoint.pth", weights_only=True)
-    assert resumed["epoch"] == 1
+    resumed = saved[-1]
+    assert straight["epoch"] == resumed["epoch"] == 1 and len(saved) == 3
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
     record = straight["metrics"][-1]

@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from conftest import LAYOUT, needs_keypoint_transforms, stand_in_training, write_keypoint_coco
+from conftest import LAYOUT, needs_keypoint_transforms, saves_in_memory, stand_in_training, write_keypoint_coco
 from torchvision import tv_tensors
 
 import engine
@@ -134,6 +134,7 @@ def test_train_tile_takes_real_steps_of_an_ssd_and_a_keypoint_model(name, tmp_pa
         return loss, loss_dict
 
     monkeypatch.setattr(engine, "forward_losses", watched)
+    saves_in_memory(monkeypatch)  # no file of it is read: a Keypoint R-CNN's checkpoint.pth and best.pth are 700 MB
     sizes = ["--min-size", "192"]  # the SSD's; the keypoint model's RoIs as few as tests/learning.py samples
     if name.startswith("keypoint"):
         rois = KEYPOINT_RUN[KEYPOINT_RUN.index("--box-batch-size-per-image") :]

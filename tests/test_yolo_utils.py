@@ -6,7 +6,7 @@ import re
 import pycocotools.mask as mask_utils
 import pytest
 import torch
-from conftest import LAYOUT, check_here, write_yolo
+from conftest import LAYOUT, check_here, saves_in_memory, write_yolo
 from test_train import FAST, fast_box_model, run_cli, run_cli_here
 
 from dataset_cli import get_dataset
@@ -105,7 +105,8 @@ def test_trains_on_its_own_data_yaml_with_val_as_the_test_set(tmp_path):
 
 
 @pytest.mark.slow
-def test_skip_bad_samples_leaves_out_a_malformed_label_file_with_one_line(tmp_path, capsys):
+def test_skip_bad_samples_leaves_out_a_malformed_label_file_with_one_line(tmp_path, capsys, monkeypatch):
+    saves_in_memory(monkeypatch)  # no file of it is read
     yaml, out = write_yolo(tmp_path / "ds"), tmp_path / "out"
     (tmp_path / "ds" / "labels" / "train" / "img5.txt").write_text("0 0.1 0.1\n")
     stopped = run_cli_here(capsys, *FAST, "--data-path", yaml, "--epochs", 1, "--output-dir", out)
@@ -174,7 +175,8 @@ def test_detection_labels_are_boxes_and_polygons_give_box_models_their_box(tmp_p
 
 
 @pytest.mark.slow
-def test_ultralytics_coco128_as_it_ships_passes_check_and_trains(tmp_path, capsys):
+def test_ultralytics_coco128_as_it_ships_passes_check_and_trains(tmp_path, capsys, monkeypatch):
+    saves_in_memory(monkeypatch)  # no file of it is read
     # coco128: one folder for train: and val:, and label files whose image is not there.
     root = tmp_path / "coco128"
     write_yolo(root, val=())
