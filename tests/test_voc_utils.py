@@ -18,7 +18,7 @@ from voc_utils import VocDataset
 # A box model, small and fast, from scratch.
 BOX_FAST = [
     "--model", "fasterrcnn_mobilenet_v3_large_fpn", "--weights", "none", "--lr", "0.001",
-    "--min-size", "64", "--max-size", "128", "-j", "0", "--print-freq", "5",
+    "--min-size", "64", "--max-size", "128", "-j", "0", "--print-freq", "5", "--box-head", "128",
 ]  # fmt: skip
 
 
