@@ -47,8 +47,7 @@ from heads import (
     mask_head_shape,
     num_classes_of,
     num_keypoints_of,
-    set_box_head,
-    set_mask_head,
+    set_heads_of,
 )
 from model import MODELS, build, has_reduced_tail
 from tiles import VIEW_SETTINGS
@@ -285,10 +284,7 @@ def model_from_config(config: dict[str, Any], **kwargs: Any) -> nn.Module:
         heads = {**heads, "fpn_channels": config["fpn_channels"]}
     model = build(name, weights=None, weights_backbone=None, num_classes=config["num_classes"],
                   reduced_tail=config.get("reduced_tail"), **heads, **sizes)  # fmt: skip
-    if config.get("mask_head"):
-        set_mask_head(model, *config["mask_head"])
-    if config.get("box_head"):
-        set_box_head(model, config["box_head"])
+    set_heads_of(model, config)
     if config.get("anchor_sizes"):  # absent from older checkpoints: torchvision's
         set_anchor_sizes(model, config["anchor_sizes"])
     if config["frozen_bn_eps"] is not None:  # trained from pretrained weights: FrozenBatchNorm in the backbone

@@ -151,3 +151,12 @@ def set_box_head(model: nn.Module, width: int) -> None:
         head[last] = nn.Linear(head[last].in_features, width)
     num_classes = model.roi_heads.box_predictor.cls_score.out_features
     model.roi_heads.box_predictor = FastRCNNPredictor(width, num_classes)
+
+
+def set_heads_of(model: nn.Module, config: dict) -> None:
+    """The mask and box heads that a checkpoint's model_config describes (absent from older checkpoints: the
+    builder's), in place of the builder's."""
+    if config.get("mask_head") and mask_head_shape(model) is not None:
+        set_mask_head(model, *config["mask_head"])
+    if config.get("box_head"):
+        set_box_head(model, config["box_head"])

@@ -46,7 +46,7 @@ from builders import (
     maskrcnn_mobilenet_v3_large_fpn,
     maskrcnn_resnet18_fpn,
 )
-from heads import HEAD_SETTINGS, mask_head_shape, replace_predictors, set_box_head, set_mask_head
+from heads import HEAD_SETTINGS, mask_head_shape, replace_predictors, set_box_head, set_heads_of, set_mask_head
 from ssd import SSD_SIZES, set_square_input
 from utils import UserError
 from weights import (
@@ -277,9 +277,10 @@ def get_model(
     if not is_rcnn(name) and any(kwargs.get(setting) is not None for setting in HEAD_SETTINGS):
         setting = next(s for s in HEAD_SETTINGS if kwargs.get(s) is not None)
         raise UserError(f"--{setting.replace('_', '-')}: an R-CNN setting; --model {name} has no such head")
-    if box_head is not None and (not is_rcnn(name) or box_head < 1):
-        raise UserError(f"--box-head {box_head}: " + ("give a width of 1 or more (torchvision's: 1024)" if is_rcnn(name)
-                        else f"an R-CNN setting; --model {name} has no box head"))  # fmt: skip
+    if box_head is not None and not is_rcnn(name):
+        raise UserError(f"--box-head {box_head}: an R-CNN setting; --model {name} has no box head")
+    if box_head is not None and box_head < 1:
+        raise UserError(f"--box-head {box_head}: give a width of 1 or more (torchvision's: 1024)")
     if anchor_sizes and not is_rcnn(name):
         raise UserError(f"--anchor-sizes: an R-CNN setting (its RPN's anchors); --model {name} has no RPN")
     if kwargs.get("fpn_channels") is not None and kwargs["fpn_channels"] < 1:
@@ -377,10 +378,7 @@ def _from_weights_file(
     widths = {"fpn_channels": config["fpn_channels"]} if config.get("fpn_channels") else {}
     model = build(name, weights=None, weights_backbone=None, num_classes=source_classes,
                   reduced_tail=config.get("reduced_tail"), **points, **{**widths, **kwargs})  # fmt: skip
-    if config.get("mask_head") and mask_head_shape(model) is not None:
-        set_mask_head(model, *config["mask_head"])
-    if config.get("box_head"):
-        set_box_head(model, config["box_head"])
+    set_heads_of(model, config)
     freeze_like_pretrained(model, name, TRAINABLE_LAYERS.get(name, 3) if layers is None else layers, eps)
     load_matching(model, state, path, name)
     if config.get("anchor_sizes"):  # a checkpoint's RPN learned its own sizes (a typed --anchor-sizes wins)
