@@ -285,6 +285,8 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory):
     import torch
     import torchvision.models
 
+    from utils import save_checkpoint
+
     base = tmp_path_factory.getbasetemp()
     folder = (base.parent if "PYTEST_XDIST_WORKER" in os.environ and fcntl else base) / "weights"  # this run's own
     folder.mkdir(exist_ok=True)
@@ -299,8 +301,7 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory):
             if name.startswith("vgg"):
                 dropped = {k: v for k, v in state.items() if "classifier" in k}
                 state.update({k: v.flatten()[:1].clone().expand_as(v) for k, v in dropped.items()})
-        torch.save(state, path.with_suffix(".part"))
-        path.with_suffix(".part").replace(path)
+        save_checkpoint(state, path)  # atomically: a worker never reads half a file
 
     def saved(kind: str, name: str) -> Path:
         if (kind, name) not in files:
