@@ -44,6 +44,7 @@ from distributed import distributed_env, get_rank, get_world_size
 from heads import (
     box_head_width,
     head_settings,
+    keypoint_head_shape,
     mask_head_shape,
     num_classes_of,
     num_keypoints_of,
@@ -64,8 +65,8 @@ TRAINING_ONLY = ("epochs", "time_budget", "lr", "tensorboard")  # mean nothing t
 # Never changed by a resume, even with --allow-changes: a new split or model is a new run.
 SPLIT_SETTINGS = ("seed", "test_size", "val_size", "val_data_path", "val_ann_file")
 MODEL_SETTINGS = (
-    "model", "weights", "weights_backbone", "trainable_backbone_layers", "mask_head", "box_head", "fpn_channels",
-    "anchor_sizes", "box_batch_size_per_image",
+    "model", "weights", "weights_backbone", "trainable_backbone_layers", "mask_head", "box_head", "keypoint_head",
+    "fpn_channels", "anchor_sizes", "box_batch_size_per_image",
     "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
     "box_detections_per_img",
 )  # fmt: skip
@@ -260,6 +261,7 @@ def model_config(model: nn.Module, name: str) -> dict[str, Any]:
         "heads": head_settings(model),
         "mask_head": mask_head_shape(model),
         "box_head": box_head_width(model),  # absent from older checkpoints: the builder's own
+        "keypoint_head": keypoint_head_shape(model),  # the same
         "fpn_channels": fpn_channels_of(model, name),  # None: the builder's own width
         "anchor_sizes": anchor_sizes_of(model),  # None: torchvision's 32 to 512
         "reduced_tail": has_reduced_tail(model),  # SSDlite's MobileNetV3: full with ImageNet backbone weights

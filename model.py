@@ -46,7 +46,7 @@ from builders import (
     maskrcnn_mobilenet_v3_large_fpn,
     maskrcnn_resnet18_fpn,
 )
-from heads import HEAD_SETTINGS, mask_head_shape, replace_predictors, set_box_head, set_heads_of, set_mask_head
+from heads import HEAD_SETTINGS, replace_predictors, set_heads_of
 from ssd import SSD_SIZES, set_square_input
 from utils import UserError
 from weights import (
@@ -249,6 +249,7 @@ def get_model(
     trainable_backbone_layers: int | None = None,
     mask_head: tuple[int, int] | None = None,
     box_head: int | None = None,
+    keypoint_head: tuple[int, int] | None = None,
     num_keypoints: int | None = None,
     anchor_sizes: list[int] | None = None,
     **kwargs: Any,
@@ -258,8 +259,8 @@ def get_model(
     weights: "DEFAULT" or a torchvision weights name (COCO, downloaded once into the torch
     hub cache), "none", or the path of a local .pth (torchvision's COCO state dict, or a
     checkpoint of train.py). weights_backbone: the same for the backbone alone, with
-    weights "none". mask_head: (convolutions, channels) for a new mask head (set_mask_head); box_head: the width
-    of a new box head's fully connected layers (set_box_head).
+    weights "none". mask_head: (convolutions, channels) for a new mask head; box_head: the width of a new box
+    head's fully connected layers; keypoint_head: (convolutions, channels) for a new keypoint head (heads.py).
     num_keypoints: K, for a Keypoint R-CNN (required there, refused elsewhere). anchor_sizes: an R-CNN's five
     anchor sizes (anchors.set_anchor_sizes; None: torchvision's). kwargs reach the model
     (min_size, max_size, HEAD_SETTINGS, ...); None values are dropped.
@@ -281,6 +282,11 @@ def get_model(
         raise UserError(f"--box-head {box_head}: an R-CNN setting; --model {name} has no box head")
     if box_head is not None and box_head < 1:
         raise UserError(f"--box-head {box_head}: give a width of 1 or more (torchvision's: 1024)")
+    if keypoint_head is not None and not is_keypoint_model(name):
+        raise UserError(f"--keypoint-head: a Keypoint R-CNN setting; --model {name} has no keypoint head")
+    if keypoint_head is not None and min(keypoint_head) < 1:
+        raise UserError(f"--keypoint-head {' '.join(map(str, keypoint_head))}: give 1 or more of each (torchvision's: "
+                        "8 512)")  # fmt: skip
     if anchor_sizes and not is_rcnn(name):
         raise UserError(f"--anchor-sizes: an R-CNN setting (its RPN's anchors); --model {name} has no RPN")
     if kwargs.get("fpn_channels") is not None and kwargs["fpn_channels"] < 1:
@@ -317,10 +323,7 @@ def get_model(
             f"(torchvision's file from {torch.hub.get_dir()}/checkpoints on a machine that has it)"
         ) from error
     replace_predictors(model, num_classes, num_keypoints)
-    if mask_head is not None and mask_head_shape(model) is not None:
-        set_mask_head(model, *mask_head)
-    if box_head is not None:
-        set_box_head(model, box_head)
+    set_heads_of(model, {"mask_head": mask_head, "box_head": box_head, "keypoint_head": keypoint_head})
     if anchor_sizes:
         set_anchor_sizes(model, anchor_sizes)
     return model
