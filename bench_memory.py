@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -219,7 +220,9 @@ def measure_memory(args: argparse.Namespace) -> list[dict[str, Any]]:
                     row = {"route": route, "photo": size_name, "size": "x".join(map(str, size)), "model": model,
                            "instances": args.memory_instances, **check}  # fmt: skip
                     out = root / f"run-{route}-{size_name}-{model}"
-                    for name, command in _commands(args, dataset_flags, model, out).items():
+                    commands = _commands(args, dataset_flags, model, out)
+                    row["train_command"] = shlex.join(commands["train"][1:])  # what was measured, --memory-args too
+                    for name, command in commands.items():
                         row.update(_measure(args, name, command, f"{route} {size_name} {model}"))
                     row["read_seconds_per_sample"] = seconds
                     rows.append(row)
@@ -237,7 +240,8 @@ def _commands(args: argparse.Namespace, dataset_flags: list[str], model: str, ou
     python = sys.executable
     train = [python, "train.py", *dataset_flags, "--epochs", "1", "-j", "0", "--test-size", "1", "--weights",
              "none", "--lr", "0.001", "-b", str(args.batch_size), "--min-size", str(args.min_size), "--max-size",
-             str(args.max_size), "--output-dir", str(out), "--model", model, "--device", args.device]  # fmt: skip
+             str(args.max_size), "--output-dir", str(out), "--model", model, "--device", args.device,
+             *shlex.split(args.memory_args)]  # fmt: skip
     photos = Path(dataset_flags[dataset_flags.index("--data-path") + 1])
     photos = photos / "images" if (photos / "images").is_dir() else photos  # the YOLO layout's
     test_photo = sorted(photos.glob("*.jpg"))[-1]  # with --test-size 1 and seed 0, any photo serves: all alike
@@ -270,3 +274,9 @@ def add_memory_args(parser: argparse.ArgumentParser) -> None:
     add("--memory-instances", type=int, default=300, help="memory: instances per photo (default: %(default)s)")
     add("--memory-routes", nargs="+", choices=ROUTES, default=list(ROUTES), help="memory: the routes (default: all)")
     add("--memory-limit-gb", type=float, default=20, help="memory: address space per command (default: 20)")
+    add(
+        "--memory-args",
+        default="",
+        help="memory: train.py flags added to each training run, e.g. "
+        '--memory-args="--fpn-channels 128 --mask-head 2 128" for the cpu-* recipes\' narrower model',
+    )

@@ -263,15 +263,43 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_line(line)
 
 
+def compact(value):
+    """`value`'s shape, dtype and kind of values in a short storage: row i (along the first dimension) is the run of
+    `value`'s first values that starts at i x ROW_STEP, so the rows differ but overlap, and torch.save writes the run
+    alone. A [1024, 12544] layer of an R50 box head costs 0.2 MB, not 51; small tensors stay as they are."""
+    if value.dim() < 2 or not value.is_floating_point() or value.numel() <= 4096:
+        return value
+    rows, row = value.shape[0], value[0]
+    step = min(ROW_STEP, row.numel())
+    run = value.flatten()[: step * (rows - 1) + row.numel()].clone()
+    return run.as_strided(value.shape, (step, *row.stride()))
+
+
+ROW_STEP = 31  # elements between two rows of a compact() tensor
+
+
+def compact_state(model) -> dict:
+    """`model`'s state dict with its large tensors compact(), loaded back into `model`: saved, it rebuilds a model
+    that predicts exactly as `model` now does, in a file of a few MB."""
+    state = {key: compact(value) for key, value in model.state_dict().items()}
+    model.load_state_dict(state)
+    return state
+
+
 def coco_state(name: str) -> dict:
-    """A state dict shaped like torchvision's COCO weights for `name` (random values, seeded; 91 classes)."""
+    """A state dict shaped like torchvision's COCO weights for `name` (91 classes): the keys, shapes, dtypes and
+    initial values of torchvision's builder (seeded), each large tensor compact() (an R50's file is 5 MB, not 178;
+    loading copies the values into the model, so a test sees a dense model)."""
     import torch
 
     from model import MODELS
 
     source = "fasterrcnn_mobilenet_v3_large_fpn" if name == "maskrcnn_mobilenet_v3_large_fpn" else name
     torch.manual_seed(0)
-    return MODELS[source][0](weights=None, weights_backbone=None).state_dict()
+    return {
+        key: compact(value)
+        for key, value in MODELS[source][0](weights=None, weights_backbone=None).state_dict().items()
+    }
 
 
 @pytest.fixture(scope="session")
@@ -279,9 +307,9 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory):
     """A function from ("coco", model name) or ("imagenet", torchvision network name) to a weights file as torchvision
     ships it, written once a session: coco_state(name), or the state dict of torchvision.models.<network>() seeded 1
     (what --weights-backbone DEFAULT downloads, as a test can write it offline). Tests read these files and never
-    change them: an R50's is 100-170 MB, and a dozen tests ask for the same few. Under pytest-xdist the workers share
-    them (the first to ask writes a file, under a lock the others wait on). VGG-16's classifier, which SSD's builder
-    drops, holds one value repeated (a tensor of its shape over one number: 60 MB written, not 550)."""
+    change them, and a dozen tests ask for the same few. Under pytest-xdist the workers share
+    them (the first to ask writes a file, under a lock the others wait on). Large tensors are compact(): all the files
+    together are tens of MB, not the 2 GB of dense ones."""
     import torch
     import torchvision.models
 
@@ -297,10 +325,7 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory):
             state = coco_state(name)
         else:
             torch.manual_seed(1)
-            state = getattr(torchvision.models, name)().state_dict()
-            if name.startswith("vgg"):
-                dropped = {k: v for k, v in state.items() if "classifier" in k}
-                state.update({k: v.flatten()[:1].clone().expand_as(v) for k, v in dropped.items()})
+            state = {key: compact(value) for key, value in getattr(torchvision.models, name)().state_dict().items()}
         save_checkpoint(state, path)  # atomically: a worker never reads half a file
 
     def saved(kind: str, name: str) -> Path:
@@ -629,7 +654,8 @@ def untrained_checkpoint(
     path: Path, name: str, class_names: list[str], config_extra: dict | None = None, **model_options
 ) -> Path:
     """A best.pth as train.py writes it (model_config with `class_names`, and `config_extra`), of the untrained
-    model `name` (seeded): it still returns detections."""
+    model `name` (seeded): it still returns detections. Its large tensors are compact(): a few MB, where a Keypoint
+    R-CNN's dense file is 190 MB."""
     import torch
 
     from checkpoint import model_config
@@ -638,5 +664,5 @@ def untrained_checkpoint(
     torch.manual_seed(0)
     model = get_model(name, num_classes=len(class_names), weights="none", **model_options)
     config = {**model_config(model, name), "class_names": class_names, **(config_extra or {})}
-    torch.save({"model": model.state_dict(), "model_config": config, "epoch": 0}, path)
+    torch.save({"model": compact_state(model), "model_config": config, "epoch": 0}, path)
     return path

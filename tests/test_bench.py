@@ -169,17 +169,20 @@ def _alive(pid):
 
 @pytest.mark.slow
 def test_memory_part_measures_each_command_on_big_and_model_sized_photos(tmp_path):
-    # The memory part at a tiny size, one route: each command ran in its own process, on both sizes.
+    # The memory part at a tiny size, one route: each command ran in its own process, on both sizes; the model
+    # narrowed by --memory-args (its checkpoints 14 MB, not 87).
     output = tmp_path / "bench.json"
     args = bench.get_args_parser().parse_args(
         ["--parts", "memory", "--memory-size", "240", "180", "--memory-instances", "12", "--memory-images", "2",
          "--memory-routes", "folder", "--models", "maskrcnn_mobilenet_v3_large_fpn", "--min-size", "64",
-         "--max-size", "100", "--device", "cpu", "--output", str(output)]
+         "--max-size", "100", "--device", "cpu", "--output", str(output),
+         "--memory-args", "--fpn-channels 32 --mask-head 1 32 --box-head 128"]
     )  # fmt: skip
     small, big = bench.main(args)["memory"]
     assert (small["size"], big["size"]) == ("85x64", "240x180")  # the model's size: 64 / 180 of the photo
     for row in (small, big):
         assert row["model"] == "maskrcnn_mobilenet_v3_large_fpn" and row["read_seconds_per_sample"] > 0
+        assert row["train_command"].startswith("train.py ") and row["train_command"].endswith(" --box-head 128")
         for name in ("check", "train", "evaluate", "predict"):
             assert row[f"{name}_mb"] > 100, row.get(f"{name}_error")  # each ran, and its peak is a process's
         stages = [row[f"{stage}_mb"] for stage in ("training", "evaluation", "pictures")]

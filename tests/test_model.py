@@ -3,12 +3,12 @@ import urllib.error
 import pytest
 import torch
 import torchvision.models._api
-from conftest import HEAVY_MODELS, coco_state, slow_where
+from conftest import HEAVY_MODELS, coco_state, compact_state, slow_where
 from torchvision.models import mobilenet_v2
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from checkpoint import model_config, model_from_checkpoint, model_from_config
-from heads import box_head_width, head_settings, mask_head_shape, num_classes_of, num_keypoints_of
+from heads import box_head_width, head_settings, keypoint_head_shape, mask_head_shape, num_classes_of, num_keypoints_of
 from model import (
     BOX_MODELS,
     MODELS,
@@ -223,13 +223,13 @@ def _saved_and_rebuilt(model, name, path):
     """`model` saved at `path` as train.py's best.pth and rebuilt from it with no flag, the two predicting alike; the
     rebuilt model and the config."""
     config = {**model_config(model, name), "class_names": ["background", "a", "b"]}
-    torch.save({"model": model.state_dict(), "model_config": config}, path)
+    torch.save({"model": compact_state(model), "model_config": config}, path)
     rebuilt, _ = model_from_checkpoint(path)
     model.eval(), rebuilt.eval()
     image = torch.rand(3, 90, 110)
     with torch.inference_mode():
         expected, got = model([image])[0], rebuilt([image])[0]
-    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert len(expected["boxes"]) > 0 and all(torch.equal(expected[k], got[k]) for k in expected)  # detections alike
     return rebuilt, config
 
 
@@ -300,6 +300,38 @@ def test_a_narrow_box_head_rebuilds_from_its_checkpoint_and_a_narrowed_run_fine_
         get_model("retinanet_resnet50_fpn", 3, weights="none", box_head=64, **SMALL)
     with pytest.raises(UserError, match="^--box-head 0: give a width of 1 or more"):
         get_model("fasterrcnn_resnet18_fpn", 3, weights="none", box_head=0, **SMALL)
+
+
+@pytest.mark.slow
+def test_a_light_keypoint_head_rebuilds_from_its_checkpoint_and_fine_tunes_with_no_flag(tmp_path):
+    torch.manual_seed(0)
+    name = "keypointrcnn_resnet50_fpn"
+    assert keypoint_head_shape(get_model(name, 2, weights="none", num_keypoints=3, **SMALL)) == (
+        8,
+        512,
+    )  # torchvision's
+    model = get_model(name, 3, weights="none", num_keypoints=3, keypoint_head=(2, 64), box_head=32, **SMALL)
+    convs = [layer for layer in model.roi_heads.keypoint_head if isinstance(layer, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(256, 64), (64, 64)] and keypoint_head_shape(model) == (
+        2,
+        64,
+    )
+    predictor = model.roi_heads.keypoint_predictor.kps_score_lowres
+    assert (predictor.in_channels, predictor.out_channels) == (64, 3)
+    model.eval()
+    with torch.inference_mode():
+        (found,) = model([torch.rand(3, 90, 120)])
+    assert found["keypoints"].shape[1:] == (3, 3)
+
+    _, config = _saved_and_rebuilt(model, name, tmp_path / "best.pth")
+    assert config["keypoint_head"] == (2, 64)
+    tuned = get_model(name, 2, weights=str(tmp_path / "best.pth"), num_keypoints=5, **SMALL)  # new classes, points
+    assert keypoint_head_shape(tuned) == (2, 64) and num_keypoints_of(tuned) == 5
+    assert torch.equal(tuned.roi_heads.keypoint_head[0].weight, convs[0].weight)
+    with pytest.raises(UserError, match="^--keypoint-head: a Keypoint R-CNN setting; --model maskrcnn_resnet18_fpn"):
+        get_model("maskrcnn_resnet18_fpn", 3, weights="none", keypoint_head=(2, 64), **SMALL)
+    with pytest.raises(UserError, match="^--keypoint-head 2 0: give 1 or more of each"):
+        get_model(name, 2, weights="none", num_keypoints=3, keypoint_head=(2, 0), **SMALL)
 
 
 def test_a_pyramid_width_is_refused_where_torchvision_fixes_it():

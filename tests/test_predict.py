@@ -169,7 +169,7 @@ def test_keypoints_are_drawn_and_written_as_coco_results(photos, tmp_path, capsy
     names, skeleton = ["background", "figure"], {"skeleton": [(0, 1), (0, 2)]}
     config = {**skeleton, "keypoint_names": ["left_eye", "right_eye", "nose"]}
     detections = predict_untrained("keypointrcnn_resnet50_fpn", names, photos / "a.png", out, config, num_keypoints=3,
-                                   box_head=128)  # fmt: skip
+                                   box_head=128, keypoint_head=(2, 128))  # fmt: skip
     assert detections  # an untrained model still finds something in noise
     for record in detections:
         assert len(record["keypoints"]) == 9 and record["keypoints"][2::3] == [1, 1, 1]
