@@ -158,9 +158,8 @@ def keypoint_head_shape(model: nn.Module) -> tuple[int, int] | None:
     head = getattr(getattr(model, "roi_heads", None), "keypoint_head", None)
     if head is None:
         return None
-    return sum(
-        isinstance(layer, nn.Conv2d) for layer in head
-    ), model.roi_heads.keypoint_predictor.kps_score_lowres.in_channels
+    convolutions = sum(isinstance(layer, nn.Conv2d) for layer in head)
+    return convolutions, model.roi_heads.keypoint_predictor.kps_score_lowres.in_channels
 
 
 def set_keypoint_head(model: nn.Module, layers: int, channels: int) -> None:

@@ -263,6 +263,9 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_line(line)
 
 
+ROW_STEP = 31  # elements between two rows of a compact() tensor
+
+
 def compact(value):
     """`value`'s shape, dtype and kind of values in a short storage: row i (along the first dimension) is the run of
     `value`'s first values that starts at i x ROW_STEP, so the rows differ but overlap, and torch.save writes the run
@@ -273,9 +276,6 @@ def compact(value):
     step = min(ROW_STEP, row.numel())
     run = value.flatten()[: step * (rows - 1) + row.numel()].clone()
     return run.as_strided(value.shape, (step, *row.stride()))
-
-
-ROW_STEP = 31  # elements between two rows of a compact() tensor
 
 
 def compact_state(model) -> dict:
@@ -307,9 +307,9 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory):
     """A function from ("coco", model name) or ("imagenet", torchvision network name) to a weights file as torchvision
     ships it, written once a session: coco_state(name), or the state dict of torchvision.models.<network>() seeded 1
     (what --weights-backbone DEFAULT downloads, as a test can write it offline). Tests read these files and never
-    change them, and a dozen tests ask for the same few. Under pytest-xdist the workers share
-    them (the first to ask writes a file, under a lock the others wait on). Large tensors are compact(): all the files
-    together are tens of MB, not the 2 GB of dense ones."""
+    change them, and a dozen tests ask for the same few. Under pytest-xdist the workers share them (the first to ask
+    writes a file, under a lock the others wait on). Large tensors are compact(): all the files together are tens of
+    MB, not the 2 GB of dense ones."""
     import torch
     import torchvision.models
 
