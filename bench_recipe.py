@@ -99,6 +99,9 @@ LEVERS: dict[str, list[str]] = {
     # cpu-43min's input: 320 pixels (cpu-12min's, before 416 won on --seed 1) and 480 (CVPPP's own size, nearly)
     "lever-43-320": ["--recipe", "cpu-43min", "--min-size", "320", "--max-size", "640"],
     "lever-43-480": ["--recipe", "cpu-43min", "--min-size", "480", "--max-size", "960"],
+    # at 43 minutes, where 12 were too few to tell: shorter sides from 0.8 x to 1.2 x 416 (332-480), and mosaic
+    "lever-43-scale": ["--recipe", "cpu-43min", "--scale-range", "0.8", "1.2"],
+    "lever-43-mosaic": ["--recipe", "cpu-43min", "--mosaic", "1.0"],
 }  # fmt: skip
 EXPERIMENTS.update(FAMILIES)
 EXPERIMENTS.update(LEVERS)

@@ -137,7 +137,8 @@ def training_transform(args: argparse.Namespace, dataset: InstanceDataset) -> Ca
     if dataset.keypoint_names and args.augmentation != "none":
         keypoint_flip = flip_permutation(dataset.keypoint_names, args.keypoint_flip_map)
     model = getattr(args, "model", "maskrcnn_resnet50_fpn")  # `dataset.py show` names no model: the default's sizes
-    model_sizes = (train_sizes(args.augmentation, args.min_size), args.max_size) if resizes_in_data(model) else None
+    sizes = train_sizes(args.augmentation, args.min_size, getattr(args, "scale_range", None))  # show has no flag
+    model_sizes = (sizes, args.max_size) if resizes_in_data(model) else None
     return get_transform(True, args.augmentation, args.min_size, keypoint_flip, model_sizes)
 
 

@@ -71,6 +71,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--min-size", type=int, default=800, help="shorter image side the model resizes to (default: %(default)s)")
     add("--max-size", type=int, default=1333, help="longer image side at most (default: %(default)s)")
     add("--augmentation", default="hflip", choices=AUGMENTATIONS, help="training augmentation (default: %(default)s)")
+    add("--scale-range", type=float, nargs=2, metavar=("LOW", "HIGH"), help="train at shorter sides from LOW x "
+        "to HIGH x --min-size; evaluate at --min-size (default: multiscale 0.6 1, others 1 1)")  # fmt: skip
     add("--use-copypaste", action="store_true", help="Simple Copy-Paste between training images (with lsj)")
     add("--mosaic", type=float, default=0.0, metavar="P", help="each training picture a mosaic of four of its "
         "batch with probability P (mosaic.py; default: %(default)s, off)")  # fmt: skip
@@ -162,6 +164,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[s
     return args, {name for name, value in vars(typed).items() if value is not unset}
 
 
+def check_scale_range(args: argparse.Namespace) -> None:
+    """--scale-range: around --min-size, for a preset that does not scale on its own and a model that resizes."""
+    low, high = args.scale_range
+    said = f"--scale-range {low:g} {high:g}"
+    if not 0 < low <= 1 <= high:
+        raise utils.UserError(f"{said}: LOW up to 1 and HIGH from 1, the model evaluating at 1, such as 0.8 1.2")
+    if args.augmentation in ("lsj", "ssd", "ssdlite"):
+        raise utils.UserError(f"{said}: --augmentation {args.augmentation} scales on its own; drop one of the two")
+    if args.model in SSD_SIZES:
+        raise utils.UserError(f"{said}: --model {args.model} takes one square size; drop --scale-range")
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Reject impossible flag values before any work starts."""
     positive = ("batch_size", "lr", "lr_step_size", "print_freq", "min_size", "max_size", "test_size")
@@ -197,6 +211,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise utils.UserError(
             f"--augmentation multiscale: --model {args.model} takes one square size; use ssd or ssdlite"
         )
+    if args.scale_range:
+        check_scale_range(args)
     check_input_side(args.model, args.min_size)
     check_view_args(args)
     if args.train_tile and args.anchor_sizes == ["auto"]:

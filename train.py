@@ -64,7 +64,7 @@ def build_model(
     num_keypoints: int | None = None,
 ) -> torch.nn.Module:
     """The model of --model with --weights, or for a resume the checkpoint's own (nothing is downloaded)."""
-    sizes = {"min_size": train_sizes(args.augmentation, args.min_size), "max_size": args.max_size}
+    sizes = {"min_size": train_sizes(args.augmentation, args.min_size, args.scale_range), "max_size": args.max_size}
     if checkpoint is None:
         model = get_model(
             args.model,

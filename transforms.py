@@ -5,7 +5,8 @@
     ssd         photometric distortion, zoom out, IoU crop and flip (torchvision's SSD preset)
     ssdlite     IoU crop and flip (torchvision's SSDlite preset)
     multiscale  a flip, and each training image resized to a random shorter side between
-                0.6 x and 1 x --min-size (evaluation: --min-size); see train_sizes()
+                0.6 x and 1 x --min-size (evaluation: --min-size); see train_sizes(). Another
+                range, or the sizes with another preset's steps: --scale-range LOW HIGH
     lsj         large-scale jitter (Ghiasi et al., 2021): scaled by 0.1-2 x, then cropped or
                 padded to a --min-size square; and a flip
     topdown     both flips and a turn by 0, 90, 180 or 270 degrees: for pictures taken from
@@ -44,12 +45,19 @@ AUGMENTATIONS = ("hflip", "none", "ssd", "ssdlite", "multiscale", "lsj", "topdow
 IMAGENET_MEAN_PIXEL = (124, 116, 104)  # what padding shows: the mean colour, as torchvision's presets pad
 
 
-def train_sizes(augmentation: str, min_size: int) -> tuple[int, ...]:
-    """The shorter sides the model resizes training images to (one is drawn per image); it evaluates at the last."""
-    if augmentation == "multiscale":  # as Detectron2's ResizeShortestEdge: 0.6 x to 1 x in steps of 32 pixels
-        smallest = int(min_size * 0.6)
-        return (*range(smallest, min_size, 32), min_size)
-    return (min_size,)
+MULTISCALE_RANGE = (0.6, 1.0)  # multiscale's shorter sides, times --min-size: torchvision's 480-800 of 800
+
+
+def train_sizes(augmentation: str, min_size: int, scale_range: tuple[float, float] | None = None) -> tuple[int, ...]:
+    """The shorter sides the model resizes training images to (one is drawn per image); it evaluates at the last.
+
+    From scale_range[0] x to scale_range[1] x `min_size` in steps of 32 pixels out from `min_size`, as Detectron2's
+    ResizeShortestEdge draws them (multiscale: MULTISCALE_RANGE; other presets: `min_size` alone), `min_size` last.
+    """
+    low, high = scale_range or (MULTISCALE_RANGE if augmentation == "multiscale" else (1.0, 1.0))
+    below = range(int(min_size * low), min_size, 32)
+    above = range(min_size + 32, int(min_size * high) + 1, 32)
+    return (*below, *above, min_size)
 
 
 class RandomFlip(torch.nn.Module):

@@ -178,12 +178,16 @@ def test_the_tutorials_box_model_trains_and_scores_boxes_only(pennfudan, tmp_pat
 
 
 @pytest.mark.slow
-def test_multiscale_trains_at_several_sizes_and_evaluates_at_the_largest(pennfudan, tmp_path):
+def test_multiscale_trains_at_several_sizes_and_evaluates_at_the_largest(pennfudan, tmp_path, monkeypatch):
     run_main("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", tmp_path, "--augmentation", "multiscale")
     checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert checkpoint["model_config"]["min_size"] == [38, 64]  # 0.6 x to 1 x --min-size 64
     rebuilt, _ = model_from_checkpoint(tmp_path / "checkpoint.pth")
     assert rebuilt.transform.min_size == (38, 64)  # eval uses the last
+    stand_in_training(monkeypatch)  # the model's sizes are looked at, not what it learns
+    out = tmp_path / "range"
+    run_main("--data-path", pennfudan, *FAST, "--epochs", 1, "--output-dir", out, "--scale-range", 0.6, 1.5)
+    assert torch.load(out / "checkpoint.pth", weights_only=True)["model_config"]["min_size"] == [38, 96, 64]
 
 
 @pytest.mark.slow
@@ -463,6 +467,14 @@ USER_ERRORS = {
     "ssd300 too small": (
         lambda root: ["--data-path", root, "--model", "ssd300_vgg16", "--min-size", 256],
         "--min-size 256: ssd300_vgg16's last layers need an input of at least 268 pixels; use its own 300",
+    ),
+    "scale range above 1": (
+        lambda root: ["--data-path", root, "--scale-range", 1.2, 1.5],
+        "--scale-range 1.2 1.5: LOW up to 1 and HIGH from 1",
+    ),
+    "scale range with lsj": (
+        lambda root: ["--data-path", root, "--augmentation", "lsj", "--scale-range", 0.8, 1.2],
+        "--scale-range 0.8 1.2: --augmentation lsj scales on its own; drop one of the two",
     ),
     "test size": (lambda root: ["--data-path", root, "--test-size", 10], "--test-size 10: must be at least 1"),
     "test-only alone": (lambda root: ["--data-path", root, "--test-only"], "--test-only needs --resume PATH"),

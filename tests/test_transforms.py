@@ -65,6 +65,16 @@ def test_multiscale_draws_shorter_sides_up_to_the_evaluation_size():
     assert train_sizes("hflip", 320) == (320,)
 
 
+def test_a_scale_range_draws_sides_around_the_evaluation_size_which_comes_last():
+    sizes = train_sizes("topdown", 416, (0.8, 1.2))
+    assert sizes == (332, 364, 396, 448, 480, 416)
+    assert train_sizes("multiscale", 320, (1.0, 1.0)) == (320,)  # the range replaces multiscale's own
+    torch.manual_seed(0)
+    transform = get_transform(True, "topdown", 416, model_sizes=(sizes, 2000))
+    drawn = {min(transform(*_sample())[0].shape[-2:]) for _ in range(40)}
+    assert drawn == set(sizes)  # each side drawn, above --min-size too; the picture's shorter side is that side
+
+
 def test_hflip_mirrors_boxes():
     torch.manual_seed(0)
     image, target = _sample()
