@@ -108,6 +108,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--tutorial-epochs", type=int, default=10, help="recipe: the tutorial's epochs (default: %(default)s)")
     add("--seed", type=int, default=0, help="recipe: the split's seed, as train.py's (default: %(default)s)")
     add("--plot", help="recipe: also draw AP against minutes into this PNG")
+    add("--keep-runs", metavar="DIR", help="recipe: keep each run's folder (checkpoints, metrics) and log in DIR, "
+        "not in a temporary folder deleted at the end; the tutorial's run keeps none")  # fmt: skip
     add("--output", default="bench.json", help="where the JSON goes (default: %(default)s)")
     add_memory_args(parser)
     add_tiles_args(parser)

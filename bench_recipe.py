@@ -233,14 +233,18 @@ def measure_recipes(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every recipe of --recipes, one after the other (each alone on the machine), and the plot of them all."""
     if "tutorial" in args.recipes and args.models[0] not in TUTORIAL_MODELS:
         raise utils.UserError(f"--models {args.models[0]}: the tutorial's code trains {' or '.join(TUTORIAL_MODELS)}")
+    kept = [Path(args.keep_runs) / name for name in args.recipes if args.keep_runs and name != "tutorial"]
+    for folder in kept:
+        if folder.exists():
+            raise utils.UserError(f"--keep-runs {args.keep_runs}: {folder} exists already; choose another folder")
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-recipes-") as tmp:
         for name in args.recipes:
             if name == "tutorial":
                 rows.append(utils.in_fresh_process(run_tutorial, args))
             else:
-                output_dir = Path(tmp) / name
-                output_dir.mkdir()
+                output_dir = Path(args.keep_runs or tmp) / name
+                output_dir.mkdir(parents=True)
                 rows.append(run_recipe(args, name, output_dir))
             row = rows[-1]
             print(f"{name}: last epoch's AP {row['last_ap']}, best {row['best_ap']} after {row['best_minutes']} min",

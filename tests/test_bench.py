@@ -113,8 +113,12 @@ def test_recipe_part_records_ap_against_minutes_beside_the_tutorial_s_code(pennf
         bench.main(args)
 
     args.recipes, args.budget_minutes, args.plot = ["cpu-12min"], 0.001, None  # stopped before an epoch
+    args.keep_runs = str(tmp_path / "runs")
     (stopped,) = bench.main(args)["recipes"]
     assert stopped["points"] == [] and stopped["best_ap"] is None and stopped["last_ap"] is None
+    assert (tmp_path / "runs" / "cpu-12min.log").is_file() and (tmp_path / "runs" / "cpu-12min").is_dir()
+    with pytest.raises(UserError, match="--keep-runs .*cpu-12min exists already; choose another folder"):
+        bench.main(args)  # a kept run is never overwritten
 
 
 @pytest.mark.slow
