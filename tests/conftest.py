@@ -409,6 +409,11 @@ def keep_each_epoch(monkeypatch, folder: Path) -> Path:
     return folder
 
 
+def last_epoch(weights: dict) -> bool:
+    """For saves_in_memory's `written`: the run's last epoch (under a time budget: of its plan, when it ends it)."""
+    return weights["epoch"] == weights["args"]["epochs"] - 1
+
+
 def saves_in_memory(monkeypatch, written=lambda weights: False) -> list[dict]:
     """The runs that follow keep each epoch's save in the list returned, in memory, and write it only where
     `written(weights)` is true (a checkpoint a test resumes from, a best.pth it tests): for tests that read what a run

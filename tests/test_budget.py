@@ -8,7 +8,7 @@ import types
 
 import pytest
 import torch
-from conftest import keep_each_epoch, stand_in_training
+from conftest import keep_each_epoch, last_epoch, saves_in_memory, stand_in_training
 from test_train import FAST, run_main
 
 import budget
@@ -47,6 +47,7 @@ def _cosine(epochs):
 
 def test_a_time_budget_ends_the_run_on_time_with_its_schedule_complete(pennfudan, tmp_path, monkeypatch, capsys):
     clock = FakeClock(monkeypatch, lambda step: 1.0)  # 4 steps an epoch: 4 s
+    saves_in_memory(monkeypatch, written=last_epoch)  # the checkpoint.pth the run ends with, the one read
     started, out = clock.now, tmp_path / "out"
     run_main("--data-path", pennfudan, "--time-budget", 0.3, "--lr-scheduler", "cosineannealinglr",
              *FAST, "--output-dir", out)  # fmt: skip
@@ -102,6 +103,7 @@ def test_epochs_slower_than_planned_end_at_the_budget_with_the_last_complete_one
 
 def test_a_slow_second_epoch_does_not_leave_the_budget_unused(pennfudan, tmp_path, monkeypatch, capsys):
     clock = FakeClock(monkeypatch, lambda step: 2.0 if 5 <= step <= 8 else 1.0)  # epochs of 4 s, the second 8 s
+    saves_in_memory(monkeypatch, written=last_epoch)
     started, out = clock.now, tmp_path / "out"
     run_main("--data-path", pennfudan, "--time-budget", 0.5, "--lr-scheduler", "cosineannealinglr",
              *FAST, "--output-dir", out)  # fmt: skip
