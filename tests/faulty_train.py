@@ -6,6 +6,9 @@ FAULT_SLOW_WRITE=S   every checkpoint write writes half its bytes, prints "FAULT
                      sleeps S seconds, then writes the rest: a kill then lands mid-write.
 FAULT_ENOSPC=NAME:N  the N-th write of the checkpoint named NAME fails half-way with "No space
                      left on device", as a full disk does.
+FAULT_HANG=NAME:N    the N-th write of the checkpoint named NAME prints "FAULT: hanging at <file>" and
+                     sleeps, before its first byte, until the process is killed: a run that stays
+                     live (its folder held) without training or writing more.
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ def faulty_atomic_write(path, write, **options):
     if not name.endswith(".pth"):
         return real_atomic_write(path, write, **options)
     saves[name] = saves.get(name, 0) + 1
+    hang_name, _, hang_count = os.environ.get("FAULT_HANG", "").partition(":")
+    if hang_name == name and saves[name] == int(hang_count):
+        print(f"FAULT: hanging at {name}", flush=True)
+        while True:
+            time.sleep(60)
 
     def write_in_two_halves(f):
         buffer = io.BytesIO()

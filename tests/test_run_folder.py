@@ -3,6 +3,7 @@ and a killed run never leaves it locked (run_folder.py, as train.py uses it)."""
 
 import hashlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -85,11 +86,14 @@ def test_a_folder_with_other_files_is_fine_and_overwrite_needs_a_new_run(pennfud
 def test_a_live_run_holds_its_folder_and_a_killed_one_lets_go(pennfudan, tmp_path, capsys):
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     args = ["--data-path", pennfudan, *FAST, "--epochs", 30, "--output-dir", out, "--print-freq", 1]
-    live = subprocess.Popen([sys.executable, "-u", "train.py", *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    # A live run that, once epoch 0 is saved, stays at epoch 1's save without writing or training more (so it holds
+    # its folder without competing for the cores): train.py through tests/faulty_train.py.
+    live = subprocess.Popen([sys.executable, "-u", "tests/faulty_train.py", *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "FAULT_HANG": "checkpoint.pth:2"})  # fmt: skip
     try:
         for line in live.stdout:
-            if line.startswith("Epoch: [1]"):  # epoch 0 is saved
+            if line.startswith("FAULT: hanging at checkpoint.pth"):  # epoch 0 is saved, epoch 1 trained
                 break
         holder = f"another run is writing there (process {live.pid} on "
         for command in (
