@@ -43,7 +43,7 @@ OTHER_VALUES = {
     "ann_file": "instances.json", "min_size": 800, "max_size": 1333, "augmentation": "none", "batch_size": 8,
     "momentum": 0.8, "weight_decay": 1e-4, "lr_step_size": 5, "lr_gamma": 0.5, "aspect_ratio_group_factor": -1,
     "sync_bn": True, "lr_steps": [8, 11], "use_copypaste": True, "keypoint_flip_map": "left:right",
-    "keypoint_sigmas": [0.05], "mosaic": 0.5, "close_mosaic": 3, "train_tile": 512,
+    "keypoint_sigmas": [0.05], "mosaic": 0.5, "close_mosaic": 3, "train_tile": 512, "scale_range": [0.8, 1.2],
 }  # fmt: skip
 NEVER = {
     "seed": 1, "test_size": 50, "val_size": 2, "val_data_path": "val", "val_ann_file": "val.json",
