@@ -51,8 +51,9 @@ MULTISCALE_RANGE = (0.6, 1.0)  # multiscale's shorter sides, times --min-size: t
 def train_sizes(augmentation: str, min_size: int, scale_range: tuple[float, float] | None = None) -> tuple[int, ...]:
     """The shorter sides the model resizes training images to (one is drawn per image); it evaluates at the last.
 
-    From scale_range[0] x to scale_range[1] x `min_size` in steps of 32 pixels out from `min_size`, as Detectron2's
-    ResizeShortestEdge draws them (multiscale: MULTISCALE_RANGE; other presets: `min_size` alone), `min_size` last.
+    From scale_range[0] x `min_size` up in steps of 32 pixels below `min_size`, and from `min_size` + 32 up to
+    scale_range[1] x `min_size` above it, as Detectron2's ResizeShortestEdge draws them (multiscale: MULTISCALE_RANGE;
+    other presets: `min_size` alone), `min_size` last.
     """
     low, high = scale_range or (MULTISCALE_RANGE if augmentation == "multiscale" else (1.0, 1.0))
     below = range(int(min_size * low), min_size, 32)
