@@ -183,7 +183,7 @@ def test_checkpoint_of_train_py_as_weights(tmp_path):
     torch.manual_seed(0)
     trained = get_model("maskrcnn_mobilenet_v3_large_fpn", num_classes=4, weights="none", **SMALL)
     config = model_config(trained, "maskrcnn_mobilenet_v3_large_fpn")
-    torch.save({"model": trained.state_dict(), "model_config": config, "epoch": 3}, tmp_path / "checkpoint.pth")
+    torch.save({"model": compact_state(trained), "model_config": config, "epoch": 3}, tmp_path / "checkpoint.pth")
     same = get_model("maskrcnn_mobilenet_v3_large_fpn", num_classes=4, weights=str(tmp_path / "checkpoint.pth"))
     for key, value in trained.state_dict().items():
         if "num_batches_tracked" not in key:
@@ -364,7 +364,7 @@ def test_resnet18_for_boxes_is_the_mask_model_without_its_mask_head(tmp_path):
     assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
 
     config = {**model_config(boxes, "fasterrcnn_resnet18_fpn"), "class_names": ["background", "a", "b"]}
-    torch.save({"model": boxes.state_dict(), "model_config": config}, tmp_path / "best.pth")
+    torch.save({"model": compact_state(boxes), "model_config": config}, tmp_path / "best.pth")
     rebuilt, _ = model_from_checkpoint(tmp_path / "best.pth")
     assert mask_head_shape(rebuilt) is None and head_settings(rebuilt) == head_settings(boxes)
 

@@ -12,20 +12,15 @@ from conftest import ROOT, run_here, slow, untrained_checkpoint, watch_views
 from PIL import Image
 
 import predict
-from checkpoint import model_config
-from model import get_model
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A best.pth as train.py writes it, of an untrained model (it still returns detections); the tests read it, and
-    a test that changes it changes a copy."""
-    torch.manual_seed(0)
-    model = get_model("maskrcnn_mobilenet_v3_large_fpn", num_classes=3, weights="none", min_size=64, max_size=128)
-    config = {**model_config(model, "maskrcnn_mobilenet_v3_large_fpn"), "class_names": ["background", "cat", "dog"]}
+    """A best.pth as train.py writes it, of an untrained model (it still returns detections), compact (a few MB, not
+    86); the tests read it, and a test that changes it changes a copy."""
     path = tmp_path_factory.mktemp("checkpoint") / "best.pth"
-    torch.save({"model": model.state_dict(), "model_config": config, "epoch": 0}, path)
-    return path
+    return untrained_checkpoint(path, "maskrcnn_mobilenet_v3_large_fpn", ["background", "cat", "dog"], min_size=64,
+                                max_size=128)  # fmt: skip
 
 
 @pytest.fixture
