@@ -132,6 +132,12 @@ def yolo_output(boxes: Any, scores: Any, classes: Any, masks: Any | None) -> dic
     return output
 
 
+def run_folder(output_dir: Path) -> dict[str, Any]:
+    """Ultralytics' settings for where its run goes: `output_dir`/yolo. The path is made absolute: Ultralytics puts a
+    relative `project` under its own runs_dir (its settings' folder), not under the working directory."""
+    return {"project": str(Path(output_dir).resolve()), "name": "yolo", "exist_ok": True, "plots": False}
+
+
 def run(name: str, deadline: float, train_flags: list[str]) -> None:
     """Peer `name` trained and scored as the module docstring says, until `deadline` (time.time()); its metrics
     line in train.py's --output-dir of `train_flags`."""
@@ -149,10 +155,9 @@ def run(name: str, deadline: float, train_flags: list[str]) -> None:
     hours = max(deadline - time.time() - RESERVE_SECONDS, 1) / 3600
     device = "cpu" if args.device == "cpu" else args.device.partition(":")[2] or "0"  # Ultralytics' names
     settings = {"imgsz": imgsz, "batch": BATCH, "time": hours, "device": device, "workers": args.workers}
-    run_folder = {"project": str(output_dir), "name": "yolo", "exist_ok": True, "plots": False}
-    model.train(data=str(data_yaml), seed=args.seed, verbose=False, **settings, **run_folder)
+    model.train(data=str(data_yaml), seed=args.seed, verbose=False, **settings, **run_folder(output_dir))
     epochs = model.trainer.epoch + 1
-    last = YOLO(str(output_dir / "yolo" / "weights" / "last.pt"))
+    last = YOLO(str(Path(model.trainer.save_dir) / "weights" / "last.pt"))
     per_image, bgr = [], []
     for images, targets in test_loader:  # the test images as evaluate() reads them
         image, target = images[0], targets[0]

@@ -2,6 +2,7 @@
 detections become ours and are scored, and the one line where Ultralytics is not installed."""
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,3 +97,12 @@ def test_the_table_counts_a_peer_s_epochs_not_its_one_scored_point():
     peer = {"recipe": "yolov8n", "points": [{"epoch": 97}]}  # its last.pt, scored once after 98 epochs
     stopped = {"recipe": "cpu-12min", "points": []}
     assert [row["epochs"] for row in recipe_table_rows([ours, peer, stopped])] == [3, 98, 0]
+
+
+def test_the_peer_s_run_folder_is_absolute_where_ultralytics_would_move_a_relative_one(tmp_path, monkeypatch):
+    # Ultralytics puts a relative project under its own runs_dir: with --keep-runs ../runs, a 43-minute run's last.pt
+    # went to ~/.pyenv/runs/runs/... and its scoring failed
+    monkeypatch.chdir(tmp_path)
+    folder = bench_peer.run_folder(Path("runs") / "yolov8n-seg")
+    assert folder["project"] == str(tmp_path.resolve() / "runs" / "yolov8n-seg") and folder["name"] == "yolo"
+    assert folder["plots"] is False
