@@ -132,7 +132,7 @@ def yolo_output(boxes: Any, scores: Any, classes: Any, masks: Any | None) -> dic
     return output
 
 
-def run_folder(output_dir: Path) -> dict[str, Any]:
+def ultralytics_folder(output_dir: Path) -> dict[str, Any]:
     """Ultralytics' settings for where its run goes: `output_dir`/yolo. The path is made absolute: Ultralytics puts a
     relative `project` under its own runs_dir (its settings' folder), not under the working directory."""
     return {"project": str(Path(output_dir).resolve()), "name": "yolo", "exist_ok": True, "plots": False}
@@ -155,7 +155,7 @@ def run(name: str, deadline: float, train_flags: list[str]) -> None:
     hours = max(deadline - time.time() - RESERVE_SECONDS, 1) / 3600
     device = "cpu" if args.device == "cpu" else args.device.partition(":")[2] or "0"  # Ultralytics' names
     settings = {"imgsz": imgsz, "batch": BATCH, "time": hours, "device": device, "workers": args.workers}
-    model.train(data=str(data_yaml), seed=args.seed, verbose=False, **settings, **run_folder(output_dir))
+    model.train(data=str(data_yaml), seed=args.seed, verbose=False, **settings, **ultralytics_folder(output_dir))
     epochs = model.trainer.epoch + 1
     last = YOLO(str(Path(model.trainer.save_dir) / "weights" / "last.pt"))
     per_image, bgr = [], []

@@ -103,6 +103,6 @@ def test_the_peer_s_run_folder_is_absolute_where_ultralytics_would_move_a_relati
     # Ultralytics puts a relative project under its own runs_dir: with --keep-runs ../runs, a 43-minute run's last.pt
     # went to ~/.pyenv/runs/runs/... and its scoring failed
     monkeypatch.chdir(tmp_path)
-    folder = bench_peer.run_folder(Path("runs") / "yolov8n-seg")
+    folder = bench_peer.ultralytics_folder(Path("runs") / "yolov8n-seg")
     assert folder["project"] == str(tmp_path.resolve() / "runs" / "yolov8n-seg") and folder["name"] == "yolo"
     assert folder["plots"] is False
