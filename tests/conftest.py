@@ -414,10 +414,11 @@ def last_epoch(weights: dict) -> bool:
     return weights["epoch"] == weights["args"]["epochs"] - 1
 
 
-def saves_in_memory(monkeypatch, written=lambda weights: False) -> list[dict]:
+def saves_in_memory(monkeypatch, written=lambda weights: False, best: bool = True) -> list[dict]:
     """The runs that follow keep each epoch's save in the list returned, in memory, and write it only where
-    `written(weights)` is true (a checkpoint a test resumes from, a best.pth it tests): for tests that read what a run
-    saves but not its file, which the tests of checkpoints, resume and faults write. Each entry is best.pth's
+    `written(weights)` is true (a checkpoint a test resumes from, a best.pth it tests; with `best` false, checkpoint.pth
+    alone): for tests that read what a run saves but not its file, which the tests of checkpoints, resume and faults
+    write. Each entry is best.pth's
     `weights` with "is_best" and checkpoint.pth's "metrics"; its tensors are the model's own, not copies, so the last
     epoch's hold what the run trained. An R50's checkpoint.pth and best.pth are 700 MB an epoch."""
     import train
@@ -427,7 +428,7 @@ def saves_in_memory(monkeypatch, written=lambda weights: False) -> list[dict]:
     def keep(output_dir: Path, weights: dict, is_best: bool, *state: object) -> None:
         saved.append({**weights, "is_best": is_best, "metrics": list(state[4])})  # save_epoch's `metrics`
         if written(weights):
-            save(output_dir, weights, is_best, *state)
+            save(output_dir, weights, is_best and best, *state)
 
     monkeypatch.setattr(train, "save_epoch", keep)
     return saved

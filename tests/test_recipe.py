@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 from conftest import saves_in_memory
-from test_train import run_cli, run_cli_here
+from test_train import run_cli_here, run_lean
 from torch import nn
 
 import train
@@ -157,8 +157,9 @@ def test_recipe_on_the_command_line_and_after_a_resume(pennfudan, tmp_path, caps
     out = tmp_path / "out"
     # a narrow box head, which the recipe leaves as torchvision's: checkpoints of 13 M parameters, not 20
     small = ["--min-size", 64, "--max-size", 96, "--test-size", 3, "-j", 0, "--epochs", 1, "--box-head", 128]
-    # as a user runs it; the resume and the refusals after it in this process
-    run = run_cli("--data-path", pennfudan, "--recipe", "cpu-12min", "--lr", 0.0001, *small, "--output-dir", out)
+    # as a user runs it (tests/lean_train.py: checkpoint.pth alone, the one file read); the resume and the refusals
+    # after it in this process
+    run = run_lean("--data-path", pennfudan, "--recipe", "cpu-12min", "--lr", 0.0001, *small, "--output-dir", out)
     assert run.returncode == 0, run.stderr
     assert "recipe cpu-12min: --model maskrcnn_resnet18_fpn --mask-head 2 128" in run.stdout
     assert "--fpn-channels 128 --amp" in run.stdout and "--amp True" not in run.stdout  # a switch as typed

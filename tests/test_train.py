@@ -648,12 +648,12 @@ KEYPOINT_RUN = [
 @needs_keypoint_transforms
 def test_keypoint_rcnn_trains_resumes_exactly_and_scores_keypoint_ap(tmp_path, capsys, monkeypatch, request):
     """In this process (a resume across processes: tests/test_box_models.py's SSDlite), from the straight run's first
-    checkpoint, the one file of the runs' saves written besides best.pth (the others stay in memory): an R50's
-    checkpoint.pth and best.pth once, not three times."""
+    checkpoint.pth, the one file of the runs' saves written (the others stay in memory, best.pth among them: --test-only
+    scores that checkpoint.pth, which holds best.pth's weights and more): an R50's checkpoint once, not five files."""
     deterministic = torch.are_deterministic_algorithms_enabled()  # --use-deterministic-algorithms sets it here
     request.addfinalizer(functools.partial(torch.use_deterministic_algorithms, deterministic))
     ann_file = write_keypoint_coco(tmp_path)
-    saved = saves_in_memory(monkeypatch, written=lambda weights: weights["epoch"] == 0)
+    saved = saves_in_memory(monkeypatch, written=lambda weights: weights["epoch"] == 0, best=False)
     common = ["--data-path", tmp_path, "--ann-file", ann_file, *KEYPOINT_RUN, "--use-deterministic-algorithms"]
     result = run_cli_here(capsys, *common, "--epochs", 2, "--output-dir", tmp_path / "straight")
     assert result.returncode == 0, result.stderr
@@ -673,7 +673,8 @@ def test_keypoint_rcnn_trains_resumes_exactly_and_scores_keypoint_ap(tmp_path, c
     assert config["num_keypoints"] == 3 and config["keypoint_names"] == ["head", "left_hand", "right_hand"]
     assert [tuple(pair) for pair in config["skeleton"]] == [(0, 1), (0, 2)] and config["keypoint_sigmas"] == [0.067] * 3
 
-    result = run_cli_here(capsys, "--resume", tmp_path / "straight/best.pth", "--test-only")
+    assert not (tmp_path / "straight/best.pth").exists()
+    result = run_cli_here(capsys, "--resume", tmp_path / "straight/checkpoint.pth", "--test-only")  # epoch 0's
     assert result.returncode == 0, result.stderr
     stats = json.loads((tmp_path / "straight/eval.json").read_text())
     results = json.loads((tmp_path / "straight/results_keypoints.json").read_text())
