@@ -418,9 +418,9 @@ def saves_in_memory(monkeypatch, written=lambda weights: False, best: bool = Tru
     """The runs that follow keep each epoch's save in the list returned, in memory, and write it only where
     `written(weights)` is true (a checkpoint a test resumes from, a best.pth it tests; with `best` false, checkpoint.pth
     alone): for tests that read what a run saves but not its file, which the tests of checkpoints, resume and faults
-    write. Each entry is best.pth's
-    `weights` with "is_best" and checkpoint.pth's "metrics"; its tensors are the model's own, not copies, so the last
-    epoch's hold what the run trained. An R50's checkpoint.pth and best.pth are 700 MB an epoch."""
+    write. Each entry is best.pth's `weights` with "is_best" and checkpoint.pth's "metrics"; its tensors are the
+    model's own, not copies, so the last epoch's hold what the run trained. An R50's checkpoint.pth and best.pth are
+    700 MB an epoch."""
     import train
 
     save, saved = train.save_epoch, []
