@@ -6,13 +6,15 @@ conventions (a head initialised wrongly, a size off the model's, a box off by on
 Each model's settings (learning.LEARNING) are the smallest input and the fewest epochs that still prove it (16 steps
 an epoch), measured on the 2-core CPU; the runs are shared, through the session's `learned_run` fixture, with the box
 models' end-to-end test (tests/test_box_models.py), which then evaluates, predicts and exports a model that detects.
+They leave out what no test reads (evaluations before the last epoch, checkpoints, pictures), and the last test here
+shows that this changes nothing of the training.
 """
 
 import json
 
 import pytest
 from conftest import needs_keypoint_transforms
-from learning import LEARNING
+from learning import LEARNING, learning_command
 
 from model import MODELS
 
@@ -95,3 +97,23 @@ def test_fcos_learns(name, learned_run):
 @pytest.mark.parametrize("name", SSD)
 def test_ssd_learns(name, learned_run):
     _learns_boxes(name, learned_run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fasterrcnn_resnet18_fpn"])  # the cheapest learning run
+def test_a_learning_run_trains_as_the_user_s_command_does(name, learned_run, tmp_path, monkeypatch):
+    """The same command in full, every epoch evaluated and its pictures drawn, trains to the same weights as the
+    learning run (conftest.learned_run): the same losses every epoch, to the last bit, and the same AP at the end."""
+    import train
+
+    lean = [json.loads(line) for line in (learned_run(name) / "metrics.jsonl").read_text().splitlines()]
+    monkeypatch.setattr(train, "save_epoch", lambda *saved: None)  # its checkpoints' 300 MB an epoch: no draw
+    train.main(*train.parse_args(learning_command(name, tmp_path, LEARNING[name])))
+    full = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert (tmp_path / "run" / "best_predictions.png").is_file() and (tmp_path / "run" / "pr_curves.png").is_file()
+    assert [record["bbox"][0] for record in lean[:-1]] == [-1.0] * (len(lean) - 1)  # not evaluated: not scored
+    assert all(record["bbox"][0] >= 0 for record in full)
+    losses = [key for key in full[0] if key.startswith("loss")]
+    assert len(losses) == 5 and len(full) == len(lean)
+    assert [[record[key] for key in losses] for record in full] == [[record[key] for key in losses] for record in lean]
+    assert full[-1]["bbox"] == lean[-1]["bbox"]
