@@ -11,17 +11,17 @@ How the views' detections become one set (`merge`, --tile-merge): by default ("n
 suppression across views: of detections of one class from different views that overlap by an IoU of `threshold` or
 more, the best-scored is kept and the others dropped. "nmm" (greedy non-maximum merging) joins an object that a
 tile's edge cuts into one instead: measured against "nms" on --seed 1 of bench.py --parts tiles, it lost
-(docs/results.md; why is not yet measured). It is greedy and class-wise, highest score first, and only joins
-detections of different views (within a view the model has already decided what is one object). A detection whose
-box touches a tile's inner edge is cut: a piece. A piece joins the detection it overlaps by at least `threshold` of
-the smaller box (SAHI's intersection over the smaller box), and a piece that lies within a detection by `threshold`
-of its own box joins that detection: the group becomes one, the union of their boxes and of their masks. A whole
-object never joins another whole one this way, so a small leaf inside a large leaf's box stays its own. Two whole
-detections of one object (the photo and its mirror, a tile and the whole-photo pass) are duplicates at an IoU of
-`threshold` or more: the better one is kept, as non-maximum suppression keeps it, with the others' mask
-probabilities averaged into its own. Masks stay unpasted (N x 1 x M x M probabilities in their boxes, as
-masks.unpasted_masks gives them), so no stack at the photo's size is ever made: the caller pastes them a few at a
-time.
+(docs/results.md: on touching objects, a plant's leaves, cut pieces join a neighbour and the joins chain). It is
+greedy and class-wise, highest score first, and only joins detections of different views (within a view the model
+has already decided what is one object). A detection whose box touches a tile's inner edge is cut: a piece. A piece
+joins the detection it overlaps by at least `threshold` of the smaller box (SAHI's intersection over the smaller
+box), and a piece that lies within a detection by `threshold` of its own box joins that detection: the group becomes
+one, the union of their boxes and of their masks. A whole object never joins another whole one this way, so a small
+leaf inside a large leaf's box stays its own. Two whole detections of one object (the photo and its mirror, a tile
+and the whole-photo pass) are duplicates at an IoU of `threshold` or more: the better one is kept, as non-maximum
+suppression keeps it, with the others' mask probabilities averaged into its own. Masks stay unpasted (N x 1 x M x M
+probabilities in their boxes, as masks.unpasted_masks gives them), so no stack at the photo's size is ever made: the
+caller pastes them a few at a time.
 """
 
 from __future__ import annotations
