@@ -17,6 +17,7 @@ from conftest import needs_keypoint_transforms
 from learning import LEARNING, learning_command
 
 from model import MODELS
+from utils import read_jsonl
 
 BOX_AP, MASK_AP, KEYPOINT_AP = 0.5, 0.5, 0.5
 
@@ -106,10 +107,10 @@ def test_a_learning_run_trains_as_the_user_s_command_does(name, learned_run, tmp
     learning run (conftest.learned_run): the same losses every epoch, to the last bit, and the same AP at the end."""
     import train
 
-    lean = [json.loads(line) for line in (learned_run(name) / "metrics.jsonl").read_text().splitlines()]
+    lean = read_jsonl(learned_run(name) / "metrics.jsonl")
     monkeypatch.setattr(train, "save_epoch", lambda *saved: None)  # its checkpoints' 300 MB an epoch: no draw
     train.main(*train.parse_args(learning_command(name, tmp_path, LEARNING[name])))
-    full = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    full = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert (tmp_path / "run" / "best_predictions.png").is_file() and (tmp_path / "run" / "pr_curves.png").is_file()
     assert [record["bbox"][0] for record in lean[:-1]] == [-1.0] * (len(lean) - 1)  # not evaluated: not scored
     assert all(record["bbox"][0] >= 0 for record in full)
