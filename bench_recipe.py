@@ -30,14 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from torchvision.transforms import v2 as T
 
 import utils
 from bench_peer import PEERS, peer_command
 from bench_speed import ours_ms_per_image
 from coco_eval import selection_score
+from curves import new_figure
 from dataset_cli import dataset_from_args
 from masks import instance_masks
 from model import get_model, learns_masks
@@ -258,8 +257,7 @@ def measure_recipes(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def plot_recipes(rows: list[dict[str, Any]], path: str | Path, title: str) -> None:
     """Held-out AP against wall-clock minutes, one line per recipe, as a PNG."""
-    figure = Figure(figsize=(9.5, 4.5), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = new_figure((9.5, 4.5))
     axes = figure.subplots()
     for row in rows:
         points = row["points"]

@@ -6,14 +6,13 @@ Both read the records that train.py writes to metrics.jsonl (one dict per epoch)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from typing import TYPE_CHECKING, Any
 
 import utils
 from coco_eval import IOU_TYPES, best_epoch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 NOT_LOSSES = ("epoch", "lr", "train_seconds", "eval_seconds")  # a record's other numbers are its mean losses
 # COCOeval's summary numbers worth a curve: (index in its stats, name); the same two for keypoints' 10.
@@ -41,14 +40,28 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path) -> None:
     utils.atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=100))
 
 
+def new_figure(size: tuple[float, float]) -> Figure:
+    """A matplotlib figure of `size` inches, drawn off screen (no display, no pyplot state).
+
+    matplotlib is imported here, when a picture is drawn, not when a module is: it is half a second of every
+    train.py, predict.py and test process's start, most of which draw no plot (a --test-only, a refusal)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
 def curves_figure(history: list[dict[str, Any]]) -> Figure:
     """Losses (left) and AP (right: the test split's, and the validation images' that choose best.pth) per epoch.
 
     The AP axis spans the data (early AP is often a few hundredths), epochs are whole
     numbers, and each legend sits outside its axes so that it never hides a line.
     """
-    figure = Figure(figsize=(12, 4), layout="constrained")
-    FigureCanvasAgg(figure)
+    from matplotlib.ticker import MaxNLocator
+
+    figure = new_figure((12, 4))
     loss_axes, ap_axes = figure.subplots(1, 2)
     epochs = [record["epoch"] for record in history]
     series = [scalars(record) for record in history]

@@ -11,13 +11,15 @@ keypoints. The numbers behind both go to errors.json (a training run) or eval.js
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 import utils
+from curves import new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 IOU_THRESHOLD, SCORE_THRESHOLD = 0.5, 0.5
 
@@ -94,8 +96,7 @@ def save_error_pictures(record: dict[str, Any], output_dir: Path) -> list[str]:
 def _confusion_figure(matrix: dict[str, Any]) -> Figure:
     counts, names = np.array(matrix["counts"]), matrix["classes"]
     side = max(4.5, 2.5 + 0.45 * len(names))
-    figure = Figure(figsize=(side + 1, side), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = new_figure((side + 1, side))
     axes = figure.subplots()
     shown = axes.imshow(counts, cmap="Blues")
     figure.colorbar(shown, ax=axes, shrink=0.8)
@@ -115,8 +116,7 @@ def _confusion_figure(matrix: dict[str, Any]) -> Figure:
 
 def _curves_figure(curves: dict[str, dict[str, dict]]) -> Figure:
     kinds = list(curves) or ["bbox"]
-    figure = Figure(figsize=(10, 4 * len(kinds)), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = new_figure((10, 4 * len(kinds)))
     grid = np.array(figure.subplots(len(kinds), 2, squeeze=False))
     for row, kind in enumerate(kinds):
         for column, (key, label) in enumerate((("iou50", "IoU 0.5"), ("iou50_95", "IoU 0.5:0.95"))):
