@@ -89,15 +89,15 @@ def test_recipe_part_records_ap_against_minutes_beside_the_tutorial_s_code(pennf
     small = "--min-size 64 --max-size 128 --epochs 2"
     args = bench.get_args_parser().parse_args(
         ["--data-path", str(pennfudan), "--parts", "recipe", "--min-size", "64", "--max-size", "128", "-j", "0",
-         "--test-size", "3", "--tutorial-epochs", "2", "--recipe-args", small,
+         "--test-size", "3", "--tutorial-epochs", "1", "--recipe-args", small,
          "--plot", str(plot), "--output", str(output), "--recipes", "tutorial", *RECIPES]
     )  # fmt: skip
     report = bench.main(args)
     assert [row["recipe"] for row in report["recipes"]] == ["tutorial", *RECIPES]
-    for row in report["recipes"]:
-        assert [point["epoch"] for point in row["points"]] == [0, 1]
+    for row in report["recipes"]:  # the tutorial's R50 for one epoch (its second was 10 s of the test), a recipe two
+        assert [point["epoch"] for point in row["points"]] == ([0] if row["recipe"] == "tutorial" else [0, 1])
         minutes = [point["minutes"] for point in row["points"]]
-        assert 0 < minutes[0] < minutes[1] == row["minutes"]
+        assert 0 < minutes[0] and minutes == sorted(set(minutes)) and minutes[-1] == row["minutes"]
         boxes = "--recipe cpu-box" in row["command"]  # a box recipe scores box AP
         for point in row["points"]:
             assert 0 <= point["score"] <= 1 and point["score"] == point["bbox_ap" if boxes else "segm_ap"]
