@@ -265,6 +265,14 @@ def _start(pennfudan, out, *extra, env=None):
                             env={**os.environ, **(env or {})}, preexec_fn=_hear_ctrl_c)  # fmt: skip
 
 
+def _finish(pennfudan, out, capsys):
+    """_start's command resumed to its end in this process: the resume after a fault is an ordinary one, which a
+    process of its own would not prove more of (its start-up is 4 s). Returns (exit status, what it printed)."""
+    args = ["--data-path", pennfudan, *FAST, "--epochs", EPOCHS, "--output-dir", out, "--print-freq", 1]
+    result = run_cli_here(capsys, *args, "--resume", out / "checkpoint.pth")
+    return result.returncode, result.stdout + result.stderr
+
+
 def _hear_ctrl_c():
     """A run started in the background (`pytest &`, some CI runners) inherits SIGINT ignored, and Python then never
     raises KeyboardInterrupt; a terminal's Ctrl-C reaches a foreground run, which this restores."""
@@ -290,7 +298,7 @@ def _epochs_in(out):
 
 
 @pytest.mark.slow
-def test_kill_9_at_any_moment_loses_nothing(pennfudan, tmp_path):
+def test_kill_9_at_any_moment_loses_nothing(pennfudan, tmp_path, capsys):
     out, rng = tmp_path / "out", random.Random(0)
     slow = {"FAULT_SLOW_WRITE": "1.5"}  # a kill lands 0.5 s into the write
     # Where each kill lands, run after run: mid-iteration, mid-evaluation, mid-checkpoint write, and at random.
@@ -315,9 +323,8 @@ def test_kill_9_at_any_moment_loses_nothing(pennfudan, tmp_path):
             assert [m["epoch"] for m in metrics][:epoch] == list(range(epoch))
     with open(out / "metrics.jsonl", "a") as metrics:
         metrics.write('{"epoch": 7, "loss": 0.5')  # a half-written line, as a crash mid-line leaves
-    finish = _start(pennfudan, out)
-    output = finish.communicate()[0]
-    assert finish.returncode == 0, output
+    code, output = _finish(pennfudan, out, capsys)
+    assert code == 0, output
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == list(range(EPOCHS))  # each epoch exactly once
     assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == EPOCHS - 1
@@ -326,7 +333,7 @@ def test_kill_9_at_any_moment_loses_nothing(pennfudan, tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_cleanly_and_the_last_epoch_resumes(pennfudan, tmp_path):
+def test_ctrl_c_stops_cleanly_and_the_last_epoch_resumes(pennfudan, tmp_path, capsys):
     out = tmp_path / "out"
     process = _start(pennfudan, out)
     _run_until(process, "Epoch: [1] [1/")  # epoch 0 is saved
@@ -336,15 +343,14 @@ def test_ctrl_c_stops_cleanly_and_the_last_epoch_resumes(pennfudan, tmp_path):
     resume = f"the last good checkpoint (epoch 0) is intact: continue with --resume {out / 'checkpoint.pth'}"
     assert f"interrupted; {resume}" in output
     assert _epochs_in(out) == 0
-    finish = _start(pennfudan, out)
-    output = finish.communicate()[0]
-    assert finish.returncode == 0 and "Epoch: [1]" in output and "Epoch: [0]" not in output, output
+    code, output = _finish(pennfudan, out, capsys)
+    assert code == 0 and "Epoch: [1]" in output and "Epoch: [0]" not in output, output
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("marker", ["Epoch: [1] [2/", "FAULT: half-written checkpoint.pth"])
-def test_sigterm_stops_like_ctrl_c_with_exit_143(pennfudan, tmp_path, marker):
+def test_sigterm_stops_like_ctrl_c_with_exit_143(pennfudan, tmp_path, marker, capsys):
     # A scheduler's preemption or docker stop, mid-iteration (-j 2: workers too) and mid-checkpoint-write.
     out = tmp_path / "out"
     process = _start(pennfudan, out, "-j", 2, env={"FAULT_SLOW_WRITE": "2"})
@@ -357,9 +363,8 @@ def test_sigterm_stops_like_ctrl_c_with_exit_143(pennfudan, tmp_path, marker):
     assert f"stopped by SIGTERM; the last good checkpoint (epoch 0) is intact: continue with --resume " \
         f"{out / 'checkpoint.pth'}" in output  # fmt: skip
     assert not list(out.glob(".*.tmp"))  # the write it cut short left nothing behind
-    finish = _start(pennfudan, out)
-    output = finish.communicate()[0]
-    assert finish.returncode == 0, output
+    code, output = _finish(pennfudan, out, capsys)
+    assert code == 0, output
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
 
 
