@@ -96,11 +96,11 @@ def _flags(size: int | None, epochs: int, lr: float, *more: str) -> list[str]:
 
 
 # What each model needs to overfit the shapes, measured on the 2-core CPU (AMD EPYC, torch 2.14.1) from --seed 0, AdamW
-# and a cosine schedule: an input size (None: the builder's own), epochs of 16 steps, a learning rate, and other flags;
-# the smallest input and the fewest epochs found to reach AP >= 0.5 with a margin. The ResNet-50 R-CNNs without
-# normalisation in their FPN (v1) learn sooner at lr 3e-4 than at 1e-3, where their loss jumps after the warm-up;
-# the MobileNetV3 FPNs, which see only strides 16 and 32, need 320 pixels; SSDlite and the RetinaNets learn sooner
-# without flips.
+# and a cosine schedule: an input size (None: the builder's own), epochs of 16 steps (SSD300's: 32 of one image), a
+# learning rate, and other flags; the smallest input and the fewest epochs found to reach AP >= 0.5 with a margin.
+# The ResNet-50 R-CNNs without normalisation in their FPN (v1) learn sooner at lr 3e-4 than at 1e-3, where their
+# loss jumps after the warm-up; the MobileNetV3 FPNs, which see only strides 16 and 32, need 320 pixels; SSDlite and
+# the RetinaNets learn sooner without flips.
 LEARNING: dict[str, list[str]] = {
     "fasterrcnn_resnet18_fpn": _flags(96, 4, 0.001, *_few_rois()),
     "fasterrcnn_resnet50_fpn": _flags(96, 5, 0.0003, *_few_rois()),
