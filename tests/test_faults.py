@@ -256,10 +256,14 @@ def test_a_checkpoint_that_runs_code_is_refused(flag, pennfudan, tmp_path, capsy
 EPOCHS = 3
 
 
-def _start(pennfudan, out, *extra, env=None):
+def _command(pennfudan, out, *extra):
+    """The faults' training run: EPOCHS epochs of FAST into `out`, resumed from its checkpoint.pth when there is one."""
     args = ["--data-path", pennfudan, *FAST, "--epochs", EPOCHS, "--output-dir", out, "--print-freq", 1, *extra]
-    if (out / "checkpoint.pth").exists():
-        args += ["--resume", out / "checkpoint.pth"]
+    return [*args, "--resume", out / "checkpoint.pth"] if (out / "checkpoint.pth").exists() else args
+
+
+def _start(pennfudan, out, *extra, env=None):
+    args = _command(pennfudan, out, *extra)
     command = [sys.executable, "-u", str(ROOT / "tests" / "faulty_train.py"), *map(str, args)]
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **(env or {})}, preexec_fn=_hear_ctrl_c)  # fmt: skip
@@ -268,8 +272,7 @@ def _start(pennfudan, out, *extra, env=None):
 def _finish(pennfudan, out, capsys):
     """_start's command resumed to its end in this process: the resume after a fault is an ordinary one, which a
     process of its own would not prove more of (its start-up is 4 s). Returns (exit status, what it printed)."""
-    args = ["--data-path", pennfudan, *FAST, "--epochs", EPOCHS, "--output-dir", out, "--print-freq", 1]
-    result = run_cli_here(capsys, *args, "--resume", out / "checkpoint.pth")
+    result = run_cli_here(capsys, *_command(pennfudan, out))
     return result.returncode, result.stdout + result.stderr
 
 
