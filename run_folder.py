@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,6 +36,22 @@ RUN_FILES = (
     "confusion_matrix.png", "pr_curves.png", "errors.json",
 )  # fmt: skip
 TENSORBOARD_FILES = "tensorboard/events.out.tfevents.*"
+_HELD: weakref.WeakSet[IO[str]] = weakref.WeakSet()  # the lock files this process holds open
+
+
+def _let_go_in_child() -> None:
+    """In a process forked while a folder is held (a DataLoader's worker): its copy of the lock's descriptor is
+    pointed at /dev/null. A forked copy shares the lock, and the test loader's persistent workers can outlive the run
+    (train.main called again in one process, a notebook's): the lock must end when the run lets go."""
+    for handle in list(_HELD):
+        if not handle.closed:
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, handle.fileno())
+            os.close(devnull)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_let_go_in_child)
 
 
 def hold(folder: str | Path, flag: str = "--output-dir") -> IO[str] | None:
@@ -68,6 +85,7 @@ def hold(folder: str | Path, flag: str = "--output-dir") -> IO[str] | None:
     handle.write(f"process {os.getpid()} on {socket.gethostname()} since {started}: {' '.join(sys.argv)}\n")
     handle.flush()
     writable_folder(folder, flag)  # after the lock: a check must not race a live run's writes
+    _HELD.add(handle)
     return handle
 
 
