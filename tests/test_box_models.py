@@ -1,14 +1,14 @@
 """torchvision's box detectors end to end: each, once it has learned to detect the shapes of tests/learning.py
 (the run tests/test_learning.py checks), evaluates with --test-only, writes results in the dataset's ids, predicts
 and exports what it detects, and rebuilds from its checkpoint with no flag; SSDlite (BatchNorm that trains) resumes
-bit-exactly, as a user runs it."""
+bit-exactly."""
 
 import functools
 import json
 
 import pytest
 import torch
-from conftest import slow, write_voc
+from conftest import saves_in_memory, slow, write_voc
 from learning import PREDICTED, SHAPES
 from test_train import run_cli, run_cli_here, run_main
 from torchvision.ops import box_iou
@@ -24,14 +24,9 @@ SHAPE0 = {category: box for category, *box in SHAPES[0]}  # the test image predi
 COMMON = ["--weights", "none", "--max-size", "128", "--print-freq", "5", "--lr", "0.001"]
 
 # Resumed, and bit-exact against a straight run: SSDlite, whose BatchNorm trains (the resume's own state, the RNG, the
-# sampler and the optimizer, is the same for every model and checked for the R-CNNs in tests/test_train.py), each
-# command a process of its own, as a user runs it (MKL_CBWR must take effect before MKL's first call).
+# sampler and the optimizer, is the same for every model and checked for the R-CNNs in tests/test_train.py, whose
+# resume-equals-straight tests run each command in a process of its own, as a user runs it).
 EXACT = ("ssdlite320_mobilenet_v3_large",)
-
-
-def _run(*args):  # as a user runs it: a process of its own
-    result = run_cli(*args)
-    assert result.returncode == 0, result.stderr
 
 
 def test_every_one_stage_model_is_predicted_after_it_learned():
@@ -81,16 +76,27 @@ def test_a_box_model_that_learned_evaluates_predicts_and_exports_what_it_detects
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXACT)
-def test_a_box_model_resumes_bit_exactly(name, tmp_path):
+def test_a_box_model_resumes_bit_exactly(name, tmp_path, capsys, monkeypatch, request):
+    """In this process, as Keypoint R-CNN's exact resume (tests/test_train.py): one run of 1 epoch, resumed to 2,
+    against a straight run of 2. Of the saves, the file the resume reads is written (the 1-epoch run's
+    checkpoint.pth); the others stay in memory (conftest.saves_in_memory)."""
+    deterministic = torch.are_deterministic_algorithms_enabled()  # --use-deterministic-algorithms sets it here
+    request.addfinalizer(functools.partial(torch.use_deterministic_algorithms, deterministic))
     root = write_voc(tmp_path / "voc")
+    saved = saves_in_memory(monkeypatch, written=lambda weights: weights["args"]["epochs"] == 1, best=False)
     common = ["--data-path", root, "--model", name, *COMMON, "--min-size", "64", "--use-deterministic-algorithms",
               "-j", 1]  # fmt: skip
-    _run(*common, "--epochs", 1, "--output-dir", tmp_path / "run")
-    _run("--resume", tmp_path / "run" / "checkpoint.pth", "--epochs", 2)
-    _run(*common, "--epochs", 2, "--output-dir", tmp_path / "straight")
-    straight = torch.load(tmp_path / "straight" / "checkpoint.pth", weights_only=True)
-    resumed = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
-    assert resumed["epoch"] == 1 and resumed["changes"] == [{"epoch": 1, "flag": "--epochs", "from": 1, "to": 2}]
+    for args in (
+        [*common, "--epochs", 1, "--output-dir", tmp_path / "run"],
+        ["--resume", tmp_path / "run" / "checkpoint.pth", "--epochs", 2],
+        [*common, "--epochs", 2, "--output-dir", tmp_path / "straight"],
+    ):
+        result = run_cli_here(capsys, *args)
+        assert result.returncode == 0, result.stderr
+    resumed, straight = saved[1], saved[-1]
+    assert len(saved) == 4 and not (tmp_path / "straight" / "checkpoint.pth").exists()
+    assert resumed["epoch"] == straight["epoch"] == 1
+    assert resumed["changes"] == [{"epoch": 1, "flag": "--epochs", "from": 1, "to": 2}]
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
     assert resumed["args"]["min_size"] == resumed["model_config"]["min_size"][0] == 64

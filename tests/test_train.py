@@ -651,9 +651,9 @@ KEYPOINT_RUN = [
 @pytest.mark.slow
 @needs_keypoint_transforms
 def test_keypoint_rcnn_trains_resumes_exactly_and_scores_keypoint_ap(tmp_path, capsys, monkeypatch, request):
-    """In this process (a resume across processes: tests/test_box_models.py's SSDlite), from the straight run's first
-    checkpoint.pth, the one file of the runs' saves written (the others stay in memory, best.pth among them: --test-only
-    scores that checkpoint.pth, which holds best.pth's weights and more): an R50's checkpoint.pth once, no best.pth."""
+    """In this process (a resume across processes: the resume-equals-straight tests above), from the straight run's
+    first checkpoint.pth, the one file of the runs' saves written (the others stay in memory, best.pth among them:
+    --test-only scores that checkpoint.pth, which holds best.pth's weights and more): an R50's checkpoint.pth once."""
     deterministic = torch.are_deterministic_algorithms_enabled()  # --use-deterministic-algorithms sets it here
     request.addfinalizer(functools.partial(torch.use_deterministic_algorithms, deterministic))
     ann_file = write_keypoint_coco(tmp_path)
