@@ -3,7 +3,8 @@
 A run holds its --output-dir for its lifetime (hold): a second run, a resume or --test-only
 that would write there stops at once, naming the process that holds it. The lock is the
 operating system's (flock), so it ends with its process however that ends, kill -9 and power
-cuts included: a killed run never leaves a folder stuck.
+cuts included: a killed run never leaves a folder stuck. The processes a run forks (its
+DataLoader's workers) get no share of it.
 
 A new run never writes over an earlier run's checkpoint.pth: it stops (refuse_earlier_run)
 unless --overwrite, which removes that run's files (RUN_FILES) and nothing else.
