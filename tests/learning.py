@@ -127,10 +127,12 @@ LEARNING: dict[str, list[str]] = {
     # before); without flips, 12 epochs climb steadily, to 0.766 (mask AP 0.819) in 150 s with 16 RoIs, 0.793 (0.838)
     # in 113 s with 8. With one thread on the Zen 4 EPYC: the Faster R-CNN without flips reaches 0.690 in 7 epochs
     # (91 s; with flips, 0.663 in 10, 139 s; at 192 px 0.664 in 10, 123 s, and 0.592 in 7, 96 s; with 4 RoIs 0.326 in
-    # 99 s: what costs is its 64 M parameter layer, read and written whole each step); the Mask R-CNN 0.734 / mask
-    # 0.803 in 9 (170 s), 0.491 / 0.719 in 8, 0.392 / 0.545 in 7, 0.684 / 0.895 in 12 (228 s)
+    # 99 s: what costs is its 64 M parameter layer, read and written whole each step; at 320 px 0.404 in 5); the Mask
+    # R-CNN at 256 px 0.734 / mask 0.803 in 9 (170 s), 0.491 / 0.719 in 8, 0.392 / 0.545 in 7, 0.684 / 0.895 in 12
+    # (228 s); at 320 px (a 10 x 10 map) 0.655 / 0.792 in 7 (151 s), 0.592 / 0.758 in 6 (131 s), 0.278 / 0.341 in 5:
+    # sooner, and an epoch fewer still passes (Dec 6, two runs side by side as in CI; lr 0.003 at 256 px diverged)
     "fasterrcnn_mobilenet_v2": _flags(256, 7, 0.001, "--augmentation", "none", *_few_rois(8)),
-    "maskrcnn_mobilenet_v2": _flags(256, 9, 0.002, "--augmentation", "none", *_few_rois(8)),
+    "maskrcnn_mobilenet_v2": _flags(320, 7, 0.002, "--augmentation", "none", *_few_rois(8)),
     # the keypoint head (8 convolutions of 512 channels on each positive RoI) costs most: with 8 sampled RoIs, box /
     # keypoint AP 0.588 / 0.893 in 63 s with one thread, against 0.628 / 0.986 in 103 s with 16
     "keypointrcnn_resnet50_fpn": _flags(96, 3, 0.0003, *_few_rois(8)),

@@ -27,7 +27,7 @@ def _last_epoch(run):
 
 
 # The tutorial's MobileNetV2 models (one 1280-channel map, whose RoI features feed a 64 M parameter layer) are the
-# costliest here: 256 px and 7-9 epochs, where the ResNets learn at 96 px in 4-5.
+# costliest here: 256-320 px and 7 epochs, where the ResNets learn at 96 px in 3-5.
 FASTER = [
     "fasterrcnn_resnet18_fpn",
     "fasterrcnn_resnet50_fpn",
