@@ -115,6 +115,10 @@ def test_a_live_run_holds_its_folder_and_a_killed_one_lets_go(pennfudan, tmp_pat
     assert resumed.returncode == 0, resumed.stderr
 
 
+# Windows has neither: runs there are not guarded against a second one (run_folder.hold)
+posix_only = pytest.mark.skipif(not hasattr(os, "fork") or run_folder.fcntl is None, reason="fork and flock")
+
+
 def _hold_in_a_fork(folder):
     """run_folder.hold(`folder`) in a process of its own (forked: no start-up), as another run would take it: its exit
     status, 0 where it held the folder, 2 where it was refused naming the process that holds it, 1 otherwise."""
@@ -131,6 +135,7 @@ def _hold_in_a_fork(folder):
     return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
 
 
+@posix_only
 def test_the_lock_is_per_folder_and_ends_with_its_holder(tmp_path):
     held = run_folder.hold(tmp_path / "out")
     try:
@@ -141,6 +146,7 @@ def test_the_lock_is_per_folder_and_ends_with_its_holder(tmp_path):
     assert _hold_in_a_fork(tmp_path / "out") == 0
 
 
+@posix_only
 def test_a_process_forked_by_the_run_does_not_keep_its_folder(tmp_path):
     """A DataLoader's workers are forked while the run holds its folder, and the test loader's persistent ones can
     outlive the run (train.main called again in one process, as a notebook does): the folder is free once the run
