@@ -394,7 +394,7 @@ def test_two_cpu_processes_train_resume_and_score_like_one(pennfudan, tmp_path, 
         evaluate = [*common, "--test-only", "--resume", out / "checkpoint.pth", "--output-dir", folder]
         evaluated = run_cli_here(capsys, *evaluate) if num_processes == 1 else run_torchrun(2, *evaluate)
         assert evaluated.returncode == 0, evaluated.stderr
-        scores.append(json.loads((tmp_path / f"eval{num_processes}" / "eval.json").read_text()))
+        scores.append(json.loads((folder / "eval.json").read_text()))
     assert scores[0] == scores[1]  # the confusion matrix and curves too
     del scores[0]["errors"]
     assert scores[0] == json.loads(json.dumps(checkpoint["stats"]))  # rank 1 scored with rank 0's BN statistics
