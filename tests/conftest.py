@@ -391,6 +391,18 @@ def run_here(cli, capsys, *args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, code, out, err)
 
 
+@pytest.fixture
+def tiny_models(monkeypatch) -> None:
+    """The tests' own models (tests/tiny_model.py) among model.MODELS for the test, in its process: for the modules
+    whose runs train them (test_train.FAST); a process of their own knows them through tests/tiny_model.py."""
+    import tiny_model
+
+    import model
+
+    for name, entry in tiny_model.ENTRIES.items():
+        monkeypatch.setitem(model.MODELS, name, entry)
+
+
 def stand_in_training(monkeypatch, step=lambda: None) -> None:
     """engine's training step replaced by a stand-in (a constant loss, no gradient, no update; `step()` in its place),
     for tests of what a run does around learning (its plan, split, choice of best.pth), where a real step costs real

@@ -14,7 +14,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import tiny_model  # noqa: E402 (tests/: this file's folder)
+
 import checkpoint  # noqa: E402 (after the path)
+
+tiny_model.register()  # its runs may train the tests' own model
 
 real_save_epoch = checkpoint.save_epoch
 

@@ -15,6 +15,8 @@ from dataset import PennFudanDataset
 from model import get_model
 from utils import UserError
 
+pytestmark = pytest.mark.usefixtures("tiny_models")  # FAST trains the tests' own model (tests/tiny_model.py)
+
 SMALL = {"min_size": 64, "max_size": 96}
 
 

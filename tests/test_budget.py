@@ -15,6 +15,8 @@ import budget
 import engine
 import train
 
+pytestmark = pytest.mark.usefixtures("tiny_models")  # FAST trains the tests' own model (tests/tiny_model.py)
+
 
 class FakeClock:
     """time.time() for train.py, engine.py and budget.py, where nothing takes time but a training step, which takes

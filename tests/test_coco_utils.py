@@ -11,6 +11,8 @@ from dataset_cli import get_dataset
 from masks import instance_masks
 from utils import UserError
 
+pytestmark = pytest.mark.usefixtures("tiny_models")  # FAST trains the tests' own model (tests/tiny_model.py)
+
 
 def test_coco_dataset_reads_polygons_and_both_rles(coco_folder):
     folder, ann_file, plants = coco_folder
@@ -123,6 +125,4 @@ def test_a_box_model_trains_on_a_boxes_only_json_and_check_says_so(coco_folder, 
     refused = run_cli_here(
         capsys, "--data-path", folder, "--ann-file", ann_file, *FAST, "--output-dir", tmp_path / "mask"
     )
-    assert refused.returncode == 2 and "boxes only, no outlines, and --model maskrcnn_mobilenet_v3_large_fpn" in (
-        refused.stderr
-    )
+    assert refused.returncode == 2 and "boxes only, no outlines, and --model maskrcnn_tiny_fpn" in refused.stderr

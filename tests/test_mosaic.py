@@ -10,6 +10,8 @@ from dataset import boxes_of_masks
 from mosaic import MIN_VISIBLE, Mosaic, close_mosaic, mosaic
 from utils import collate_fn
 
+pytestmark = pytest.mark.usefixtures("tiny_models")  # FAST trains the tests' own model (tests/tiny_model.py)
+
 
 def _sample(height, width, value, squares, keypoints=False):
     """An image filled with `value`, and a square mask per (y, x, side) of `squares`."""

@@ -15,6 +15,8 @@ from test_train import FAST, run_cli, run_cli_here, run_main
 
 import run_folder
 
+pytestmark = pytest.mark.usefixtures("tiny_models")  # FAST trains the tests' own model (tests/tiny_model.py)
+
 
 def _digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()

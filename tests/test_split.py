@@ -11,6 +11,8 @@ import train
 from split import split_indices, split_off_validation
 from utils import UserError
 
+pytestmark = pytest.mark.usefixtures("tiny_models")  # FAST trains the tests' own model (tests/tiny_model.py)
+
 
 def test_split_is_seeded_and_disjoint():
     train_ids, test = split_indices(20, 5, seed=0)

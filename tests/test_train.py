@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import tiny_model
 import torch
 from conftest import (
     LAYOUT,
@@ -31,24 +32,34 @@ import tiles
 import train
 from checkpoint import model_from_checkpoint
 
-# Small and fast: MobileNet Mask R-CNN from scratch on ~100-pixel images, its pyramid, box head and mask head narrowed
-# (3.3 M parameters; checkpoint.pth and best.pth 39 MB an epoch, 68 with torchvision's box head, 248 unnarrowed) where
-# the model is not what a test is about.
+pytestmark = pytest.mark.usefixtures("tiny_models")  # FAST trains the tests' own model (tests/tiny_model.py)
+
+# Small and fast, where the model is not what a test is about: the tests' own Mask R-CNN (tests/tiny_model.py, 71 k
+# parameters: checkpoint.pth and best.pth 0.9 MB an epoch, where the MobileNetV3 one narrowed as far was 39 MB), from
+# scratch on ~100-pixel images. The modules that train it take the `tiny_model` fixture (conftest.py).
 _FAST_RUN = [
     "--weights", "none", "--lr", "0.001", "--min-size", "64", "--max-size", "128", "--test-size", "3", "-j", "0",
     "--print-freq", "5",
 ]  # fmt: skip
-FAST = ["--model", "maskrcnn_mobilenet_v3_large_fpn", "--fpn-channels", "32", "--mask-head", "1", "32", "--box-head",
-        "128", *_FAST_RUN]  # fmt: skip
+FAST = ["--model", "maskrcnn_tiny_fpn", "--mask-head", "1", "32", "--box-head", "32", *_FAST_RUN]
 
 
-def fast_box_model(name: str = "fasterrcnn_mobilenet_v3_large_fpn") -> list[str]:
-    """FAST's run for a box model: its builder's own pyramid (torchvision's fix it), no mask head."""
-    return ["--model", name, "--box-head", "128", *_FAST_RUN]
+def fast_box_model(name: str = "fasterrcnn_tiny_fpn") -> list[str]:
+    """FAST's run for a box model: no mask head."""
+    return ["--model", name, "--box-head", "32", *_FAST_RUN]
+
+
+def train_py(args) -> list[str]:
+    """`python train.py ARGS`'s script: through tests/tiny_model.py where the run (or the checkpoint it resumes) may
+    be of the tests' own model, which train.py does not know."""
+    if tiny_model.names_in(args) or "--resume" in map(str, args):
+        return [str(ROOT / "tests" / "tiny_model.py"), "train.py"]
+    return ["train.py"]
 
 
 def run_cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "train.py", *map(str, args)], cwd=cwd, capture_output=True, text=True)
+    command = [sys.executable, *train_py(args), *map(str, args)]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True)
 
 
 def run_lean(*args):
@@ -65,7 +76,9 @@ def run_cli_here(capsys, *args):
 def run_torchrun(num_processes, *args):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as torchrun sets it for 2: results then match 1 process bit for bit
-    return subprocess.run([*command, "train.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True, env=env)
+    return subprocess.run(
+        [*command, *train_py(args), *map(str, args)], cwd=ROOT, capture_output=True, text=True, env=env
+    )
 
 
 def run_main(*args):
@@ -119,7 +132,7 @@ def test_two_epochs_end_to_end(pennfudan, tmp_path):
     assert json.loads((out / "args.json").read_text())["epochs"] == 2
 
     checkpoint = torch.load(out / "checkpoint.pth", weights_only=True)
-    assert checkpoint["epoch"] == 1 and checkpoint["args"]["model"] == "maskrcnn_mobilenet_v3_large_fpn"
+    assert checkpoint["epoch"] == 1 and checkpoint["args"]["model"] == "maskrcnn_tiny_fpn"
     assert checkpoint["model_config"]["class_names"] == ["background", "person"]
     best = torch.load(out / "best.pth", weights_only=True)
     assert best["stats"]["segm"][0] == max(r["segm"][0] for r in records)
@@ -141,7 +154,7 @@ RECIPES = {
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_resume_gives_the_same_weights_as_a_straight_run(recipe, pennfudan, tmp_path):
     # Separate processes, as a user runs them: MKL_CBWR must take effect before MKL's first call. Each run writes
-    # its last checkpoint.pth only, which is all that is compared (lean_train.py; an epoch's save is 65 MB here).
+    # its last checkpoint.pth only, which is all that is compared (lean_train.py; an epoch's save is 1-2 MB here).
     common = ["--data-path", pennfudan, *FAST, *RECIPES[recipe], "--use-deterministic-algorithms", "-j", 1]
     for args in (
         [*common, "--epochs", 3, "--output-dir", tmp_path / "straight"],
@@ -151,7 +164,7 @@ def test_resume_gives_the_same_weights_as_a_straight_run(recipe, pennfudan, tmp_
         result = run_lean(*args)
         assert result.returncode == 0, result.stderr
     assert "--epochs 3 replaces the run's 2" in result.stdout and result.stdout.count("replaces the run's") == 1
-    assert "Training maskrcnn_mobilenet_v3_large_fpn on 7 images, testing on 3" in result.stdout
+    assert "Training maskrcnn_tiny_fpn on 7 images, testing on 3" in result.stdout
     straight = torch.load(tmp_path / "straight/checkpoint.pth", weights_only=True)
     resumed = torch.load(tmp_path / "resumed/checkpoint.pth", weights_only=True)
     assert straight["epoch"] == resumed["epoch"] == 2  # the lr's step (2, or the milestone 2) after the resume
@@ -408,8 +421,8 @@ def test_sigterm_to_torchrun_stops_every_rank_and_rank_0_says_how_to_resume(penn
     import run_folder
 
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
     args = ["--data-path", pennfudan, *FAST, "--output-dir", out, "--epochs", 50, "--print-freq", 1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *train_py(args)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = subprocess.Popen([*command, *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
@@ -527,7 +540,7 @@ def test_trains_on_real_cvppp_through_the_folder_route_with_flags_only(cvppp, tm
     flags = ["--data-path", cvppp, "--image-suffix", "_rgb", "--mask-suffix", "_label", "--test-size", 2]
     result = run_cli_here(capsys, *FAST, *flags, "--epochs", 1, "--output-dir", out)
     assert result.returncode == 0, result.stderr
-    assert "Training maskrcnn_mobilenet_v3_large_fpn on 4 images, testing on 2" in result.stdout
+    assert "Training maskrcnn_tiny_fpn on 4 images, testing on 2" in result.stdout
     split = json.loads((out / "split.json").read_text())
     assert all(name.endswith("_rgb.png") for name in split["train"] + split["test"])
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

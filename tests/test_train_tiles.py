@@ -12,6 +12,8 @@ from masks import InstanceMap, split
 from tiles import tile_windows
 from train_tiles import TrainingTiles, crop
 
+pytestmark = pytest.mark.usefixtures("tiny_models")  # FAST trains the tests' own model (tests/tiny_model.py)
+
 
 def sample(outlines="instance_map"):
     """A 100 x 120 photo with five instances against the tile (top 20, left 30, bottom 80, right 90):

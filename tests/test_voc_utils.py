@@ -15,6 +15,8 @@ from dataset_cli import main
 from utils import UserError
 from voc_utils import VocDataset
 
+pytestmark = pytest.mark.usefixtures("tiny_models")  # FAST trains the tests' own model (tests/tiny_model.py)
+
 # A box model, small and fast, from scratch.
 BOX_FAST = [
     "--model", "fasterrcnn_mobilenet_v3_large_fpn", "--weights", "none", "--lr", "0.001",

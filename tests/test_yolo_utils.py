@@ -14,6 +14,8 @@ from masks import instance_masks
 from utils import UserError
 from yolo_utils import YoloDataset, read_data_yaml, yolo_dataset
 
+pytestmark = pytest.mark.usefixtures("tiny_models")  # FAST trains the tests' own model (tests/tiny_model.py)
+
 
 def test_polygons_become_masks_with_their_boxes_and_classes(tmp_path):
     data = yolo_dataset(write_yolo(tmp_path))
@@ -95,7 +97,7 @@ def test_trains_on_its_own_data_yaml_with_val_as_the_test_set(tmp_path):
     yaml, out = write_yolo(tmp_path / "ds"), tmp_path / "out"
     result = run_cli(*FAST, "--data-path", yaml, "--epochs", 1, "--output-dir", out)
     assert result.returncode == 0, result.stderr
-    assert "Training maskrcnn_mobilenet_v3_large_fpn on 7 images, testing on 3" in result.stdout  # img2 too: background
+    assert "Training maskrcnn_tiny_fpn on 7 images, testing on 3" in result.stdout  # img2 too: background
     split = json.loads((out / "split.json").read_text())
     assert split["test"] == [f"images/val/img{i}.png" for i in (1, 4, 7)] and "images/train/img2.png" in split["train"]
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -193,5 +195,5 @@ def test_ultralytics_coco128_as_it_ships_passes_check_and_trains(tmp_path, capsy
         capsys, "--data-path", root / "data.yaml", *box_model, "--epochs", 1, "--output-dir", tmp_path / "out"
     )
     assert result.returncode == 0, result.stderr
-    assert "Training fasterrcnn_mobilenet_v3_large_fpn on 7 images, testing on 3" in result.stdout
+    assert "Training fasterrcnn_tiny_fpn on 7 images, testing on 3" in result.stdout
     assert "warning: " in result.stdout and "gone.txt: a label file without an image" in result.stdout
