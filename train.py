@@ -165,11 +165,20 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
     check_args(args)
     # The output folder, before any work: held by this run (rank 0) for its lifetime, and never an earlier run's.
     lock = run_folder.hold(args.output_dir) if distributed.launched_rank() == 0 else None
+    # --use-deterministic-algorithms is this run's: a notebook's next call finds torch and the environment as they were
+    determinism = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    environment = {name: os.environ.get(name) for name in ("CUBLAS_WORKSPACE_CONFIG", "MKL_CBWR")}
     try:
         earlier = distributed.launched_rank() == 0 and not args.test_only
         earlier = earlier and run_folder.refuse_earlier_run(args.output_dir, args.resume, args.overwrite)
         return run(args, checkpoint, changes, earlier)
     finally:
+        torch.use_deterministic_algorithms(determinism[0], warn_only=determinism[1])
+        for name, value in environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         if lock is not None:
             lock.close()
 

@@ -76,12 +76,10 @@ def test_a_box_model_that_learned_evaluates_predicts_and_exports_what_it_detects
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXACT)
-def test_a_box_model_resumes_bit_exactly(name, tmp_path, capsys, monkeypatch, request):
+def test_a_box_model_resumes_bit_exactly(name, tmp_path, capsys, monkeypatch):
     """In this process, as Keypoint R-CNN's exact resume (tests/test_train.py): one run of 1 epoch, resumed to 2,
     against a straight run of 2. Of the saves, the file the resume reads is written (the 1-epoch run's
     checkpoint.pth); the others stay in memory (conftest.saves_in_memory)."""
-    deterministic = torch.are_deterministic_algorithms_enabled()  # --use-deterministic-algorithms sets it here
-    request.addfinalizer(functools.partial(torch.use_deterministic_algorithms, deterministic))
     root = write_voc(tmp_path / "voc")
     saved = saves_in_memory(monkeypatch, written=lambda weights: weights["args"]["epochs"] == 1, best=False)
     common = ["--data-path", root, "--model", name, *COMMON, "--min-size", "64", "--use-deterministic-algorithms",
@@ -99,6 +97,7 @@ def test_a_box_model_resumes_bit_exactly(name, tmp_path, capsys, monkeypatch, re
     assert resumed["changes"] == [{"epoch": 1, "flag": "--epochs", "from": 1, "to": 2}]
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
+    assert not torch.are_deterministic_algorithms_enabled()  # the runs' --use-deterministic-algorithms ended with them
     assert resumed["args"]["min_size"] == resumed["model_config"]["min_size"][0] == 64
 
 
