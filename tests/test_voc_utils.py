@@ -15,12 +15,12 @@ from dataset_cli import main
 from utils import UserError
 from voc_utils import VocDataset
 
-pytestmark = pytest.mark.usefixtures("tiny_models")  # FAST trains the tests' own model (tests/tiny_model.py)
+pytestmark = pytest.mark.usefixtures("tiny_models")  # BOX_FAST trains the tests' own model (tests/tiny_model.py)
 
-# A box model, small and fast, from scratch.
+# A box model, small and fast, from scratch: the tests' own (tests/tiny_model.py).
 BOX_FAST = [
-    "--model", "fasterrcnn_mobilenet_v3_large_fpn", "--weights", "none", "--lr", "0.001",
-    "--min-size", "64", "--max-size", "128", "-j", "0", "--print-freq", "5", "--box-head", "128",
+    "--model", "fasterrcnn_tiny_fpn", "--weights", "none", "--lr", "0.001",
+    "--min-size", "64", "--max-size", "128", "-j", "0", "--print-freq", "5", "--box-head", "32",
 ]  # fmt: skip
 
 
@@ -158,7 +158,7 @@ def test_a_box_model_trains_on_voc_and_writes_results_in_its_ids(tmp_path, capsy
     assert "of which crowd (COCO) or difficult (VOC): 1" in check.stdout
     result = run_cli("--data-path", root, *BOX_FAST, "--epochs", 1, "--output-dir", out)  # --dataset voc inferred
     assert result.returncode == 0, result.stderr
-    assert "Training fasterrcnn_mobilenet_v3_large_fpn on 7 images, testing on 3" in result.stdout
+    assert "Training fasterrcnn_tiny_fpn on 7 images, testing on 3" in result.stdout
     assert json.loads((out / "split.json").read_text())["test"] == ["img1.jpg", "img4.jpg", "img7.jpg"]
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(record["bbox"]) == 12 and "segm" not in record and set(record["per_class"]["bbox"]) == {"cat", "dog"}
