@@ -405,7 +405,7 @@ def _mount_tmpfs(folder, size):
 def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(pennfudan, tmp_path):
     # A real full file system where the machine allows it (a tmpfs with room for epoch 0's files and not for
     # epoch 1's checkpoint), else the same fault injected into the write. A model whose checkpoint is larger than
-    # the pictures' room (4 MB) can tell the two apart: the MobileNetV3 one, in place of FAST's (0.5 MB).
+    # the pictures' room (4 MB) can tell the two apart: the MobileNetV3 one, in place of FAST's (0.6 MB).
     from checkpoint import checkpoint_size
     from model import get_model
     from utils import tensor_bytes

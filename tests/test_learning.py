@@ -14,7 +14,7 @@ import json
 
 import pytest
 from conftest import needs_keypoint_transforms
-from learning import LEARNING, _few_rois, _flags, learning_command
+from learning import LEARNING, learning_command
 
 from model import MODELS
 from utils import read_jsonl
@@ -111,7 +111,7 @@ def test_a_learning_run_trains_as_the_user_s_command_does(name, learned_run, tmp
     3 s, where the cheapest of the user's, a ResNet-18 Faster R-CNN, took 25 s more."""
     import train
 
-    monkeypatch.setitem(LEARNING, name, _flags(96, 3, 0.001, *_few_rois()))  # as the ResNet-18's, an epoch fewer
+    monkeypatch.setitem(LEARNING, name, [*LEARNING["fasterrcnn_resnet18_fpn"], "--epochs", "3"])  # an epoch fewer
     lean = read_jsonl(learned_run(name) / "metrics.jsonl")
     monkeypatch.setattr(train, "save_epoch", lambda *saved: None)  # a test of saves elsewhere: no draw
     train.main(*train.parse_args(learning_command(name, tmp_path, LEARNING[name])))

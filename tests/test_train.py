@@ -36,7 +36,7 @@ pytestmark = pytest.mark.usefixtures("tiny_models")  # FAST trains the tests' ow
 
 # Small and fast, where the model is not what a test is about: the tests' own Mask R-CNN (tests/tiny_model.py, 71 k
 # parameters: checkpoint.pth and best.pth 0.9 MB an epoch, where the MobileNetV3 one narrowed as far was 39 MB), from
-# scratch on ~100-pixel images. The modules that train it take the `tiny_model` fixture (conftest.py).
+# scratch on ~100-pixel images. The modules that train it take the `tiny_models` fixture (conftest.py).
 _FAST_RUN = [
     "--weights", "none", "--lr", "0.001", "--min-size", "64", "--max-size", "128", "--test-size", "3", "-j", "0",
     "--print-freq", "5",
