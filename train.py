@@ -55,6 +55,12 @@ from tiles import VIEW_SETTINGS
 from transforms import train_sizes
 from visualize import save_batch_picture, save_predictions_picture
 
+# What --use-deterministic-algorithms sets in the environment for the run (a value the user set stays)
+DETERMINISTIC_ENV = {
+    "CUBLAS_WORKSPACE_CONFIG": ":4096:8",  # cuBLAS needs it to be deterministic
+    "MKL_CBWR": "AUTO,STRICT",  # MKL's results otherwise depend on memory alignment
+}
+
 
 def build_model(
     args: argparse.Namespace,
@@ -167,7 +173,7 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
     lock = run_folder.hold(args.output_dir) if distributed.launched_rank() == 0 else None
     # --use-deterministic-algorithms is this run's: a notebook's next call finds torch and the environment as they were
     determinism = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    environment = {name: os.environ.get(name) for name in ("CUBLAS_WORKSPACE_CONFIG", "MKL_CBWR")}
+    environment = {name: os.environ.get(name) for name in DETERMINISTIC_ENV}
     try:
         earlier = distributed.launched_rank() == 0 and not args.test_only
         earlier = earlier and run_folder.refuse_earlier_run(args.output_dir, args.resume, args.overwrite)
@@ -190,8 +196,8 @@ def run(args: argparse.Namespace, checkpoint: dict[str, Any] | None, changes: li
     earlier run's files in the output folder are to be removed (--overwrite) before anything is written.
     """
     if args.use_deterministic_algorithms:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
-        os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # MKL's results otherwise depend on memory alignment
+        for name, value in DETERMINISTIC_ENV.items():
+            os.environ.setdefault(name, value)
         torch.use_deterministic_algorithms(True)
     device = distributed.init_distributed(args.device)
     utils.seed_everything(args.seed + distributed.get_rank())  # ranks augment differently; DDP copies rank 0's init
