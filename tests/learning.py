@@ -142,7 +142,7 @@ LEARNING: dict[str, list[str]] = {
     # prove is the worked example's backbone, anchors and RoI pooling; torchvision's 1024-wide head on them gets its
     # losses, gradients and predictions in tests/test_model.py, as every model's head does.
     # On the Xeon with AMX (Dec 6, one thread) the Faster R-CNN's 7 epochs ended at 0.516 (0.601 on the Zen 4): too
-    # near 0.5 for a CPU not yet tried; 8 reach 0.583 there (0.38 at the 7th of 8) for 12 s more
+    # near 0.5 for a CPU not yet tried; 8 reach 0.583 there (0.38 at the 7th of 8): 86 s became 107 s in CI
     "fasterrcnn_mobilenet_v2": _flags(256, 8, 0.001, "--augmentation", "none", "--box-head", "256", *_few_rois(8)),
     "maskrcnn_mobilenet_v2": _flags(320, 7, 0.002, "--augmentation", "none", "--box-head", "256", *_few_rois(8)),
     # the keypoint head (8 convolutions of 512 channels on each positive RoI) costs most: with 8 sampled RoIs, box /
