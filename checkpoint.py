@@ -48,6 +48,7 @@ from heads import (
     mask_head_shape,
     num_classes_of,
     num_keypoints_of,
+    rpn_head_width,
     set_heads_of,
 )
 from model import MODELS, build, has_reduced_tail
@@ -65,8 +66,8 @@ TRAINING_ONLY = ("epochs", "time_budget", "lr", "tensorboard")  # mean nothing t
 # Never changed by a resume, even with --allow-changes: a new split or model is a new run.
 SPLIT_SETTINGS = ("seed", "test_size", "val_size", "val_data_path", "val_ann_file")
 MODEL_SETTINGS = (
-    "model", "weights", "weights_backbone", "trainable_backbone_layers", "mask_head", "box_head", "keypoint_head",
-    "fpn_channels", "anchor_sizes", "box_batch_size_per_image",
+    "model", "weights", "weights_backbone", "trainable_backbone_layers", "mask_head", "box_head", "rpn_head",
+    "keypoint_head", "fpn_channels", "anchor_sizes", "box_batch_size_per_image",
     "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
     "box_detections_per_img",
 )  # fmt: skip
@@ -261,6 +262,7 @@ def model_config(model: nn.Module, name: str) -> dict[str, Any]:
         "heads": head_settings(model),
         "mask_head": mask_head_shape(model),
         "box_head": box_head_width(model),  # absent from older checkpoints: the builder's own
+        "rpn_head": rpn_head_width(model),  # the same
         "keypoint_head": keypoint_head_shape(model),  # the same
         "fpn_channels": fpn_channels_of(model, name),  # None: the builder's own width
         "anchor_sizes": anchor_sizes_of(model),  # None: torchvision's 32 to 512

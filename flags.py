@@ -44,6 +44,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         add(flag(name), type=int, help=f"the model's {name} (default: the model's own)")
     add("--mask-head", type=int, nargs=2, metavar=("CONVS", "CHANNELS"), help="a lighter mask head (default: 4 256)")
     add("--box-head", type=int, metavar="WIDTH", help="an R-CNN box head's fully connected width (default: 1024)")
+    add("--rpn-head", type=int, metavar="WIDTH",
+        help="an R-CNN RPN head's convolution width (default: its feature maps' channels)")  # fmt: skip
     add("--keypoint-head", type=int, nargs=2, metavar=("CONVS", "CHANNELS"),
         help="a lighter keypoint head (default: 8 512)")  # fmt: skip
     add("--fpn-channels", type=int, metavar="N", help="FPN width of the ResNet-18 models and maskrcnn_mobilenet_v3_"

@@ -1,6 +1,6 @@
 """The heads of a detection model: what they predict (classes, keypoints), the class-dependent layers swapped for
-a dataset's classes as the tutorial swaps Faster R-CNN's box predictor, the R-CNNs' RoI settings, and lighter box,
-mask and keypoint heads.
+a dataset's classes as the tutorial swaps Faster R-CNN's box predictor, the R-CNNs' RoI settings, and lighter RPN,
+box, mask and keypoint heads.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from torch import nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
 
 
 def num_classes_of(model: nn.Module) -> int:
@@ -153,6 +154,32 @@ def set_box_head(model: nn.Module, width: int) -> None:
     model.roi_heads.box_predictor = FastRCNNPredictor(width, num_classes)
 
 
+def rpn_head_width(model: nn.Module) -> int | None:
+    """The width of an R-CNN's RPN head, the channels of its 3x3 convolutions (torchvision's: the feature maps' own);
+    None for the one-stage models."""
+    head = getattr(getattr(model, "rpn", None), "head", None)
+    return None if head is None else head.cls_logits.in_channels
+
+
+def set_rpn_head(model: nn.Module, width: int) -> None:
+    """A new, untrained RPN head whose 3x3 convolutions are `width` channels wide, and its two 1x1 layers to match.
+
+    torchvision's RPNHead keeps the feature maps' width: on the tutorial's MobileNetV2 (one map of 1280 channels) its
+    convolution is 1280 x 1280 x 3 x 3, 14.7 M weights applied at every position of the map, more than the whole
+    backbone's 2.2 M. The first convolution reads the maps' channels and gives `width`; the v2 models' second
+    convolution stays (`width` to `width`).
+    """
+    if rpn_head_width(model) == width:
+        return
+    head = model.rpn.head
+    new = RPNHead(width, head.cls_logits.out_channels, conv_depth=len(head.conv))
+    first = nn.Conv2d(head.conv[0][0].in_channels, width, kernel_size=3, padding=1)
+    nn.init.normal_(first.weight, std=0.01)  # as RPNHead initialises its own
+    nn.init.constant_(first.bias, 0)
+    new.conv[0][0] = first
+    model.rpn.head = new
+
+
 def keypoint_head_shape(model: nn.Module) -> tuple[int, int] | None:
     """(convolutions, channels) of a Keypoint R-CNN's keypoint head (torchvision's: 8 of 512); None for others."""
     head = getattr(getattr(model, "roi_heads", None), "keypoint_head", None)
@@ -178,12 +205,14 @@ def set_keypoint_head(model: nn.Module, layers: int, channels: int) -> None:
 
 
 def set_heads_of(model: nn.Module, config: dict) -> None:
-    """The mask, keypoint and box heads that `config` describes (--mask-head, --keypoint-head, --box-head, or a
-    checkpoint's model_config), in place of the builder's; a head absent or None (older checkpoints: all of them)
-    stays the builder's, and a mask head is set only where the model has one."""
+    """The mask, keypoint, box and RPN heads that `config` describes (--mask-head, --keypoint-head, --box-head,
+    --rpn-head, or a checkpoint's model_config), in place of the builder's; a head absent or None (older checkpoints:
+    all of them) stays the builder's, and a mask head is set only where the model has one."""
     if config.get("mask_head") and mask_head_shape(model) is not None:
         set_mask_head(model, *config["mask_head"])
     if config.get("keypoint_head") and keypoint_head_shape(model) is not None:
         set_keypoint_head(model, *config["keypoint_head"])
     if config.get("box_head"):
         set_box_head(model, config["box_head"])
+    if config.get("rpn_head"):
+        set_rpn_head(model, config["rpn_head"])

@@ -249,6 +249,7 @@ def get_model(
     trainable_backbone_layers: int | None = None,
     mask_head: tuple[int, int] | None = None,
     box_head: int | None = None,
+    rpn_head: int | None = None,
     keypoint_head: tuple[int, int] | None = None,
     num_keypoints: int | None = None,
     anchor_sizes: list[int] | None = None,
@@ -259,8 +260,9 @@ def get_model(
     weights: "DEFAULT" or a torchvision weights name (COCO, downloaded once into the torch
     hub cache), "none", or the path of a local .pth (torchvision's COCO state dict, or a
     checkpoint of train.py). weights_backbone: the same for the backbone alone, with
-    weights "none". mask_head: (convolutions, channels) for a new mask head; box_head: the width of a new box
-    head's fully connected layers; keypoint_head: (convolutions, channels) for a new keypoint head (heads.py).
+    weights "none". mask_head: (convolutions, channels) for a new mask head; box_head, rpn_head: the width of a new
+    box head's fully connected layers, of a new RPN head's convolutions; keypoint_head: (convolutions, channels) for
+    a new keypoint head (heads.py).
     num_keypoints: K, for a Keypoint R-CNN (required there, refused elsewhere). anchor_sizes: an R-CNN's five
     anchor sizes (anchors.set_anchor_sizes; None: torchvision's). kwargs reach the model
     (min_size, max_size, HEAD_SETTINGS, ...); None values are dropped.
@@ -278,10 +280,12 @@ def get_model(
     if not is_rcnn(name) and any(kwargs.get(setting) is not None for setting in HEAD_SETTINGS):
         setting = next(s for s in HEAD_SETTINGS if kwargs.get(s) is not None)
         raise UserError(f"--{setting.replace('_', '-')}: an R-CNN setting; --model {name} has no such head")
-    if box_head is not None and not is_rcnn(name):
-        raise UserError(f"--box-head {box_head}: an R-CNN setting; --model {name} has no box head")
-    if box_head is not None and box_head < 1:
-        raise UserError(f"--box-head {box_head}: give a width of 1 or more (torchvision's: 1024)")
+    for flag, width, part, default in (("--box-head", box_head, "box head", "1024"),
+                                       ("--rpn-head", rpn_head, "RPN", "its feature maps' channels")):  # fmt: skip
+        if width is not None and not is_rcnn(name):
+            raise UserError(f"{flag} {width}: an R-CNN setting; --model {name} has no {part}")
+        if width is not None and width < 1:
+            raise UserError(f"{flag} {width}: give a width of 1 or more (torchvision's: {default})")
     if keypoint_head is not None and not is_keypoint_model(name):
         raise UserError(f"--keypoint-head: a Keypoint R-CNN setting; --model {name} has no keypoint head")
     if keypoint_head is not None and min(keypoint_head) < 1:
@@ -323,7 +327,8 @@ def get_model(
             f"(torchvision's file from {torch.hub.get_dir()}/checkpoints on a machine that has it)"
         ) from error
     replace_predictors(model, num_classes, num_keypoints)
-    set_heads_of(model, {"mask_head": mask_head, "box_head": box_head, "keypoint_head": keypoint_head})
+    set_heads_of(model, {"mask_head": mask_head, "box_head": box_head, "rpn_head": rpn_head,
+                         "keypoint_head": keypoint_head})  # fmt: skip
     if anchor_sizes:
         set_anchor_sizes(model, anchor_sizes)
     return model

@@ -81,6 +81,7 @@ def build_model(
             trainable_backbone_layers=args.trainable_backbone_layers,
             mask_head=args.mask_head,
             box_head=args.box_head,
+            rpn_head=args.rpn_head,
             keypoint_head=args.keypoint_head,
             fpn_channels=args.fpn_channels,
             anchor_sizes=args.anchor_sizes,

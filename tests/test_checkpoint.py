@@ -49,7 +49,7 @@ NEVER = {
     "seed": 1, "test_size": 50, "val_size": 2, "val_data_path": "val", "val_ann_file": "val.json",
     "model": "fasterrcnn_resnet50_fpn", "weights": "DEFAULT", "weights_backbone": "DEFAULT",
     "trainable_backbone_layers": 5, "mask_head": [2, 128], "fpn_channels": 128, "anchor_sizes": [16, 32, 64, 128, 256],
-    "box_batch_size_per_image": 128, "box_head": 256, "keypoint_head": [2, 128],
+    "box_batch_size_per_image": 128, "box_head": 256, "rpn_head": 256, "keypoint_head": [2, 128],
     "rpn_pre_nms_top_n_train": 500, "rpn_post_nms_top_n_train": 500, "rpn_pre_nms_top_n_test": 500,
     "rpn_post_nms_top_n_test": 500, "box_detections_per_img": 50,
     "opt": "adamw", "lr_scheduler": "cosineannealinglr", "norm_weight_decay": 0.0, "model_ema": True,

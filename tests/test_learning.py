@@ -27,9 +27,9 @@ def _last_epoch(run):
     return json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
 
 
-# The tutorial's MobileNetV2 models (one 1280-channel map at stride 32, whose RoI features feed the box head's first
-# layer: 64 M parameters 1024 wide, 16 M at the 256 their runs take) are the costliest here: 256-320 px and 7 epochs,
-# where the ResNets learn at 96 px in 3-5.
+# The tutorial's MobileNetV2 models (one 1280-channel map at stride 32, which the RPN's convolution reads and whose RoI
+# features feed the box head's first layer: 64 M parameters 1024 wide, 16 M at the 256 their runs take) are the
+# costliest here: 256-320 px and 7-8 epochs, where the ResNets learn at 96 px in 3-5.
 FASTER = [
     "fasterrcnn_resnet18_fpn",
     "fasterrcnn_resnet50_fpn",

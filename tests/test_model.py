@@ -8,7 +8,15 @@ from torchvision.models import mobilenet_v2
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from checkpoint import model_config, model_from_checkpoint, model_from_config
-from heads import box_head_width, head_settings, keypoint_head_shape, mask_head_shape, num_classes_of, num_keypoints_of
+from heads import (
+    box_head_width,
+    head_settings,
+    keypoint_head_shape,
+    mask_head_shape,
+    num_classes_of,
+    num_keypoints_of,
+    rpn_head_width,
+)
 from model import (
     BOX_MODELS,
     MODELS,
@@ -303,6 +311,43 @@ def test_a_narrow_box_head_rebuilds_from_its_checkpoint_and_a_narrowed_run_fine_
         get_model("retinanet_resnet50_fpn", 3, weights="none", box_head=64, **SMALL)
     with pytest.raises(UserError, match="^--box-head 0: give a width of 1 or more"):
         get_model("fasterrcnn_resnet18_fpn", 3, weights="none", box_head=0, **SMALL)
+
+
+def _rpn_convolutions(model):
+    return [(m.in_channels, m.out_channels) for m in model.rpn.head.conv.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def test_a_narrow_rpn_head_reads_the_maps_trains_rebuilds_and_fine_tunes_with_no_width_flag(tmp_path):
+    # the tutorial's MobileNetV2: torchvision's head keeps the map's 1280 channels; narrowed, it reads them and
+    # gives 256, its 15 anchors a position kept
+    tutorial = get_model("fasterrcnn_mobilenet_v2", 3, weights="none", box_head=32, **SMALL)
+    assert _rpn_convolutions(tutorial) == [(1280, 1280)] and rpn_head_width(tutorial) == 1280
+    narrow = get_model("fasterrcnn_mobilenet_v2", 3, weights="none", box_head=32, rpn_head=256, **SMALL)
+    assert _rpn_convolutions(narrow) == [(1280, 256)] and rpn_head_width(narrow) == 256
+    head = narrow.rpn.head
+    assert (head.cls_logits.out_channels, head.bbox_pred.out_channels) == (15, 60)
+    assert head.conv[0][0].weight.std() < 0.02 and not head.conv[0][0].bias.any()  # RPNHead's own initialisation
+    v2 = get_model("fasterrcnn_resnet50_fpn_v2", 3, weights="none", rpn_head=64, **SMALL)  # its two convolutions
+    assert _rpn_convolutions(v2) == [(256, 64), (64, 64)]
+
+    torch.manual_seed(0)
+    model = get_model("fasterrcnn_resnet18_fpn", 3, weights="none", fpn_channels=32, box_head=32, rpn_head=16,
+                      **SMALL)  # fmt: skip
+    assert _rpn_convolutions(model) == [(32, 16)]
+    target = {"boxes": torch.tensor([[20.0, 10.0, 60.0, 40.0]]), "labels": torch.tensor([2])}
+    losses = model([torch.rand(3, 70, 90)], [target])
+    sum(losses.values()).backward()  # the RPN's losses reach the new convolution
+    assert losses["loss_objectness"] > 0 and model.rpn.head.conv[0][0].weight.grad.abs().sum() > 0
+    _, config = _saved_and_rebuilt(model, "fasterrcnn_resnet18_fpn", tmp_path / "best.pth")
+    assert config["rpn_head"] == 16
+    tuned = get_model("fasterrcnn_resnet18_fpn", 2, weights=str(tmp_path / "best.pth"), **SMALL)  # the file's width
+    assert rpn_head_width(tuned) == 16 and torch.equal(
+        tuned.rpn.head.conv[0][0].weight, model.rpn.head.conv[0][0].weight
+    )
+    with pytest.raises(UserError, match="^--rpn-head 64: an R-CNN setting; --model fcos_resnet50_fpn has no RPN$"):
+        get_model("fcos_resnet50_fpn", 3, weights="none", rpn_head=64, **SMALL)
+    with pytest.raises(UserError, match="^--rpn-head 0: give a width of 1 or more"):
+        get_model("fasterrcnn_resnet18_fpn", 3, weights="none", rpn_head=0, **SMALL)
 
 
 @pytest.mark.slow
