@@ -125,7 +125,10 @@ LEARNING: dict[str, list[str]] = {
     # the R50 mask heads (4 convolutions of 256 on each positive RoI) cost most: with 16 RoIs sampled, box / mask
     # AP 0.65 / 0.77 and 0.78 / 0.85 in 45 s and 63 s, against 0.71 / 0.76 and 0.63 / 0.83 in 56 s and 81 s with 32
     "maskrcnn_resnet50_fpn": _flags(96, 5, 0.0003, *_few_rois(16)),
-    "maskrcnn_resnet50_fpn_v2": _flags(96, 5, 0.001, *_few_rois(16)),
+    # the v2's box and mask heads (4 convolutions and BatchNorm each) cost most per RoI: on the Xeon with AMX (Dec 7,
+    # one thread, every epoch evaluated) 8 sampled RoIs reach 0.670 / mask 0.729 in 91 s, 16 reach 0.688 / 0.900 in
+    # 114 s (the 4th of 5 epochs: 0.523 / 0.713 with 8, 0.600 / 0.732 with 16)
+    "maskrcnn_resnet50_fpn_v2": _flags(96, 5, 0.001, *_few_rois(8)),
     "maskrcnn_mobilenet_v3_large_fpn": _flags(320, 6, 0.001, "--augmentation", "none", *_few_rois(16)),
     # the tutorial's MobileNetV2 models: one map at stride 32 (8 x 8 at 256 px), 16 sampled RoIs: their RoIAlign
     # (1280 channels, its backward one thread on a CPU) and 64 M parameter box head cost per RoI. Faster R-CNN: box AP
