@@ -151,8 +151,9 @@ LEARNING: dict[str, list[str]] = {
     # near 0.5 for a CPU not yet tried; 8 reach 0.583 there (0.38 at the 7th of 8): 86 s became 107 s in CI.
     # Their RPN head 256 wide (--rpn-head, a user's flag; torchvision's convolution keeps the map's 1280 channels,
     # 14.7 M weights at every position): on the Xeon with AMX (Dec 7, one thread, every epoch evaluated) the Mask
-    # R-CNN's 7 epochs reach 0.645 / mask 0.757 in 106 s against 0.535 / 0.709 in 175 s (6 epochs: 0.514 / 0.691),
-    # the Faster R-CNN's 8 reach 0.685 in 66 s against 0.583 in 127 s (7 epochs: 0.569)
+    # R-CNN's 7 epochs reach 0.583 / mask 0.728 in 104 s against 0.535 / 0.709 in 175 s (its box AP by epoch: 0.089,
+    # 0.259, 0.726, 0.583 from the 4th), the Faster R-CNN's 8 reach 0.680 in 62 s against 0.583 in 127 s (7th: 0.618);
+    # in CI, two runs at once, 89 s and 54 s where they took 152 s and 109 s
     "fasterrcnn_mobilenet_v2": _flags(256, 8, 0.001, "--augmentation", "none", *_NARROW_HEADS, *_few_rois(8)),
     "maskrcnn_mobilenet_v2": _flags(320, 7, 0.002, "--augmentation", "none", *_NARROW_HEADS, *_few_rois(8)),
     # the keypoint head (8 convolutions of 512 channels on each positive RoI) costs most: with 8 sampled RoIs, box /
