@@ -7,16 +7,9 @@ from conftest import HEAVY_MODELS, coco_state, compact_state, slow_where
 from torchvision.models import mobilenet_v2
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+import heads
 from checkpoint import model_config, model_from_checkpoint, model_from_config
-from heads import (
-    box_head_width,
-    head_settings,
-    keypoint_head_shape,
-    mask_head_shape,
-    num_classes_of,
-    num_keypoints_of,
-    rpn_head_width,
-)
+from heads import box_head_width, head_settings, keypoint_head_shape, mask_head_shape, num_classes_of, num_keypoints_of
 from model import (
     BOX_MODELS,
     MODELS,
@@ -321,9 +314,9 @@ def test_a_narrow_rpn_head_reads_the_maps_trains_rebuilds_and_fine_tunes_with_no
     # the tutorial's MobileNetV2: torchvision's head keeps the map's 1280 channels; narrowed, it reads them and
     # gives 256, its 15 anchors a position kept
     tutorial = get_model("fasterrcnn_mobilenet_v2", 3, weights="none", box_head=32, **SMALL)
-    assert _rpn_convolutions(tutorial) == [(1280, 1280)] and rpn_head_width(tutorial) == 1280
+    assert _rpn_convolutions(tutorial) == [(1280, 1280)] and heads.rpn_head_width(tutorial) == 1280
     narrow = get_model("fasterrcnn_mobilenet_v2", 3, weights="none", box_head=32, rpn_head=256, **SMALL)
-    assert _rpn_convolutions(narrow) == [(1280, 256)] and rpn_head_width(narrow) == 256
+    assert _rpn_convolutions(narrow) == [(1280, 256)] and heads.rpn_head_width(narrow) == 256
     head = narrow.rpn.head
     assert (head.cls_logits.out_channels, head.bbox_pred.out_channels) == (15, 60)
     assert head.conv[0][0].weight.std() < 0.02 and not head.conv[0][0].bias.any()  # RPNHead's own initialisation
@@ -341,7 +334,7 @@ def test_a_narrow_rpn_head_reads_the_maps_trains_rebuilds_and_fine_tunes_with_no
     _, config = _saved_and_rebuilt(model, "fasterrcnn_resnet18_fpn", tmp_path / "best.pth")
     assert config["rpn_head"] == 16
     tuned = get_model("fasterrcnn_resnet18_fpn", 2, weights=str(tmp_path / "best.pth"), **SMALL)  # the file's width
-    assert rpn_head_width(tuned) == 16 and torch.equal(
+    assert heads.rpn_head_width(tuned) == 16 and torch.equal(
         tuned.rpn.head.conv[0][0].weight, model.rpn.head.conv[0][0].weight
     )
     with pytest.raises(UserError, match="^--rpn-head 64: an R-CNN setting; --model fcos_resnet50_fpn has no RPN$"):
