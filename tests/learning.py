@@ -127,7 +127,7 @@ LEARNING: dict[str, list[str]] = {
     "maskrcnn_resnet50_fpn": _flags(96, 5, 0.0003, *_few_rois(16)),
     # the v2's box and mask heads (4 convolutions and BatchNorm each) cost most per RoI: on the Xeon with AMX (Dec 7,
     # one thread, every epoch evaluated) 8 sampled RoIs reach 0.670 / mask 0.729 in 91 s, 16 reach 0.688 / 0.900 in
-    # 114 s (the 4th of 5 epochs: 0.523 / 0.713 with 8, 0.600 / 0.732 with 16)
+    # 114 s (the 4th of 5 epochs: 0.523 / 0.713 with 8, 0.600 / 0.732 with 16); with two threads 0.641 / 0.800
     "maskrcnn_resnet50_fpn_v2": _flags(96, 5, 0.001, *_few_rois(8)),
     "maskrcnn_mobilenet_v3_large_fpn": _flags(320, 6, 0.001, "--augmentation", "none", *_few_rois(16)),
     # the tutorial's MobileNetV2 models: one map at stride 32 (8 x 8 at 256 px), 16 sampled RoIs: their RoIAlign
@@ -156,7 +156,8 @@ LEARNING: dict[str, list[str]] = {
     # 0.259, 0.726, 0.583 from the 4th), the Faster R-CNN's 8 reach 0.680 in 62 s against 0.583 in 127 s (7th: 0.618);
     # in CI, two runs at once, 89 s and 54 s where they took 152 s and 109 s. The Mask R-CNN's mask head 2 x 128
     # (torchvision's 4 x 256 reads the 1280 channels on each positive RoI at 14 x 14): 0.702 / 0.805 in 88 s (box AP
-    # by epoch: 0.025, 0.361, 0.702 from the 5th)
+    # by epoch: 0.025, 0.361, 0.702 from the 5th). With two threads (pytest without -n): 0.725 / 0.801 in 63 s, and the
+    # Faster R-CNN 0.766 in 46 s
     "fasterrcnn_mobilenet_v2": _flags(256, 8, 0.001, "--augmentation", "none", *_NARROW_HEADS, *_few_rois(8)),
     "maskrcnn_mobilenet_v2": _flags(
         320, 7, 0.002, "--augmentation", "none", *_NARROW_HEADS, "--mask-head", "2", "128", *_few_rois(8)
