@@ -228,12 +228,14 @@ def learned_run(tmp_path_factory: pytest.TempPathFactory):
                 args, given = train.parse_args(learning.learning_command(name, root, learning.LEARNING[name]))
                 evaluations = iter([*[unevaluated] * (args.epochs - 1), train.evaluate])
                 patch.setattr(train, "evaluate", lambda *how, **more: next(evaluations)(*how, **more))
-                train.main(args, given)
+                with learning.one_thread():
+                    threads = torch.get_num_threads()
+                    train.main(args, given)
             assert (root / "run" / "best.pth").exists() == (name in learning.PREDICTED)
             assert not (root / "run" / "checkpoint.pth").exists()
             runs[name] = root / "run"
             last = json.loads((root / "run" / "metrics.jsonl").read_text().splitlines()[-1])
-            LEARNED.append((name, last, time.perf_counter() - started, torch.get_num_threads()))
+            LEARNED.append((name, last, time.perf_counter() - started, threads))
         return runs[name]
 
     return learned

@@ -11,9 +11,12 @@ right hand, each point on a dot of its colour.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 SIZE = 96
@@ -188,8 +191,24 @@ PREDICTED = [
 ]  # fmt: skip
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread while a learning run trains: how a convolution sums its terms depends on the number of
+    threads, and with it the last digits of every step and the AP a run ends at. LEARNING's margins were measured
+    with one, as CI's two workers on 2 cores run; with two (pytest without -n on 2 cores), the MobileNetV3 Faster
+    R-CNN ended at box AP 0.484 and the RetinaNet at 0.487 on the Xeon with AMX (Dec 7), and a machine of more cores
+    gives each worker more. One thread makes a run the same wherever the CPU is the same."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def learning_command(name: str, root: Path, flags: list[str]) -> list[str]:
-    """train.py's arguments for model `name` from scratch on the data in `root` (train/, test/), with `flags`."""
+    """train.py's arguments for model `name` from scratch on the data in `root` (train/, test/), with `flags`: on the
+    CPU, where LEARNING's margins were measured (a GPU sums in other orders too), whatever the machine has."""
     keypoints = name.startswith("keypoint")
     train = write_shapes(root / "train", COPIES, keypoints)
     test = write_shapes(root / "test", 1, keypoints)
@@ -197,5 +216,5 @@ def learning_command(name: str, root: Path, flags: list[str]) -> list[str]:
         "--dataset", "coco", "--data-path", str(train.parent), "--ann-file", str(train),
         "--val-data-path", str(test.parent), "--val-ann-file", str(test), "--model", name, "--weights", "none",
         "--opt", "adamw", "--lr-scheduler", "cosineannealinglr", "-j", "0", "--aspect-ratio-group-factor", "-1",
-        "--print-freq", "100", "--output-dir", str(root / "run"), *flags,
+        "--print-freq", "100", "--device", "cpu", "--output-dir", str(root / "run"), *flags,
     ]  # fmt: skip

@@ -15,7 +15,7 @@ import json
 
 import pytest
 from conftest import needs_keypoint_transforms
-from learning import LEARNING, learning_command
+from learning import LEARNING, learning_command, one_thread
 
 from model import MODELS
 from utils import read_jsonl
@@ -180,7 +180,8 @@ def test_a_learning_run_trains_as_the_user_s_command_does(name, learned_run, tmp
     monkeypatch.setitem(LEARNING, name, [*LEARNING["fasterrcnn_resnet18_fpn"], "--epochs", "3"])  # an epoch fewer
     lean = read_jsonl(learned_run(name) / "metrics.jsonl")
     monkeypatch.setattr(train, "save_epoch", lambda *saved: None)  # a test of saves elsewhere: no draw
-    train.main(*train.parse_args(learning_command(name, tmp_path, LEARNING[name])))
+    with one_thread():  # as the learning run trains
+        train.main(*train.parse_args(learning_command(name, tmp_path, LEARNING[name])))
     full = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert (tmp_path / "run" / "best_predictions.png").is_file() and (tmp_path / "run" / "pr_curves.png").is_file()
     assert [record["bbox"][0] for record in lean[:-1]] == [-1.0] * (len(lean) - 1)  # not evaluated: not scored
